@@ -1,0 +1,215 @@
+//! `tsp-broker`: the bundled TSP broker (server side of RFC 5572), for demos, tests and small
+//! sites. See tsp-broker(8).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use nm_tsp::broker::accounts::Accounts;
+use nm_tsp::broker::config::BrokerConfig;
+use nm_tsp::broker::{Broker, serve};
+use nm_tsp::proto::sasl::passdss::HostKeyPair;
+use nm_tsp::secret::Secret;
+
+#[derive(Parser, Debug)]
+#[command(name = "tsp-broker", version, about = "TSP (RFC 5572) tunnel broker: negotiates IPv6-in-IPv4, IPv6-in-UDP and IPv4-in-IPv6 tunnels with gogoCLIENT-compatible clients")]
+struct Cli {
+    /// Configuration file (TOML); without it, an anonymous broker on 0.0.0.0:3653.
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default).
+    Run,
+    /// Check the configuration, the accounts file and the host key, then exit.
+    CheckConfig,
+    /// Add a user to the accounts file; the password is read from standard input.
+    AddUser { user: String },
+    /// Generate a DSA host key for PASSDSS-3DES-1 into FILE (mode 0600).
+    GenHostKey { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn,nm_tsp=info",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tsp-broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<BrokerConfig, String> {
+    match path {
+        Some(p) => BrokerConfig::load(p).map_err(|e| e.to_string()),
+        None => Ok(BrokerConfig::default()),
+    }
+}
+
+fn load_host_key(cfg: &BrokerConfig) -> Result<Option<HostKeyPair>, String> {
+    let Some(path) = &cfg.host_key_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("cannot read host key {}: {e} (create one with `tsp-broker gen-host-key {}`)", path.display(), path.display())
+    })?;
+    HostKeyPair::from_text(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load_accounts(cfg: &BrokerConfig) -> Result<Accounts, String> {
+    match &cfg.accounts_file {
+        Some(p) => Accounts::load(p, &cfg.realm).map_err(|e| e.to_string()),
+        None => Ok(Accounts::default()),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::GenHostKey { file } => gen_host_key(&file),
+        Command::AddUser { user } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let path = cfg.accounts_file.clone().ok_or("the configuration names no accounts_file")?;
+            let password = read_password(&user)?;
+            Accounts::append(&path, &user, &cfg.realm, &password).map_err(|e| e.to_string())?;
+            println!("added {user} to {} (realm {})", path.display(), cfg.realm);
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let accounts = load_accounts(&cfg)?;
+            let key = load_host_key(&cfg)?;
+            print_summary(&cfg, &accounts, key.is_some(), None);
+            println!("configuration OK");
+            Ok(())
+        }
+        Command::Run => {
+            let cfg = Arc::new(load_config(cli.config.as_deref())?);
+            let accounts = load_accounts(&cfg)?;
+            let key = load_host_key(&cfg)?;
+            let has_key = key.is_some();
+            let protocol = Broker::server_config(&cfg, key);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            rt.block_on(async {
+                let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
+                let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
+                    .await
+                    .map_err(|e| format!("cannot listen on {:?}: {e}", cfg.listen))?;
+                print_summary(&cfg, &accounts, has_key, Some(&running));
+                tokio::select! {
+                    _ = running.wait() => Err("a listener stopped".to_owned()),
+                    _ = shutdown_signal() => {
+                        tracing::info!("stopping");
+                        Ok(())
+                    }
+                }
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running: Option<&serve::Running>) {
+    let caps = Broker::capabilities(cfg, has_key);
+    let mut out = String::new();
+    match running {
+        Some(r) => {
+            out += &format!("tsp-broker listening: tcp {:?} udp {:?}\n", r.tcp, r.udp);
+        }
+        None => out += &format!("tsp-broker would listen on {:?} (tcp {}, udp {})\n", cfg.listen, cfg.tcp, cfg.udp),
+    }
+    if !cfg.redirect.is_empty() {
+        out += &format!("  redirector mode: every client is sent to {} broker(s)\n", cfg.redirect.len());
+    }
+    let versions: Vec<_> = cfg.versions.iter().map(|v| v.to_string()).collect();
+    out += &format!("  offers {} ; TSP versions {}\n", caps.describe(), versions.join(", "));
+    out += &format!(
+        "  realm {:?}, {} account(s), PASSDSS host key: {}\n",
+        cfg.realm,
+        accounts.len(),
+        if has_key { "loaded" } else { "none" }
+    );
+    out += &format!(
+        "  server {} / {} ; clients from {}/{} ; prefixes /{}../{} from {}/{} ; v4v6 clients from {}/{}\n",
+        cfg.server_ipv4.map_or("(address the client reached)".to_owned(), |a| a.to_string()),
+        cfg.server_ipv6,
+        cfg.client_pool.addr,
+        cfg.client_pool.len,
+        cfg.prefix_length_min,
+        cfg.prefix_length_max,
+        cfg.prefix_pool.addr,
+        cfg.prefix_pool.len,
+        cfg.ipv4_pool.addr,
+        cfg.ipv4_pool.len
+    );
+    out += &format!(
+        "  at most {} tunnels ; keepalive {}..{} s ; state file {}\n",
+        cfg.max_tunnels,
+        cfg.keepalive_min,
+        cfg.keepalive_max,
+        cfg.state_file.as_ref().map_or("(none: assignments last while the broker runs)".to_owned(), |p| p.display().to_string())
+    );
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+fn read_password(user: &str) -> Result<Secret, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {user}: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = Secret::new(line.trim_end_matches(['\r', '\n']));
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if password.expose().len() > 128 {
+        return Err("password longer than 128 bytes".into());
+    }
+    Ok(password)
+}
+
+fn gen_host_key(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = HostKeyPair::generate(&mut rand::rngs::OsRng).map_err(|e| format!("cannot generate a host key: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    f.write_all(key.to_text().as_bytes()).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    println!("wrote a DSA host key to {}", file.display());
+    Ok(())
+}

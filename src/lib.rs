@@ -1,0 +1,12 @@
+//! NetworkManager-tsp: a Tunnel Setup Protocol (RFC 5572) client — the protocol of
+//! gogoCLIENT — for NetworkManager, a standalone `tspc`, and the bundled `tsp-broker`.
+//!
+//! Layers, bottom up: [`proto`] (sans-IO protocol, shared by both ends), [`net`] (tokio
+//! transports and the negotiation driver), [`broker`] (the bundled server), [`config`]
+//! (gogoc.conf). See ARCHITECTURE.md for the whole map.
+
+pub mod broker;
+// pub mod config; (pending)
+pub mod net;
+pub mod proto;
+pub mod secret;

@@ -1,0 +1,239 @@
+//! Client ↔ bundled broker over real loopback sockets: every mechanism on both transports,
+//! version fallback, UDP→TCP fallback, bad passwords, a full broker, redirection, host keys.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nm_tsp::net::{NetError, negotiate};
+use nm_tsp::proto::client::Transport;
+use nm_tsp::proto::error::ProtoError;
+use nm_tsp::proto::sasl::Mechanism;
+use nm_tsp::proto::status::StatusCode;
+use nm_tsp::proto::types::{AuthMethod, TunnelMode, Version};
+
+async fn one(mech: AuthMethod, user: &str, pass: &str, transport: Transport) {
+    let dir = scratch_dir(&format!("mech-{mech}-{transport:?}"));
+    // A TCP-only broker forces TCP; with both, UDP answers first.
+    let extra = if transport == Transport::Tcp { "udp = false" } else { "" };
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", extra), None).await;
+    let opts = options(TunnelMode::V6AnyV4, mech, user, pass, dir.join("keys.pub"));
+    let est = negotiate(&broker.server(), &opts).await.unwrap_or_else(|e| panic!("{mech} over {transport:?}: {e}"));
+    assert_eq!(est.conn.transport(), transport);
+    assert_eq!(est.negotiated.version, Version::V2_0_2);
+    let expected = match mech {
+        AuthMethod::Anonymous => Mechanism::Anonymous,
+        AuthMethod::Plain => Mechanism::Plain,
+        AuthMethod::DigestMd5 => Mechanism::DigestMd5,
+        _ => Mechanism::PassDss3Des1,
+    };
+    assert_eq!(est.negotiated.mechanism, expected);
+    let offer = &est.negotiated.offer;
+    // On loopback the reported and observed addresses agree: no NAT, so v6v4.
+    assert_eq!(offer.mode, TunnelMode::V6V4);
+    assert_eq!(offer.client_v4, Ipv4Addr::LOCALHOST);
+    assert!(offer.client_v6.segments()[0] == 0x2001, "client address from the pool: {}", offer.client_v6);
+    assert_eq!(offer.keepalive.map(|k| k.interval), Some(30));
+    // The broker recorded the session as established under the user's name.
+    assert!(eventually(|| broker.running.shared.lock().sessions().any(|s| s.established)).await);
+    let broker_state = broker.running.shared.lock();
+    let rec: Vec<_> = broker_state.sessions().filter(|s| s.established).collect();
+    assert_eq!(rec.len(), 1, "one established session");
+    assert_eq!(rec[0].offer, *offer);
+    let expect_user = (mech != AuthMethod::Anonymous).then(|| user.to_owned());
+    assert_eq!(rec[0].user, expect_user);
+}
+
+#[tokio::test]
+async fn every_mechanism_over_udp_and_tcp() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        one(AuthMethod::Anonymous, "", "", transport).await;
+        one(AuthMethod::Plain, "user1", "pass1", transport).await;
+        one(AuthMethod::DigestMd5, "bob", "b\"o\\b", transport).await;
+        one(AuthMethod::PassDss3Des1, "alice", "wonder land", transport).await;
+        // `any` picks the strongest: PASSDSS-3DES-1.
+        one(AuthMethod::Any, "user1", "pass1", transport).await;
+    }
+}
+
+#[tokio::test]
+async fn any_never_picks_plain_unless_allowed() {
+    let dir = scratch_dir("plain-only");
+    let toml = broker_toml(&dir, "127.0.0.1:0", "").replace(
+        "auth = [\"anonymous\", \"plain\", \"digest-md5\", \"passdss-3des-1\"]",
+        "auth = [\"plain\"]",
+    );
+    let broker = start_broker(&toml, None).await;
+    let mut opts = options(TunnelMode::V6V4, AuthMethod::Any, "user1", "pass1", dir.join("k"));
+    let err = negotiate(&broker.server(), &opts).await.unwrap_err();
+    assert!(matches!(err, NetError::Proto(ProtoError::PlainNotAllowed)), "{err}");
+    opts.allow_plain = true;
+    let est = negotiate(&broker.server(), &opts).await.expect("allowed");
+    assert_eq!(est.negotiated.mechanism, Mechanism::Plain);
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_authentication_error() {
+    let dir = scratch_dir("wrong-pass");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
+    for method in [AuthMethod::Plain, AuthMethod::DigestMd5, AuthMethod::PassDss3Des1] {
+        let opts = options(TunnelMode::V6V4, method, "user1", "not-the-password", dir.join("k"));
+        let err = negotiate(&broker.server(), &opts).await.unwrap_err();
+        assert!(err.is_auth_failure(), "{method}: {err}");
+        assert!(!err.to_string().contains("not-the-password"), "password leaked: {err}");
+        let opts = options(TunnelMode::V6V4, method, "nobody", "x", dir.join("k"));
+        assert!(negotiate(&broker.server(), &opts).await.unwrap_err().is_auth_failure());
+    }
+    assert_eq!(broker.running.shared.lock().sessions().count(), 0);
+}
+
+#[tokio::test]
+async fn version_fallback_to_older_brokers() {
+    let dir = scratch_dir("versions");
+    // 2.0.0 only: the client steps down 2.0.2 → 2.0.1 → 2.0.0, staying on UDP.
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "versions = [\"2.0.0\"]"), None).await;
+    let opts = options(TunnelMode::V6UdpV4, AuthMethod::Anonymous, "", "", dir.join("k"));
+    let est = negotiate(&broker.server(), &opts).await.expect("2.0.0");
+    assert_eq!(est.negotiated.version, Version::V2_0_0);
+    assert_eq!(est.conn.transport(), Transport::Udp);
+    assert_eq!(est.negotiated.offer.mode, TunnelMode::V6UdpV4);
+
+    // 1.0.1 only: reached over TCP, and the tunnel exists without an accept message.
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "versions = [\"1.0.1\"]"), None).await;
+    let opts = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "user1", "pass1", dir.join("k"));
+    let est = negotiate(&broker.server(), &opts).await.expect("1.0.1");
+    assert_eq!(est.negotiated.version, Version::V1_0_1);
+    assert_eq!(est.conn.transport(), Transport::Tcp);
+    assert!(eventually(|| broker.running.shared.lock().sessions().any(|s| s.established)).await);
+
+    // v6udpv4 cannot go below 2.0.0: a clear error, no endless loop.
+    let opts = options(TunnelMode::V6UdpV4, AuthMethod::Anonymous, "", "", dir.join("k"));
+    let err = negotiate(&broker.server(), &opts).await.unwrap_err();
+    assert!(matches!(err, NetError::Proto(ProtoError::UnsupportedVersion(Version::V2_0_0))), "{err}");
+}
+
+#[tokio::test]
+async fn silent_udp_falls_back_to_tcp_quickly() {
+    let dir = scratch_dir("udp-blocked");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "udp = false"), None).await;
+    // A black hole on the broker's UDP port: datagrams vanish, as behind a filtering firewall
+    // (no ICMP error to make the client give up early).
+    let hole = tokio::net::UdpSocket::bind(broker.addr).await.expect("bind black hole");
+    let drain = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let _ = hole.recv_from(&mut buf).await;
+        }
+    });
+    let mut opts = options(TunnelMode::V6AnyV4, AuthMethod::Anonymous, "", "", dir.join("k"));
+    opts.rtt = nm_tsp::proto::rudp::RttParams::default(); // gogoc's timers: 6 s before UDP gives up
+    let t0 = Instant::now();
+    let est = negotiate(&broker.server(), &opts).await.expect("TCP fallback");
+    assert_eq!(est.conn.transport(), Transport::Tcp);
+    assert_eq!(est.negotiated.offer.mode, TunnelMode::V6V4);
+    // Not a benchmark: proves TCP did not wait for UDP's 6-second give-up, as gogoc does.
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    drain.abort();
+}
+
+#[tokio::test]
+async fn full_broker_answers_301() {
+    let dir = scratch_dir("full");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "max_tunnels = 1"), None).await;
+    let a = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "user1", "pass1", dir.join("k"));
+    negotiate(&broker.server(), &a).await.expect("first tunnel");
+    // The same user reconnecting takes its own slot again...
+    let again = negotiate(&broker.server(), &a).await.expect("reconnect");
+    // ...and keeps its address (stable assignment).
+    let first_addr = broker.running.shared.lock().sessions().next().map(|s| s.offer.client_v6);
+    assert_eq!(Some(again.negotiated.offer.client_v6), first_addr);
+    let b = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "alice", "wonder land", dir.join("k"));
+    let err = negotiate(&broker.server(), &b).await.unwrap_err();
+    match err {
+        NetError::Proto(ProtoError::Status { status: StatusCode::NoMoreTunnels, .. }) => {}
+        e => panic!("expected 301, got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn router_mode_gets_a_stable_prefix() {
+    let dir = scratch_dir("router");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
+    let mut opts = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "alice", "wonder land", dir.join("k"));
+    opts.router = Some(nm_tsp::proto::xml::RouterRequest { prefix_len: 56, dns_names: vec![] });
+    let first = negotiate(&broker.server(), &opts).await.expect("router");
+    let p = first.negotiated.offer.prefix.expect("prefix offered");
+    assert_eq!(p.len, 56);
+    let second = negotiate(&broker.server(), &opts).await.expect("router again");
+    assert_eq!(second.negotiated.offer.prefix, Some(p));
+    // Anonymous routers are refused with 522.
+    let mut anon = options(TunnelMode::V6V4, AuthMethod::Anonymous, "", "", dir.join("k"));
+    anon.router = opts.router.clone();
+    match negotiate(&broker.server(), &anon).await.unwrap_err() {
+        NetError::Proto(ProtoError::Status { status: StatusCode::PrefixForAnonymous, .. }) => {}
+        e => panic!("expected 522, got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn redirection_is_followed_to_the_next_broker() {
+    // Redirect targets carry no port: the client uses 3653, so the target brokers live on
+    // their own loopback addresses.
+    let dir = scratch_dir("redirect");
+    let up = start_broker(&broker_toml(&dir, "127.0.83.2:3653", ""), None).await;
+    // Document order [up, dead]: gogoc tries IPv4 entries in reverse, so the dead one first.
+    let redirector = start_broker(
+        &broker_toml(&dir, "127.0.83.1:0", "redirect = [\"127.0.83.2\", \"127.0.83.3\"]"),
+        None,
+    )
+    .await;
+    let opts = options(TunnelMode::V6AnyV4, AuthMethod::DigestMd5, "user1", "pass1", dir.join("k"));
+    let est = negotiate(&redirector.server(), &opts).await.expect("followed the redirection");
+    assert_eq!(est.server, "127.0.83.2");
+    assert_eq!(est.peer.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 83, 2)));
+    assert!(eventually(|| up.running.shared.lock().sessions().any(|s| s.established)).await);
+    assert_eq!(redirector.running.shared.lock().sessions().count(), 0);
+}
+
+#[tokio::test]
+async fn passdss_host_key_is_pinned() {
+    let dir = scratch_dir("hostkey");
+    let keys = dir.join("gogockeys.pub");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
+    let opts = options(TunnelMode::V6V4, AuthMethod::PassDss3Des1, "user1", "pass1", keys.clone());
+    negotiate(&broker.server(), &opts).await.expect("first use: key accepted");
+    let stored = std::fs::read_to_string(&keys).expect("key file written");
+    assert!(stored.starts_with(&format!("{} ssh-dss AAAAB3NzaC1kc3MAAACA", broker.server())), "{stored}");
+
+    // Known key, non-interactive: fine.
+    let mut strict = opts.clone();
+    strict.host_keys = std::sync::Arc::new(nm_tsp::net::hostkeys::KnownHostsFile::new(
+        keys.clone(),
+        nm_tsp::net::hostkeys::TrustMode::Refuse,
+    ));
+    negotiate(&broker.server(), &strict).await.expect("known key");
+
+    // Pinned key for an address, another key presented there: refused, file unchanged.
+    let other = nm_tsp::proto::sasl::passdss::HostKeyPair::generate(&mut rand::rngs::OsRng).expect("DSA key");
+    let impostor = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), Some(other)).await;
+    let blob = stored.split_whitespace().nth(2).expect("blob");
+    let pinned = format!("{stored}{} ssh-dss {blob}\n", impostor.server());
+    std::fs::write(&keys, &pinned).unwrap();
+    let err = negotiate(&impostor.server(), &opts).await.unwrap_err();
+    assert!(matches!(err, NetError::Proto(ProtoError::HostKeyMismatch { .. })), "{err}");
+    assert!(err.is_auth_failure());
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), pinned);
+
+    // Unknown key and no way to ask: refused without hanging.
+    let fresh = dir.join("empty.pub");
+    let mut refuse = opts.clone();
+    refuse.host_keys = std::sync::Arc::new(nm_tsp::net::hostkeys::KnownHostsFile::new(
+        fresh.clone(),
+        nm_tsp::net::hostkeys::TrustMode::Refuse,
+    ));
+    let err = negotiate(&impostor.server(), &refuse).await.unwrap_err();
+    assert!(matches!(err, NetError::Proto(ProtoError::HostKeyNotTrusted { .. })), "{err}");
+    assert!(!fresh.exists());
+}

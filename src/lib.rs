@@ -6,7 +6,7 @@
 //! (gogoc.conf). See ARCHITECTURE.md for the whole map.
 
 pub mod broker;
-// pub mod config; (pending)
+pub mod config;
 pub mod net;
 pub mod proto;
 pub mod secret;

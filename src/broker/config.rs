@@ -279,6 +279,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_sample_parses_to_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tsp-broker.toml"));
+        let sample = BrokerConfig::load(path).unwrap();
+        let defaults = BrokerConfig::default();
+        assert_eq!(format!("{sample:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = BrokerConfig::parse("auth = [\"digest-md5\"]", Path::new("b.toml")).unwrap_err();
         assert!(e.to_string().contains("accounts_file"), "{e}");

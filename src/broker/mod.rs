@@ -303,3 +303,101 @@ impl Backend for Broker {
         Ok(offer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::types::Version;
+
+    fn broker(extra: &str) -> Broker {
+        let cfg = BrokerConfig::parse(extra, std::path::Path::new("t.toml")).unwrap();
+        Broker::new(Arc::new(cfg), Accounts::default())
+    }
+
+    fn info(peer: &str, transport: Transport, user: Option<&str>) -> SessionInfo {
+        SessionInfo {
+            peer: peer.parse().unwrap(),
+            local: "192.0.2.1:3653".parse().unwrap(),
+            transport,
+            user: user.map(str::to_owned),
+            version: Version::V2_0_2,
+        }
+    }
+
+    fn req(mode: TunnelMode, reported: &str) -> CreateRequest {
+        CreateRequest { mode, proxy: false, client_addr: reported.parse().unwrap(), keepalive: Some(2), router: None }
+    }
+
+    #[test]
+    fn nat_detection_picks_the_mode() {
+        let mut b = broker("");
+        // Reported = observed: no NAT, protocol 41.
+        let o = b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "192.0.2.2")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V6V4);
+        assert_eq!(o.client_v4.to_string(), "192.0.2.2");
+        // Reported private address, seen from the NAT's public one: UDP encapsulation, and the
+        // tunnel endpoint is the public address.
+        let o = b.offer(&info("203.0.113.2:40000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "198.51.100.2")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V6UdpV4);
+        assert_eq!(o.client_v4.to_string(), "203.0.113.2");
+        // Over TCP there is no UDP socket to carry v6udpv4.
+        let o = b.offer(&info("203.0.113.2:40001", Transport::Tcp, None), &req(TunnelMode::V6AnyV4, "198.51.100.3")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V6V4);
+        assert_eq!(
+            b.offer(&info("203.0.113.2:40002", Transport::Tcp, None), &req(TunnelMode::V6UdpV4, "198.51.100.4")),
+            Err(StatusCode::UnsupportedTunnelType)
+        );
+        // Keepalive intervals are clamped to the configured range (5 s minimum).
+        assert_eq!(o.keepalive.map(|k| k.interval), Some(5));
+        // Wrong address families are refused with their own codes.
+        assert_eq!(
+            b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6V4, "2001:db8::1")),
+            Err(StatusCode::InvalidIpv4)
+        );
+        assert_eq!(
+            b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V4V6, "192.0.2.2")),
+            Err(StatusCode::InvalidIpv6)
+        );
+    }
+
+    #[test]
+    fn v4v6_hands_out_ipv4_addresses() {
+        let mut b = broker("");
+        let mut i = info("[2001:db8:1::2]:4000", Transport::Udp, Some("alice"));
+        i.local = "[2001:db8:1::1]:3653".parse().unwrap();
+        let o = b.offer(&i, &req(TunnelMode::V4V6, "2001:db8:1::2")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V4V6);
+        assert_eq!(o.server_v4.to_string(), "198.51.100.1");
+        assert_eq!(o.client_v4.to_string(), "198.51.100.2");
+        assert_eq!(o.server_v6.to_string(), "2001:db8:1::1");
+        assert_eq!(o.keepalive.map(|k| k.address), Some("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn only_offered_modes() {
+        let mut b = broker("tunnel_modes = [\"v6udpv4\"]");
+        let o = b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "192.0.2.2")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V6UdpV4, "v6v4 not offered: UDP even without NAT");
+        assert_eq!(
+            b.offer(&info("192.0.2.2:4001", Transport::Udp, None), &req(TunnelMode::V6V4, "192.0.2.3")),
+            Err(StatusCode::UnsupportedTunnelType)
+        );
+    }
+
+    #[test]
+    fn state_file_keeps_assignments_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("nm-tsp-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state");
+        let _ = std::fs::remove_file(&state);
+        let toml = format!("state_file = \"{}\"", state.display());
+        let i = info("192.0.2.2:4000", Transport::Udp, Some("carol"));
+        let first = broker(&toml).offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        let mut other = broker(&toml);
+        // Someone else first: carol must still get her old address back.
+        other.offer(&info("192.0.2.9:4000", Transport::Udp, Some("dave")), &req(TunnelMode::V6V4, "192.0.2.9")).unwrap();
+        let again = other.offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        assert_eq!(first.client_v6, again.client_v6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

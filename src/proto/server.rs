@@ -393,3 +393,141 @@ impl ServerSession {
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+    use crate::broker::accounts::Accounts;
+    use crate::broker::config::BrokerConfig;
+    use crate::proto::caps;
+
+    fn setup(extra: &str) -> (Arc<ServerConfig>, Broker) {
+        let toml = format!("realm = \"hexos\"\naccounts_file = \"/dev/null\"\nauth = [\"anonymous\", \"plain\", \"digest-md5\"]\n{extra}");
+        let cfg = BrokerConfig::parse(&toml, std::path::Path::new("t.toml")).unwrap();
+        let line = Accounts::line("user1", "hexos", &Secret::new("pass1")).unwrap();
+        let accounts = Accounts::parse(&line, "hexos", "acc").unwrap();
+        let protocol = Arc::new(Broker::server_config(&cfg, None));
+        (protocol, Broker::new(Arc::new(cfg), accounts))
+    }
+
+    fn session(cfg: &Arc<ServerConfig>, transport: Transport) -> ServerSession {
+        ServerSession::new(cfg.clone(), "192.168.1.10:5000".parse().unwrap(), "192.0.2.1:3653".parse().unwrap(), transport)
+    }
+
+    /// The client's whole anonymous TCP stream, as gogoc writes it (stray NUL included).
+    fn gogoc_anonymous_stream() -> Vec<u8> {
+        let create = xml::build_create(&CreateRequest {
+            mode: crate::proto::types::TunnelMode::V6AnyV4,
+            proxy: false,
+            client_addr: "192.168.1.10".parse().unwrap(),
+            keepalive: Some(30),
+            router: None,
+        });
+        let mut s = b"VERSION=2.0.2\r\nAUTHENTICATE ANONYMOUS\r\n\0".to_vec();
+        s.extend_from_slice(&frame::frame_request(&create));
+        s.extend_from_slice(&frame::frame_request(xml::ACCEPT));
+        s
+    }
+
+    #[test]
+    fn tcp_stream_split_anywhere() {
+        let (cfg, mut broker) = setup("");
+        let stream = gogoc_anonymous_stream();
+        assert!(stream.windows(21).any(|w| w == b"Content-length: 217\r\n"), "§11.3 create length");
+        for cut in 0..stream.len() {
+            let mut s = session(&cfg, Transport::Tcp);
+            let mut rng = rand::rngs::OsRng;
+            let a = s.on_bytes(&stream[..cut], &mut broker, &mut rng).unwrap();
+            let b = s.on_bytes(&stream[cut..], &mut broker, &mut rng).unwrap();
+            assert!(matches!((a, b), (Progress::Continue, Progress::Established(_)) | (Progress::Established(_), Progress::Continue)), "cut {cut}");
+            let replies: Vec<_> = std::iter::from_fn(|| s.next_reply()).collect();
+            assert_eq!(replies.len(), 3, "CAPABILITY, 200, offer (cut {cut})");
+            assert!(caps::Capabilities::is_capability_line(&replies[0]));
+            assert_eq!(replies[1], b"200 Success\r\n");
+            assert!(replies[2].starts_with(b"Content-length: "));
+        }
+    }
+
+    #[test]
+    fn plain_credentials_follow_the_nul_without_a_reply() {
+        let (cfg, mut broker) = setup("");
+        let mut s = session(&cfg, Transport::Tcp);
+        let mut rng = rand::rngs::OsRng;
+        // §3.3: the stream holds `...PLAIN\r\n\0\0user1\0pass1\r\n`.
+        s.on_bytes(b"VERSION=2.0.2\r\nAUTHENTICATE PLAIN\r\n\0\0user1\0pass1\r\n", &mut broker, &mut rng).unwrap();
+        let replies: Vec<_> = std::iter::from_fn(|| s.next_reply()).collect();
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[1], b"200 Success\r\n");
+        assert_eq!(s.info().user.as_deref(), Some("user1"));
+    }
+
+    #[test]
+    fn wrong_plain_password_gets_300() {
+        let (cfg, mut broker) = setup("");
+        let mut s = session(&cfg, Transport::Udp);
+        let mut rng = rand::rngs::OsRng;
+        s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng).unwrap();
+        s.on_bytes(b"AUTHENTICATE PLAIN\r\n\0", &mut broker, &mut rng).unwrap();
+        assert!(s.next_reply().is_some(), "capability");
+        assert_eq!(s.next_reply(), None, "PLAIN's AUTHENTICATE gets only the RUDP ack");
+        let e = s.on_bytes(b"\0user1\0wrong\r\n", &mut broker, &mut rng).unwrap_err();
+        assert!(matches!(e, ServerError::AuthFailed { .. }));
+        assert!(!e.to_string().contains("wrong"), "no password in errors: {e}");
+        assert_eq!(s.next_reply().as_deref(), Some(&b"300 Authentication failed\r\n"[..]));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn digest_md5_queues_rspauth_then_success() {
+        let (cfg, mut broker) = setup("");
+        let mut s = session(&cfg, Transport::Tcp);
+        let mut rng = rand::rngs::OsRng;
+        s.on_bytes(b"VERSION=2.0.1\r\nAUTHENTICATE DIGEST-MD5\r\n\0", &mut broker, &mut rng).unwrap();
+        s.next_reply();
+        let challenge = s.next_reply().unwrap();
+        let ch = digest_md5::parse_challenge(&challenge).unwrap();
+        assert_eq!(ch.realm.as_deref(), Some("hexos"));
+        let (resp, expected) = digest_md5::client_response(&ch, "user1", &Secret::new("pass1"), "broker.freenet6.net", "1113923787");
+        s.on_bytes(&resp, &mut broker, &mut rng).unwrap();
+        assert_eq!(s.pending_replies(), 2, "rspauth and 200 are two messages, written apart");
+        digest_md5::check_rspauth(&s.next_reply().unwrap(), &expected).unwrap();
+        assert_eq!(s.next_reply().as_deref(), Some(&b"200 Success\r\n"[..]));
+    }
+
+    #[test]
+    fn versions_and_redirects() {
+        let (cfg, mut broker) = setup("versions = [\"2.0.0\", \"1.0.1\"]");
+        let mut rng = rand::rngs::OsRng;
+        let mut s = session(&cfg, Transport::Udp);
+        assert!(matches!(s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng), Err(ServerError::Version(_))));
+        assert_eq!(s.next_reply().as_deref(), Some(&b"302 Unsupported client version\r\n"[..]));
+        // 1.0.1 exists only over TCP.
+        let mut s = session(&cfg, Transport::Udp);
+        assert!(s.on_bytes(b"VERSION=1.0.1\r\n", &mut broker, &mut rng).is_err());
+        let mut s = session(&cfg, Transport::Tcp);
+        assert!(s.on_bytes(b"VERSION=1.0.1\r\n", &mut broker, &mut rng).is_ok());
+
+        let (cfg, mut broker) = setup("redirect = [\"192.0.2.10\", \"192.0.2.11\", \"anon-montreal.broker.example.net\"]");
+        let mut s = session(&cfg, Transport::Tcp);
+        assert!(matches!(s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng), Err(ServerError::Redirected)));
+        let r = s.next_reply().unwrap();
+        assert!(r.starts_with(b"1200 Redirection\r\n<tunnel"), "{}", String::from_utf8_lossy(&r));
+        assert_eq!(r.len(), 262, "the §4.4 document");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_bounded_buffering() {
+        let (cfg, mut broker) = setup("");
+        let mut rng = rand::rngs::OsRng;
+        let mut s = session(&cfg, Transport::Tcp);
+        assert!(matches!(s.on_bytes(b"HELLO\r\n", &mut broker, &mut rng), Err(ServerError::Unexpected(_))));
+        let mut s = session(&cfg, Transport::Tcp);
+        let flood = vec![b'A'; 3000];
+        assert!(s.on_bytes(&flood, &mut broker, &mut rng).is_ok());
+        assert!(s.on_bytes(&flood, &mut broker, &mut rng).is_err(), "no line end after 6000 bytes");
+        let mut s = session(&cfg, Transport::Tcp);
+        s.on_bytes(b"VERSION=2.0.2\r\nAUTHENTICATE ANONYMOUS\r\n\0", &mut broker, &mut rng).unwrap();
+        assert!(s.on_bytes(b"Content-length: 99999\r\n", &mut broker, &mut rng).is_err());
+    }
+}

@@ -20,3 +20,5 @@ echo "== build"
 cargo build --locked --all-targets
 echo "== tests"
 cargo test --locked --all-targets
+echo "== demo (namespaces: broker, direct client, client behind NAT)"
+bash tests/demo.sh

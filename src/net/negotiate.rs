@@ -4,7 +4,7 @@
 //! VERSION over UDP and, if nothing came back after `tcp_race_delay`, race a TCP connection
 //! against it (happy-eyeballs style); the first transport to answer carries the session.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use tokio::time::sleep;
 use super::conn::{Conn, TcpConn, UdpConn};
 use super::hostkeys::{Decision, HostKeyPolicy};
 use super::NetError;
+use crate::config::{Host, split_server};
 use crate::proto::client::{ClientParams, ClientSession, Negotiated, Outcome, Step, Transport};
 use crate::proto::error::ProtoError;
 use crate::proto::rudp::RttParams;
@@ -32,34 +33,15 @@ pub struct Server {
 
 impl Server {
     pub fn parse(text: &str) -> Result<Self, NetError> {
-        let bad = |reason: &str| NetError::BadServer { server: text.to_owned(), reason: reason.to_owned() };
-        let t = text.trim();
-        if t.is_empty() {
-            return Err(bad("empty"));
-        }
-        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(|| bad("missing `]`"))?;
-            h.parse::<Ipv6Addr>().map_err(|_| bad("not an IPv6 address inside brackets"))?;
-            match after {
-                "" => (h, None),
-                p => (h, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?)),
-            }
-        } else if t.parse::<Ipv6Addr>().is_ok() {
-            (t, None)
-        } else {
-            match t.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (t, None),
-            }
+        let text = text.trim();
+        let (host, port) = split_server(text)
+            .map_err(|e| NetError::BadServer { server: text.to_owned(), reason: e.to_string() })?;
+        let host = match host {
+            Host::Name(n) => n,
+            Host::V4(a) => a.to_string(),
+            Host::V6(a) => a.to_string(),
         };
-        let port = match port {
-            None => TSP_PORT,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("invalid port"))?,
-        };
-        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
-            return Err(bad("invalid host name"));
-        }
-        Ok(Self { host: host.to_owned(), port, text: t.to_owned() })
+        Ok(Self { host, port: port.unwrap_or(TSP_PORT), text: text.to_owned() })
     }
 
     /// The configured string for a broker taken from a redirection (IPv6 bracketed, as gogoc

@@ -237,3 +237,40 @@ async fn passdss_host_key_is_pinned() {
     assert!(matches!(err, NetError::Proto(ProtoError::HostKeyNotTrusted { .. })), "{err}");
     assert!(!fresh.exists());
 }
+
+/// A raw RUDP exchange with the broker: send `payload` with sequence `seq`, return the reply.
+async fn rudp(sock: &tokio::net::UdpSocket, seq: u32, payload: &[u8]) -> Vec<u8> {
+    use nm_tsp::proto::rudp::{Header, datagram};
+    sock.send(&datagram(Header { seq, timestamp: 771 }, payload)).await.unwrap();
+    let mut buf = vec![0u8; 4200];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await.expect("reply").unwrap();
+    let (h, p) = Header::decode(&buf[..n]).expect("control reply");
+    assert_eq!(h, Header { seq, timestamp: 771 }, "header echoed verbatim");
+    p.to_vec()
+}
+
+#[tokio::test]
+async fn broker_answers_probes_and_retransmissions() {
+    let dir = scratch_dir("rudp-raw");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe.connect(broker.addr).await.unwrap();
+    // The broker-ranking probe of §7: 12 bytes, answered with a 200.
+    assert!(rudp(&probe, 0xf0, b"ECHO REQUEST").await.starts_with(b"200"));
+
+    let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.connect(broker.addr).await.unwrap();
+    let caps = rudp(&c, 0xf0, b"VERSION=2.0.2\r\n").await;
+    assert!(caps.starts_with(b"CAPABILITY ") && caps.ends_with(b"\r\n"));
+    // A retransmitted VERSION (same sequence) gets the same answer, not a new exchange.
+    assert_eq!(rudp(&c, 0xf0, b"VERSION=2.0.2\r\n").await, caps);
+    let challenge = rudp(&c, 0xf1, b"AUTHENTICATE DIGEST-MD5\r\n\0").await;
+    // A retransmission must not mint a new nonce: the client computes with the first one.
+    assert_eq!(rudp(&c, 0xf1, b"AUTHENTICATE DIGEST-MD5\r\n\0").await, challenge);
+    // An empty poll with nothing pending is acknowledged with an empty payload.
+    let c2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c2.connect(broker.addr).await.unwrap();
+    rudp(&c2, 0xf0, b"VERSION=2.0.2\r\n").await;
+    assert_eq!(rudp(&c2, 0xf1, b"AUTHENTICATE PLAIN\r\n\0").await, b"", "PLAIN's line is only acknowledged");
+    assert_eq!(rudp(&c2, 0xf2, b"\0user1\0pass1\r\n").await, b"200 Success\r\n");
+}

@@ -486,3 +486,73 @@ fn passdss_server_message_len(buf: &[u8]) -> Option<usize> {
     }
     (b64_len >= needed).then_some(needed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::caps::{AUTH_ANONYMOUS, AUTH_DIGEST_MD5, AUTH_PASSDSS, AUTH_PLAIN};
+
+    #[test]
+    fn mechanism_choice() {
+        let all = AUTH_PASSDSS | AUTH_DIGEST_MD5 | AUTH_PLAIN | AUTH_ANONYMOUS;
+        assert_eq!(choose_mechanism(AuthMethod::Any, false, all).unwrap(), Mechanism::PassDss3Des1);
+        assert_eq!(choose_mechanism(AuthMethod::Any, false, AUTH_DIGEST_MD5 | AUTH_PLAIN).unwrap(), Mechanism::DigestMd5);
+        assert_eq!(choose_mechanism(AuthMethod::Any, false, AUTH_PLAIN), Err(ProtoError::PlainNotAllowed));
+        assert_eq!(choose_mechanism(AuthMethod::Any, true, AUTH_PLAIN | AUTH_ANONYMOUS).unwrap(), Mechanism::Plain);
+        assert_eq!(choose_mechanism(AuthMethod::Plain, false, AUTH_PLAIN).unwrap(), Mechanism::Plain);
+        // `any` never falls back to ANONYMOUS; `anonymous` never tries anything else.
+        assert!(matches!(choose_mechanism(AuthMethod::Any, true, AUTH_ANONYMOUS), Err(ProtoError::NoCommonAuth { .. })));
+        assert!(matches!(choose_mechanism(AuthMethod::Anonymous, true, AUTH_PLAIN), Err(ProtoError::NoCommonAuth { .. })));
+        assert!(matches!(choose_mechanism(AuthMethod::DigestMd5, true, AUTH_PASSDSS), Err(ProtoError::NoCommonAuth { .. })));
+    }
+
+    #[test]
+    fn tcp_replies_coalesced_and_split() {
+        // DIGEST-MD5's rspauth and 200 in one segment: two replies.
+        let buf = b"cnNwYXV0aD00MWYzMzg0YmNkODI0ZDExODk3NDNiNTBlM2JjYjc4Ng==\r\n200 Success\r\n";
+        let first = take_reply(buf, Expect::Line).unwrap().unwrap();
+        assert_eq!(&buf[first..], b"200 Success\r\n");
+        assert_eq!(take_reply(&buf[first..], Expect::Line).unwrap(), Some(13));
+        // A line split across reads waits.
+        assert_eq!(take_reply(b"CAPABILITY TUNNEL=V6V4", Expect::Line).unwrap(), None);
+        // An acknowledgement needs no bytes over TCP.
+        assert_eq!(take_reply(b"", Expect::Ack).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn raw_redirect_carries_its_document() {
+        let doc = b"1200 Redirection\r\n<tunnel action=\"info\" type=\"v6anyv4\" lifetime=\"1440\">\r\n <broker>\r\n  <address type=\"ipv4\">192.0.2.10</address>\r\n </broker>\r\n</tunnel>\r\n";
+        // Complete once `</tunnel>` is in (the CRLF after it is optional).
+        for cut in 18..doc.len() - 2 {
+            assert_eq!(take_reply(&doc[..cut], Expect::Line).unwrap(), None, "cut {cut}");
+        }
+        assert_eq!(take_reply(doc, Expect::Line).unwrap(), Some(doc.len()));
+        // A bare status where a frame was expected is handed over whole, to name the status.
+        assert_eq!(take_reply(b"310 Server side error\r\n", Expect::Framed).unwrap(), Some(23));
+    }
+
+    #[test]
+    fn session_reports_status_codes() {
+        let mut s = ClientSession::new(ClientParams {
+            version: Version::V2_0_2,
+            transport: Transport::Udp,
+            auth_method: AuthMethod::Anonymous,
+            allow_plain: false,
+            username: String::new(),
+            password: Secret::default(),
+            server_name: "b".into(),
+            request: CreateRequest {
+                mode: TunnelMode::V6UdpV4,
+                proxy: false,
+                client_addr: "192.0.2.2".parse().unwrap(),
+                keepalive: None,
+                router: None,
+            },
+            cnonce: "1".into(),
+        });
+        let mut rng = rand::rngs::OsRng;
+        s.start().unwrap();
+        assert_eq!(s.on_reply(b"530 Server too busy\r\n", &mut rng), Err(ProtoError::ServerTooBusy));
+        assert!(s.on_reply(b"CAPABILITY TUNNEL=V6UDPV4 AUTH=ANONYMOUS\r\n", &mut rng).is_err(), "finished sessions stay finished");
+    }
+}

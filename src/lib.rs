@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod proto;
 pub mod secret;

@@ -145,8 +145,9 @@ fn negotiate_hops<'a>(
                     let next = Server::from_broker(b);
                     match negotiate_hops(next.clone(), opts, hops + 1).await {
                         Ok(est) => return Ok(est),
-                        // Wrong credentials will be wrong at the next broker too.
-                        Err(e) if e.is_auth_failure() => return Err(e),
+                        // Wrong credentials will be wrong at the next broker too, and a
+                        // redirection loop stays one.
+                        Err(e) if e.is_auth_failure() || matches!(e, NetError::TooManyRedirects(_)) => return Err(e),
                         Err(e) => {
                             tracing::warn!(broker = %next, error = %e, "redirected broker failed");
                             errors.push((next, e));

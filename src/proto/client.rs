@@ -100,6 +100,17 @@ enum State {
     Done,
 }
 
+impl State {
+    fn stage(&self) -> Stage {
+        match self {
+            Self::Version => Stage::Capability,
+            Self::Create => Stage::Create,
+            Self::Accept(_) | Self::Done => Stage::Accept,
+            _ => Stage::Authentication,
+        }
+    }
+}
+
 /// Mechanism choice for `auth_method` against the broker's list (§3.1, with the PLAIN rule).
 pub fn choose_mechanism(method: AuthMethod, allow_plain: bool, offered: u8) -> Result<Mechanism, ProtoError> {
     let wanted: &[Mechanism] = match method {
@@ -162,11 +173,23 @@ impl ClientSession {
     /// Feeds the reply the previous step asked for (one whole message, CRLF included).
     pub fn on_reply<R: rand::RngCore + rand::CryptoRng>(&mut self, reply: &[u8], rng: &mut R) -> Result<Step, ProtoError> {
         let state = std::mem::replace(&mut self.state, State::Done);
+        let stage = state.stage();
         let step = self.advance(state, reply, rng);
         if step.is_err() {
             self.state = State::Done;
         }
-        step
+        step.map_err(|e| self.scrub(e, stage))
+    }
+
+    /// Errors quote broker bytes; a hostile broker could echo the password back (PLAIN sends
+    /// it in clear) to get it into logs. Such an error is replaced by one that quotes nothing.
+    /// Passwords shorter than 4 bytes would match by chance in almost any text: not checked.
+    fn scrub(&self, e: ProtoError, stage: Stage) -> ProtoError {
+        let pw = self.params.password.expose();
+        if pw.len() < 4 || !(e.to_string().contains(pw) || format!("{e:?}").contains(pw)) {
+            return e;
+        }
+        ProtoError::Unexpected { stage, preview: "(withheld: the broker's reply contained the password)".into() }
     }
 
     /// After [`Step::CheckHostKey`]: whether the key is trusted.
@@ -296,7 +319,9 @@ impl ClientSession {
         }
         let st = frame::parse_status_line(first_line(reply)).map_err(ProtoError::frame(stage))?;
         match st.status {
-            StatusCode::Redirect(_) => Ok(()),
+            // A `200` where SASL data belongs is not a refusal: let the mechanism's parser
+            // say what is missing (e.g. no rspauth).
+            StatusCode::Redirect(_) | StatusCode::Success => Ok(()),
             StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed { mechanism: m.wire_name() }),
             status => Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
         }
@@ -474,13 +499,22 @@ fn passdss_server_message_len(buf: &[u8]) -> Option<usize> {
     let quads = b64_len / 4 * 4;
     let raw = base64::engine::general_purpose::STANDARD.decode(&buf[..quads]).ok()?;
     let read_u32 = |at: usize| -> Option<usize> { Some(u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize) };
+    // A length pointing past the size limit cannot complete: hand the bytes over now so the
+    // parser reports them instead of waiting for the reply timeout.
+    let too_long = |at: usize| at > MAX_MESSAGE;
     let pk = read_u32(0)?;
-    let y_at = 4usize.checked_add(pk)?;
+    let y_at = 4usize.saturating_add(pk);
+    if too_long(y_at) {
+        return Some(buf.len());
+    }
     let y = read_u32(y_at)?;
-    let sig_at = y_at.checked_add(4)?.checked_add(y)?.checked_add(4)?;
+    let sig_at = y_at.saturating_add(8).saturating_add(y);
+    if too_long(sig_at) {
+        return Some(buf.len());
+    }
     let sig = read_u32(sig_at)?;
-    let total = sig_at.checked_add(4)?.checked_add(sig)?;
-    let needed = total.div_ceil(3).checked_mul(4)?;
+    let total = sig_at.saturating_add(4).saturating_add(sig);
+    let needed = total.div_ceil(3).saturating_mul(4);
     if needed > MAX_MESSAGE {
         return Some(buf.len());
     }

@@ -25,7 +25,8 @@ pub const USERS: &[(&str, &str)] = &[("user1", "pass1"), ("alice", "wonder land"
 /// One DSA key for all tests (generation is slow in debug builds).
 pub fn host_key() -> HostKeyPair {
     static KEY: OnceLock<HostKeyPair> = OnceLock::new();
-    KEY.get_or_init(|| HostKeyPair::generate(&mut rand::rngs::OsRng).expect("DSA key")).clone()
+    KEY.get_or_init(|| HostKeyPair::generate(&mut rand::rngs::OsRng).expect("DSA key"))
+        .clone()
 }
 
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -71,8 +72,15 @@ pub async fn start_broker(toml: &str, key: Option<HostKeyPair>) -> TestBroker {
     };
     let protocol = Broker::server_config(&cfg, key.or_else(|| Some(host_key())));
     let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts), protocol);
-    let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp).await.expect("broker listens");
-    let addr = running.tcp.first().or(running.udp.first()).copied().expect("a listener");
+    let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
+        .await
+        .expect("broker listens");
+    let addr = running
+        .tcp
+        .first()
+        .or(running.udp.first())
+        .copied()
+        .expect("a listener");
     TestBroker { running, addr }
 }
 
@@ -82,7 +90,11 @@ pub fn options(mode: TunnelMode, method: AuthMethod, user: &str, password: &str,
     o.auth_method = method;
     o.username = user.to_owned();
     o.password = Secret::new(password);
-    o.rtt = RttParams { rto_min: Duration::from_millis(200), rto_max: Duration::from_secs(1), ..RttParams::default() };
+    o.rtt = RttParams {
+        rto_min: Duration::from_millis(200),
+        rto_max: Duration::from_secs(1),
+        ..RttParams::default()
+    };
     o.reply_timeout = Duration::from_secs(3);
     o.connect_timeout = Duration::from_secs(3);
     o

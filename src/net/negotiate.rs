@@ -266,7 +266,10 @@ async fn race(
         return udp.await;
     }
     let tcp = async {
-        sleep(opts.tcp_race_delay).await;
+        // tokio rounds even a zero sleep up to its next 1 ms tick.
+        if !opts.tcp_race_delay.is_zero() {
+            sleep(opts.tcp_race_delay).await;
+        }
         tracing::debug!(%addr, "no UDP answer yet; racing TCP");
         first_exchange(server, Transport::Tcp, addr, version, opts).await
     };

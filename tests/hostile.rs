@@ -478,9 +478,10 @@ impl Scripted {
         let peer_log = log.clone();
         let (addr, task) = match t {
             Tcp => {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TCP");
+                let (listener, hole) = common::tcp_with_udp_hole().await;
                 let addr = listener.local_addr().expect("TCP address");
                 let task = tokio::spawn(async move {
+                    let _hole = hole;
                     if let Ok((stream, _)) = listener.accept().await {
                         let peer = TcpPeer {
                             stream,

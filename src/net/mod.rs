@@ -63,6 +63,16 @@ impl NetError {
         }
     }
 
+    /// How far the exchange got before this error: 0 nothing listening, 1 connected but
+    /// silent or cut off, 2 the broker answered (badly).
+    pub fn progress(&self) -> u8 {
+        match self {
+            Self::Refused { .. } | Self::Rudp(RudpError::NoListener { .. }) | Self::Resolve { .. } => 0,
+            Self::Timeout { .. } | Self::Closed | Self::Incomplete { .. } | Self::Rudp(RudpError::Timeout { .. }) => 1,
+            _ => 2,
+        }
+    }
+
     /// Nothing answered at this address (as opposed to a broker that answered badly).
     pub fn is_unreachable(&self) -> bool {
         matches!(

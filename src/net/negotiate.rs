@@ -287,8 +287,9 @@ async fn race(
             },
         }
         if let (Some(u), Some(t)) = (&udp_err, &tcp_err) {
-            // Report the more telling failure: a broker that answered beats silence.
-            let tcp_first = !t.is_unreachable() || u.is_unreachable() && matches!(u, NetError::Refused { .. });
+            // Report the transport that got further: a broker that answered badly beats one
+            // that accepted and went silent, which beats nothing listening.
+            let tcp_first = t.progress() >= u.progress();
             return Err(if tcp_first { tcp_err.take() } else { udp_err.take() }.unwrap_or(NetError::Closed));
         }
     }

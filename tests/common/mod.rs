@@ -54,6 +54,9 @@ pub fn broker_toml(dir: &std::path::Path, listen: &str, extra: &str) -> String {
 pub struct TestBroker {
     pub running: serve::Running,
     pub addr: SocketAddr,
+    /// For a TCP-only broker: its port on UDP, held so no other test's UDP socket can take it
+    /// and answer this broker's clients (TCP and UDP port numbers are separate spaces).
+    _udp_hole: Option<std::net::UdpSocket>,
 }
 
 impl TestBroker {
@@ -75,13 +78,10 @@ pub async fn start_broker(toml: &str, key: Option<HostKeyPair>) -> TestBroker {
     let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
         .await
         .expect("broker listens");
-    let addr = running
-        .tcp
-        .first()
-        .or(running.udp.first())
-        .copied()
-        .expect("a listener");
-    TestBroker { running, addr }
+    let addr = running.tcp.first().or(running.udp.first()).copied().expect("a listener");
+    // Silent, never read: datagrams to it vanish as behind a filtering firewall.
+    let _udp_hole = if cfg.udp { None } else { std::net::UdpSocket::bind(addr).ok() };
+    TestBroker { running, addr, _udp_hole }
 }
 
 /// Client options with short timers so failing cases end quickly.
@@ -110,4 +110,16 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// A TCP listener on 127.0.0.1 whose port number is also held on UDP (see `TestBroker`).
+pub async fn tcp_with_udp_hole() -> (tokio::net::TcpListener, std::net::UdpSocket) {
+    for _ in 0..64 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind TCP");
+        let addr = listener.local_addr().expect("TCP address");
+        if let Ok(hole) = std::net::UdpSocket::bind(addr) {
+            return (listener, hole);
+        }
+    }
+    panic!("no port free on both TCP and UDP");
 }

@@ -46,11 +46,7 @@ pub enum ConfigError {
     },
     /// A value of the wrong form (not a number, not yes/no, bad characters, …).
     #[error("{at}: key \"{key}\": {reason}")]
-    BadValue {
-        at: Location,
-        key: String,
-        reason: String,
-    },
+    BadValue { at: Location, key: String, reason: String },
     /// A number outside the accepted interval (both ends included).
     #[error("{at}: key \"{key}\": {value} is out of range {min}..{max}")]
     OutOfRange {
@@ -94,11 +90,7 @@ pub enum ConfigError {
     },
     /// A line longer than any valid line can be.
     #[error("{at}: line is too long ({len} bytes, at most {max})")]
-    LineTooLong {
-        at: Location,
-        len: usize,
-        max: usize,
-    },
+    LineTooLong { at: Location, len: usize, max: usize },
     /// Settings that are each valid but not together (or a required setting left empty).
     #[error("{at}: {message}")]
     Conflict {
@@ -137,10 +129,7 @@ impl ConfigError {
     pub fn file(&self) -> &str {
         match self {
             Self::TooLarge { file, .. } | Self::Io { file, .. } => file,
-            other => other
-                .location()
-                .map(|l| l.file.as_str())
-                .unwrap_or_default(),
+            other => other.location().map(|l| l.file.as_str()).unwrap_or_default(),
         }
     }
 

@@ -106,8 +106,7 @@ impl fmt::Display for Dialect {
 }
 
 const GOGOC_TEMPLATES: [&str; 10] = [
-    "linux", "freebsd", "netbsd", "openbsd", "darwin", "windows", "cisco", "sunos", "openwrt",
-    "gogocpe",
+    "linux", "freebsd", "netbsd", "openbsd", "darwin", "windows", "cisco", "sunos", "openwrt", "gogocpe",
 ];
 const GW6C_TEMPLATES: [&str; 11] = [
     "linux",
@@ -146,9 +145,13 @@ impl<A: fmt::Display> fmt::Display for AutoAddr<A> {
 /// `log_file`, `log_syslog`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LogLevels {
+    /// `log_console`.
     pub console: u8,
+    /// `log_stderr`.
     pub stderr: u8,
+    /// `log_file` (written to `log_filename`).
     pub file: u8,
+    /// `log_syslog` (with `syslog_facility`).
     pub syslog: u8,
 }
 
@@ -817,11 +820,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<GogocConfig, ConfigError> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("gw6c"));
-            if named_gw6c {
-                Dialect::Gw6c
-            } else {
-                Dialect::Gogoc
-            }
+            if named_gw6c { Dialect::Gw6c } else { Dialect::Gogoc }
         }
     };
     if cfg.dialect == Dialect::Gw6c {
@@ -904,18 +903,11 @@ fn apply(cfg: &mut GogocConfig, field: Field, v: &str) -> Result<(), Problem> {
             cfg.gogoc_dir = v.to_owned();
         }
         AutoRetryConnect => cfg.auto_retry_connect = parse_bool(v, d.auto_retry_connect)?,
-        RetryDelay => {
-            cfg.retry_delay = or_default(v, d.retry_delay, |v| parse_num(v, 0, MAX_RETRY_DELAY))?
-        }
-        RetryDelayMax => {
-            cfg.retry_delay_max =
-                or_default(v, d.retry_delay_max, |v| parse_num(v, 0, MAX_RETRY_DELAY))?
-        }
+        RetryDelay => cfg.retry_delay = or_default(v, d.retry_delay, |v| parse_num(v, 0, MAX_RETRY_DELAY))?,
+        RetryDelayMax => cfg.retry_delay_max = or_default(v, d.retry_delay_max, |v| parse_num(v, 0, MAX_RETRY_DELAY))?,
         Keepalive => cfg.keepalive = parse_bool(v, d.keepalive)?,
         KeepaliveInterval => {
-            cfg.keepalive_interval = or_default(v, d.keepalive_interval, |v| {
-                parse_num(v, 0, MAX_KEEPALIVE_INTERVAL)
-            })?
+            cfg.keepalive_interval = or_default(v, d.keepalive_interval, |v| parse_num(v, 0, MAX_KEEPALIVE_INTERVAL))?
         }
         TunnelMode => {
             if v.eq_ignore_ascii_case("dslite") {
@@ -947,18 +939,14 @@ fn apply(cfg: &mut GogocConfig, field: Field, v: &str) -> Result<(), Problem> {
         ProxyClient => cfg.proxy_client = parse_bool(v, d.proxy_client)?,
         BrokerList => cfg.broker_list = or_default(v, d.broker_list, parse_filename)?,
         LastServer => cfg.last_server = or_default(v, d.last_server, parse_filename)?,
-        AlwaysUseSameServer => {
-            cfg.always_use_same_server = parse_bool(v, d.always_use_same_server)?
-        }
+        AlwaysUseSameServer => cfg.always_use_same_server = parse_bool(v, d.always_use_same_server)?,
         LogConsole => cfg.log.console = or_default(v, d.log.console, parse_log_level)?,
         LogStderr => cfg.log.stderr = or_default(v, d.log.stderr, parse_log_level)?,
         LogFile => cfg.log.file = or_default(v, d.log.file, parse_log_level)?,
         LogSyslog => cfg.log.syslog = or_default(v, d.log.syslog, parse_log_level)?,
         LogFilename => cfg.log_filename = or_default(v, d.log_filename, parse_filename)?,
         LogRotation => cfg.log_rotation = parse_bool(v, d.log_rotation)?,
-        LogRotationSize => {
-            cfg.log_rotation_size = or_default(v, d.log_rotation_size, parse_rotation_size)?
-        }
+        LogRotationSize => cfg.log_rotation_size = or_default(v, d.log_rotation_size, parse_rotation_size)?,
         LogRotationDelete => cfg.log_rotation_delete = parse_bool(v, d.log_rotation_delete)?,
         SyslogFacility => {
             cfg.syslog_facility = or_default(v, d.syslog_facility, parse_facility)?;
@@ -975,11 +963,7 @@ fn apply(cfg: &mut GogocConfig, field: Field, v: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn or_default<T>(
-    v: &str,
-    default: T,
-    parse: impl FnOnce(&str) -> Result<T, Problem>,
-) -> Result<T, Problem> {
+fn or_default<T>(v: &str, default: T, parse: impl FnOnce(&str) -> Result<T, Problem>) -> Result<T, Problem> {
     if v.is_empty() { Ok(default) } else { parse(v) }
 }
 
@@ -1025,10 +1009,7 @@ fn parse_keyword<T: std::str::FromStr<Err = UnknownKeyword>>(v: &str) -> Result<
 /// A decimal number in `min..=max` (digits only: no sign, no spaces).
 fn parse_num(v: &str, min: u32, max: u32) -> Result<u32, Problem> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Problem::Invalid(format!(
-            "{} is not a whole number",
-            shown(v)
-        )));
+        return Err(Problem::Invalid(format!("{} is not a whole number", shown(v))));
     }
     let range = || Problem::Range {
         value: shown_name(v),
@@ -1047,12 +1028,7 @@ fn parse_log_level(v: &str) -> Result<u8, Problem> {
 }
 
 fn parse_rotation_size(v: &str) -> Result<LogRotationSize, Problem> {
-    let bad = || {
-        Problem::Invalid(format!(
-            "{} is not one of 16, 32, 128, 1024 (KiB)",
-            shown(v)
-        ))
-    };
+    let bad = || Problem::Invalid(format!("{} is not one of 16, 32, 128, 1024 (KiB)", shown(v)));
     if !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -1087,10 +1063,7 @@ fn parse_client_v6(v: &str) -> Result<AutoAddr<Ipv6Addr>, Problem> {
     if v.eq_ignore_ascii_case("auto") {
         return Ok(AutoAddr::Auto);
     }
-    let bare = v
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(v);
+    let bare = v.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(v);
     bare.parse()
         .map(AutoAddr::Fixed)
         .map_err(|_| Problem::Invalid(format!("{} is neither auto nor an IPv6 address", shown(v))))
@@ -1104,10 +1077,7 @@ fn parse_filename(v: &str) -> Result<String, Problem> {
         });
     }
     // gogoc's set for file names; anything else it refuses.
-    if !v
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_./\\".contains(&b))
-    {
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./\\".contains(&b)) {
         return Err(Problem::Invalid(format!(
             "{} may only contain letters, digits, '-', '_', '.', '/' and '\\'",
             shown(v)
@@ -1205,9 +1175,7 @@ fn check_ifname(v: &str, extra: &[u8], allowed: &str) -> Result<(), Problem> {
             max: MAX_IFNAME_LEN,
         });
     }
-    let chars_ok = v
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+    let chars_ok = v.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if !chars_ok || v == "." || v == ".." {
         return Err(Problem::Invalid(format!(
             "{} is not an interface name (1 to {MAX_IFNAME_LEN} {allowed})",
@@ -1274,9 +1242,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
         if blank_ends(v) {
             Err((
                 f,
-                Problem::Invalid(format!(
-                    "{what} cannot begin or end with a blank in the file"
-                )),
+                Problem::Invalid(format!("{what} cannot begin or end with a blank in the file")),
             ))
         } else {
             Ok(())
@@ -1302,9 +1268,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
     }
     check_lan_ifname(&c.if_prefix).map_err(at(IfPrefix))?;
     let dns = c.dns_server.join(":");
-    if c.dns_server.iter().any(String::is_empty)
-        || parse_dns_servers(&dns).map_err(at(DnsServer))? != c.dns_server
-    {
+    if c.dns_server.iter().any(String::is_empty) || parse_dns_servers(&dns).map_err(at(DnsServer))? != c.dns_server {
         return Err((
             DnsServer,
             Problem::Invalid("contains an empty name or a ':'".to_owned()),
@@ -1315,11 +1279,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
     for (f, n, max) in [
         (RetryDelay, c.retry_delay, MAX_RETRY_DELAY),
         (RetryDelayMax, c.retry_delay_max, MAX_RETRY_DELAY),
-        (
-            KeepaliveInterval,
-            c.keepalive_interval,
-            MAX_KEEPALIVE_INTERVAL,
-        ),
+        (KeepaliveInterval, c.keepalive_interval, MAX_KEEPALIVE_INTERVAL),
     ] {
         if n > max {
             return Err((
@@ -1366,11 +1326,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
         }
     }
     check_dir(&c.haccess_document_root).map_err(at(HaccessDocumentRoot))?;
-    no_blank_ends(
-        HaccessDocumentRoot,
-        &c.haccess_document_root,
-        "the directory",
-    )?;
+    no_blank_ends(HaccessDocumentRoot, &c.haccess_document_root, "the directory")?;
     Ok(())
 }
 
@@ -1382,10 +1338,7 @@ fn check_cross(c: &GogocConfig, seen: &Seen, file: &str) -> Result<(), ConfigErr
     let conflict = |fields: &[Field], message: String| ConfigError::Conflict {
         at: Location {
             file: file.to_owned(),
-            line: fields
-                .iter()
-                .filter_map(|f| seen.get(*f).map(|(line, _)| line))
-                .max(),
+            line: fields.iter().filter_map(|f| seen.get(*f).map(|(line, _)| line)).max(),
         },
         keys: fields.iter().map(|f| name(*f).to_owned()).collect(),
         message,
@@ -1406,8 +1359,7 @@ fn check_cross(c: &GogocConfig, seen: &Seen, file: &str) -> Result<(), ConfigErr
         if c.dslite_server != DEFAULT_DSLITE_SERVER || c.dslite_client != DEFAULT_DSLITE_CLIENT {
             return Err(conflict(
                 &[Field::DsliteServer, Field::DsliteClient],
-                "gw6c.conf has no dslite_server/dslite_client; leave them at their defaults"
-                    .to_owned(),
+                "gw6c.conf has no dslite_server/dslite_client; leave them at their defaults".to_owned(),
             ));
         }
     }
@@ -1506,11 +1458,7 @@ fn check_cross(c: &GogocConfig, seen: &Seen, file: &str) -> Result<(), ConfigErr
     }
     if (c.haccess_web_enabled || c.haccess_proxy_enabled) && c.tunnel_mode == TunnelMode::V4V6 {
         return Err(conflict(
-            &[
-                Field::HaccessProxyEnabled,
-                Field::HaccessWebEnabled,
-                Field::TunnelMode,
-            ],
+            &[Field::HaccessProxyEnabled, Field::HaccessWebEnabled, Field::TunnelMode],
             format!(
                 "home access ({} / {}) cannot be used with tunnel_mode=v4v6",
                 name(Field::HaccessProxyEnabled),
@@ -1537,9 +1485,7 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
     let d = cfg.dialect;
     let mut out = String::with_capacity(2048);
     let _ = writeln!(out, "# {} written by NetworkManager-tsp.", d.file_name());
-    out.push_str(
-        "# One name=value per line; '#' starts a comment line; an empty value means the default.\n\n",
-    );
+    out.push_str("# One name=value per line; '#' starts a comment line; an empty value means the default.\n\n");
     for field in FIELDS {
         let Some(key) = field.written_key(d) else {
             continue;
@@ -1552,10 +1498,12 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
             Field::Passwd => {
                 let _ = writeln!(out, "{key}={}", cfg.passwd.expose());
             }
-            Field::AllowPlain => {
+            // Written only when set, so a default file stays byte-for-byte gogoc's key set.
+            Field::AllowPlain if cfg.allow_plain => {
                 out.push_str("# NetworkManager-tsp only (gogoc ignores it): allow PLAIN with auth_method=any.\n");
                 let _ = writeln!(out, "{key}={}", value_text(cfg, field));
             }
+            Field::AllowPlain => {}
             _ => {
                 let _ = writeln!(out, "{key}={}", value_text(cfg, field));
             }

@@ -20,10 +20,9 @@ use zeroize::Zeroizing;
 
 pub use error::{ConfigError, Location};
 pub use gogoc::{
-    AutoAddr, Dialect, GogocConfig, LogLevels, LogRotationSize, MAX_DIR_LEN, MAX_DNS_SERVER_LEN,
-    MAX_FILENAME_LEN, MAX_IFNAME_LEN, MAX_KEEPALIVE_INTERVAL, MAX_LINE_LEN, MAX_LOG_LEVEL,
-    MAX_PASSWD_LEN, MAX_RETRY_DELAY, MAX_TEXT_LEN, MAX_USERID_LEN, SyslogFacility, parse, to_text,
-    to_text_with,
+    AutoAddr, Dialect, GogocConfig, LogLevels, LogRotationSize, MAX_DIR_LEN, MAX_DNS_SERVER_LEN, MAX_FILENAME_LEN,
+    MAX_IFNAME_LEN, MAX_KEEPALIVE_INTERVAL, MAX_LINE_LEN, MAX_LOG_LEVEL, MAX_PASSWD_LEN, MAX_RETRY_DELAY, MAX_TEXT_LEN,
+    MAX_USERID_LEN, SyslogFacility, parse, to_text, to_text_with,
 };
 pub use server::{Host, MAX_SERVER_LEN, ServerError, split_server};
 
@@ -34,10 +33,7 @@ pub const MAX_FILE_SIZE: usize = MAX_TEXT_LEN;
 /// not a regular file; every error names `path`.
 pub fn load(path: &Path) -> Result<GogocConfig, ConfigError> {
     let file = || path.display().to_string();
-    let io_err = |source| ConfigError::Io {
-        file: file(),
-        source,
-    };
+    let io_err = |source| ConfigError::Io { file: file(), source };
     // Checked before opening: opening a FIFO would block.
     let meta = fs::metadata(path).map_err(io_err)?;
     if !meta.is_file() {
@@ -54,9 +50,7 @@ pub fn load(path: &Path) -> Result<GogocConfig, ConfigError> {
         });
     }
     // Sized up front so the buffer (which may hold the password) is never reallocated.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(
-        MAX_FILE_SIZE.min(meta.len() as usize) + 1,
-    ));
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_FILE_SIZE.min(meta.len() as usize) + 1));
     // Bounded read: the file may grow between the check and the read.
     fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
@@ -69,10 +63,7 @@ pub fn load(path: &Path) -> Result<GogocConfig, ConfigError> {
         });
     }
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let line = 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count();
+        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
         ConfigError::InvalidUtf8 {
             at: Location {
                 file: file(),

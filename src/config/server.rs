@@ -37,24 +37,31 @@ impl fmt::Display for Host {
 /// Why a `server` value is not usable. Messages quote the value (it is never secret).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerError {
+    /// Nothing to connect to.
     #[error("the server address is empty")]
     Empty,
+    /// Longer than gogoc accepts.
     #[error("the server address is too long ({0} bytes, at most {MAX_SERVER_LEN})")]
     TooLong(usize),
-    #[error(
-        "{0:?} is not allowed in a server address (only letters, digits, '-', '.', ':', '[' and ']')"
-    )]
+    /// A character outside `A-Za-z0-9-.:[]`.
+    #[error("{0:?} is not allowed in a server address (only letters, digits, '-', '.', ':', '[' and ']')")]
     BadChar(char),
+    /// Brackets that do not enclose the whole host.
     #[error("`{0}`: '[' and ']' may only enclose an IPv6 address, as in [2001:db8::1]:3653")]
     MisplacedBracket(String),
+    /// Brackets around something that is not an IPv6 address.
     #[error("`{0}` is not an IPv6 address")]
     BadV6(String),
+    /// An IPv6 address without brackets (its colons would be read as a port).
     #[error("`{0}`: an IPv6 address must be written in brackets, as in [2001:db8::1]:3653")]
     BareV6(String),
+    /// A port that is not 1..=65535.
     #[error("`{0}` is not a port number 1..65535")]
     BadPort(String),
+    /// Digits and dots that do not form an IPv4 address.
     #[error("`{0}` looks like an IPv4 address but is not one")]
     BadV4(String),
+    /// Not an RFC 1123 host name.
     #[error("`{0}` is not a valid host name")]
     BadName(String),
 }
@@ -80,9 +87,7 @@ pub fn split_server(s: &str) -> Result<(Host, Option<u16>), ServerError> {
         if inside.contains('[') || after.contains(['[', ']']) {
             return Err(ServerError::MisplacedBracket(s.to_owned()));
         }
-        let addr: Ipv6Addr = inside
-            .parse()
-            .map_err(|_| ServerError::BadV6(inside.to_owned()))?;
+        let addr: Ipv6Addr = inside.parse().map_err(|_| ServerError::BadV6(inside.to_owned()))?;
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
@@ -124,10 +129,7 @@ fn parse_port(p: &str) -> Result<u16, ServerError> {
 fn parse_host(h: &str) -> Result<Host, ServerError> {
     // All digits and dots: an IPv4 literal or a mistake (a top-level domain is never numeric).
     if !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return h
-            .parse()
-            .map(Host::V4)
-            .map_err(|_| ServerError::BadV4(h.to_owned()));
+        return h.parse().map(Host::V4).map_err(|_| ServerError::BadV4(h.to_owned()));
     }
     if is_dns_name(h) {
         Ok(Host::Name(h.to_owned()))
@@ -147,9 +149,7 @@ pub(crate) fn is_dns_name(name: &str) -> bool {
                 && label.len() <= MAX_LABEL_LEN
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -177,10 +177,7 @@ mod tests {
         );
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
         assert_eq!(split_server("[2001:db8::1]"), Ok((Host::V6(v6), None)));
-        assert_eq!(
-            split_server("[2001:db8::1]:3653"),
-            Ok((Host::V6(v6), Some(3653)))
-        );
+        assert_eq!(split_server("[2001:db8::1]:3653"), Ok((Host::V6(v6), Some(3653))));
         assert_eq!(
             split_server("example.net."),
             Ok((Host::Name("example.net.".into()), None))
@@ -192,10 +189,7 @@ mod tests {
         use ServerError::*;
         assert_eq!(split_server(""), Err(Empty));
         assert!(matches!(split_server("2001:db8::1"), Err(BareV6(_))));
-        assert!(matches!(
-            split_server("[2001:db8::1"),
-            Err(MisplacedBracket(_))
-        ));
+        assert!(matches!(split_server("[2001:db8::1"), Err(MisplacedBracket(_))));
         assert!(matches!(split_server("a[b]"), Err(MisplacedBracket(_))));
         assert!(matches!(split_server("[2001:db8::1]x"), Err(BadPort(_))));
         assert!(matches!(split_server("[::1]:"), Err(BadPort(_))));
@@ -210,10 +204,7 @@ mod tests {
         assert!(matches!(split_server(":3653"), Err(BadName(_))));
         assert_eq!(split_server("a_b"), Err(BadChar('_')));
         assert_eq!(split_server("a b"), Err(BadChar(' ')));
-        assert!(matches!(
-            split_server(&"a".repeat(1026)),
-            Err(TooLong(1026))
-        ));
+        assert!(matches!(split_server(&"a".repeat(1026)), Err(TooLong(1026))));
         assert!(matches!(split_server(&"a".repeat(64)), Err(BadName(_))));
     }
 

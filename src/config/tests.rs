@@ -113,10 +113,7 @@ fn defaults_are_gogoc_1_2_linux() {
     assert_eq!(c.dslite_server, Ipv4Addr::new(192, 0, 0, 1));
     assert_eq!(c.dslite_client, Ipv4Addr::new(192, 0, 0, 2));
     assert_eq!(c.home_dir(), "/usr/local/etc/gogoc");
-    assert_eq!(
-        c.template_script(),
-        Path::new("/usr/local/etc/gogoc/template/linux.sh")
-    );
+    assert_eq!(c.template_script(), Path::new("/usr/local/etc/gogoc/template/linux.sh"));
 }
 
 #[test]
@@ -159,20 +156,14 @@ fn empty_values_take_the_defaults() {
 #[test]
 fn empty_tunnel_interface_means_none() {
     // gogoc has no default for these: empty stays empty, which v6udpv4 does not mind...
-    let c = parse_ok(&with_line(
-        "tunnel_mode=v6udpv4\nif_tunnel_v6v4=\nif_tunnel_v4v6=",
-    ));
+    let c = parse_ok(&with_line("tunnel_mode=v6udpv4\nif_tunnel_v6v4=\nif_tunnel_v4v6="));
     assert_eq!(c.if_tunnel_v6v4, "");
     assert_eq!(c.if_tunnel_v4v6, "");
     assert_eq!(c.if_tunnel_v6udpv4, "tun");
     assert_eq!(c.tunnel_interface(TunnelMode::V6UdpV4), "tun");
     // ...but v6anyv4 (the default mode) does.
     let e = parse_err(&with_line("if_tunnel_v6udpv4="));
-    let msg = assert_at(
-        &e,
-        Some(2),
-        &["tunnel_mode", "if_tunnel_v6v4", "if_tunnel_v6udpv4"],
-    );
+    let msg = assert_at(&e, Some(2), &["tunnel_mode", "if_tunnel_v6v4", "if_tunnel_v6udpv4"]);
     assert!(msg.contains("v6anyv4"), "{msg}");
 }
 
@@ -187,15 +178,9 @@ fn sample_file_parses() {
     };
     assert_eq!(c, expected);
     assert!(c.validate_for_connect(origin()).is_ok());
-    assert_eq!(
-        c.server_endpoint(),
-        Ok((Host::V4(Ipv4Addr::new(192, 0, 2, 1)), 3653))
-    );
+    assert_eq!(c.server_endpoint(), Ok((Host::V4(Ipv4Addr::new(192, 0, 2, 1)), 3653)));
     // Every key is documented (written out) in the sample.
-    for line in to_text(&c)
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
+    for line in to_text(&c).lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let key = line.split('=').next().unwrap_or_default();
         assert!(text.contains(&format!("\n{key}=")), "sample lacks {key}");
     }
@@ -233,9 +218,7 @@ fn crlf_and_bom_tolerated() {
 
 #[test]
 fn booleans_case_insensitive() {
-    let c = parse_ok(&with_line(
-        "keepalive=NO\nlog_rotation=Yes\nalways_use_same_server=yEs",
-    ));
+    let c = parse_ok(&with_line("keepalive=NO\nlog_rotation=Yes\nalways_use_same_server=yEs"));
     assert!(!c.keepalive);
     assert!(c.log_rotation);
     assert!(c.always_use_same_server);
@@ -270,14 +253,7 @@ fn the_example_message() {
         e.to_string(),
         "gogoc.conf:12: key \"retry_delay\": 9000 is out of range 0..3600"
     );
-    assert!(matches!(
-        e,
-        ConfigError::OutOfRange {
-            min: 0,
-            max: 3600,
-            ..
-        }
-    ));
+    assert!(matches!(e, ConfigError::OutOfRange { min: 0, max: 3600, .. }));
 }
 
 #[test]
@@ -373,11 +349,7 @@ fn invalid_utf8_names_the_line() {
     let e = load(&path).unwrap_err();
     assert!(matches!(e, ConfigError::InvalidUtf8 { .. }));
     assert_eq!(e.line(), Some(3));
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{}:3: ", path.display())),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&format!("{}:3: ", path.display())), "{e}");
 }
 
 #[test]
@@ -408,14 +380,7 @@ fn userid_rules() {
     );
     let e = parse_err(&with_line(&format!("userid={}", "u".repeat(254))));
     assert_at(&e, Some(2), &["userid"]);
-    assert!(matches!(
-        e,
-        ConfigError::ValueTooLong {
-            len: 254,
-            max: 253,
-            ..
-        }
-    ));
+    assert!(matches!(e, ConfigError::ValueTooLong { len: 254, max: 253, .. }));
     let msg = err_on_line2("userid=jérôme", "userid");
     assert!(msg.contains("printable ASCII"), "{msg}");
 }
@@ -439,11 +404,7 @@ fn passwd_rules() {
     // Named without a line when neither key is in the file.
     let e = parse_err("# nothing\n");
     assert_at(&e, None, &["passwd", "auth_method"]);
-    assert!(
-        parse_ok("auth_method=anonymous\npasswd=\n")
-            .passwd
-            .is_empty()
-    );
+    assert!(parse_ok("auth_method=anonymous\npasswd=\n").passwd.is_empty());
 }
 
 #[test]
@@ -457,9 +418,7 @@ fn server_rules() {
         "[2001:db8::1]:80",
     ] {
         assert_eq!(
-            parse_ok(&with_line(&format!("server={good}")))
-                .server
-                .as_deref(),
+            parse_ok(&with_line(&format!("server={good}"))).server.as_deref(),
             Some(good)
         );
     }
@@ -495,10 +454,7 @@ fn server_rules() {
 #[test]
 fn split_server_is_public() {
     let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
-    assert_eq!(
-        split_server("[2001:db8::1]:3653"),
-        Ok((Host::V6(v6), Some(3653)))
-    );
+    assert_eq!(split_server("[2001:db8::1]:3653"), Ok((Host::V6(v6), Some(3653))));
 }
 
 #[test]
@@ -524,17 +480,7 @@ fn prefixlen_rules() {
     for bad in ["0", "129", "99999999999999999999999"] {
         let e = parse_err(&with_line(&format!("prefixlen={bad}")));
         assert_at(&e, Some(2), &["prefixlen"]);
-        assert!(
-            matches!(
-                e,
-                ConfigError::OutOfRange {
-                    min: 1,
-                    max: 128,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, ConfigError::OutOfRange { min: 1, max: 128, .. }), "{e}");
     }
     for bad in ["-1", "+5", "6 4", "0x40"] {
         let e = parse_err(&with_line(&format!("prefixlen={bad}")));
@@ -551,14 +497,7 @@ fn retry_delay_rules() {
     assert_at(&e, Some(2), &["retry_delay"]);
     let e = parse_err(&with_line("retry_delay_max=3601"));
     assert_at(&e, Some(2), &["retry_delay_max"]);
-    assert!(matches!(
-        e,
-        ConfigError::OutOfRange {
-            min: 0,
-            max: 3600,
-            ..
-        }
-    ));
+    assert!(matches!(e, ConfigError::OutOfRange { min: 0, max: 3600, .. }));
     // gogoc also requires retry_delay <= retry_delay_max.
     let e = parse_err(&with_line("retry_delay=400\n# x\nretry_delay_max=300"));
     let msg = assert_at(&e, Some(4), &["retry_delay", "retry_delay_max"]);
@@ -585,19 +524,10 @@ fn keepalive_interval_rules() {
 
 #[test]
 fn proxy_client_rules() {
-    assert!(
-        parse_ok(&with_line(
-            "proxy_client=yes\nkeepalive=no\ntunnel_mode=v6v4"
-        ))
-        .proxy_client
-    );
-    let e = parse_err(&with_line(
-        "proxy_client=yes\nkeepalive=no\ntunnel_mode=v6udpv4",
-    ));
+    assert!(parse_ok(&with_line("proxy_client=yes\nkeepalive=no\ntunnel_mode=v6v4")).proxy_client);
+    let e = parse_err(&with_line("proxy_client=yes\nkeepalive=no\ntunnel_mode=v6udpv4"));
     assert_at(&e, Some(4), &["proxy_client", "tunnel_mode"]);
-    let e = parse_err(&with_line(
-        "keepalive=yes\nproxy_client=yes\ntunnel_mode=v6v4",
-    ));
+    let e = parse_err(&with_line("keepalive=yes\nproxy_client=yes\ntunnel_mode=v6v4"));
     assert_at(&e, Some(3), &["proxy_client", "keepalive"]);
     // keepalive=yes by default.
     let e = parse_err(&with_line("proxy_client=yes"));
@@ -611,11 +541,7 @@ fn tunnel_interface_rules() {
     let e = parse_err(&with_line("tunnel_mode=v4v6\nif_tunnel_v4v6="));
     assert_at(&e, Some(3), &["tunnel_mode", "if_tunnel_v4v6"]);
     let e = parse_err(&with_line("if_tunnel_v6v4="));
-    assert_at(
-        &e,
-        Some(2),
-        &["tunnel_mode", "if_tunnel_v6v4", "if_tunnel_v6udpv4"],
-    );
+    assert_at(&e, Some(2), &["tunnel_mode", "if_tunnel_v6v4", "if_tunnel_v6udpv4"]);
     let msg = err_on_line2("tunnel_mode=dslite", "tunnel_mode");
     assert!(msg.contains("not supported"), "{msg}");
     err_on_line2("tunnel_mode=v6v5", "tunnel_mode");
@@ -626,10 +552,7 @@ fn interface_names() {
     let c = parse_ok(&with_line(
         "if_tunnel_v6v4=sit-1.a\nif_tunnel_v6udpv4=tsp0\nif_prefix=br_lan",
     ));
-    assert_eq!(
-        (c.if_tunnel_v6v4.as_str(), c.if_prefix.as_str()),
-        ("sit-1.a", "br_lan")
-    );
+    assert_eq!((c.if_tunnel_v6v4.as_str(), c.if_prefix.as_str()), ("sit-1.a", "br_lan"));
     assert_eq!(
         parse_ok(&with_line(&format!("if_prefix={}", "e".repeat(15))))
             .if_prefix
@@ -638,14 +561,7 @@ fn interface_names() {
     );
     let e = parse_err(&with_line(&format!("if_tunnel_v6udpv4={}", "t".repeat(16))));
     assert_at(&e, Some(2), &["if_tunnel_v6udpv4"]);
-    assert!(matches!(
-        e,
-        ConfigError::ValueTooLong {
-            len: 16,
-            max: 15,
-            ..
-        }
-    ));
+    assert!(matches!(e, ConfigError::ValueTooLong { len: 16, max: 15, .. }));
     for bad in ["a/b", "a:b", "a b", "..", ".", "tün"] {
         err_on_line2(&format!("if_tunnel_v6v4={bad}"), "if_tunnel_v6v4");
         err_on_line2(&format!("if_prefix={bad}"), "if_prefix");
@@ -665,13 +581,8 @@ fn router_needs_if_prefix() {
 
 #[test]
 fn dns_server_rules() {
-    let c = parse_ok(&with_line(
-        "dns_server=ns1.example.net:ns2.example.net::192.0.2.53",
-    ));
-    assert_eq!(
-        c.dns_server,
-        ["ns1.example.net", "ns2.example.net", "192.0.2.53"]
-    );
+    let c = parse_ok(&with_line("dns_server=ns1.example.net:ns2.example.net::192.0.2.53"));
+    assert_eq!(c.dns_server, ["ns1.example.net", "ns2.example.net", "192.0.2.53"]);
     let msg = err_on_line2("dns_server=ns1.example.net:bad_name", "dns_server");
     assert!(msg.contains("bad_name"), "{msg}");
     let e = parse_err(&with_line(&format!("dns_server={}", "a:".repeat(520))));
@@ -680,9 +591,7 @@ fn dns_server_rules() {
 
 #[test]
 fn client_address_rules() {
-    let c = parse_ok(&with_line(
-        "client_v4=198.51.100.7\nclient_v6=[2001:db8::7]",
-    ));
+    let c = parse_ok(&with_line("client_v4=198.51.100.7\nclient_v6=[2001:db8::7]"));
     assert_eq!(c.client_v4, AutoAddr::Fixed(Ipv4Addr::new(198, 51, 100, 7)));
     let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
     assert_eq!(c.client_v6, AutoAddr::Fixed(v6));
@@ -730,9 +639,7 @@ fn file_name_rules() {
 
 #[test]
 fn log_rules() {
-    let c = parse_ok(&with_line(
-        "log_console=3\nlog_stderr=0\nlog_file=2\nlog_syslog=1",
-    ));
+    let c = parse_ok(&with_line("log_console=3\nlog_stderr=0\nlog_file=2\nlog_syslog=1"));
     assert_eq!(
         c.log,
         LogLevels {
@@ -769,11 +676,7 @@ fn haccess_and_dslite_kept() {
     assert_eq!(c.dslite_server, Ipv4Addr::new(192, 0, 0, 9));
     assert_eq!(parse_ok(&to_text(&c)), c);
     let e = parse_err(&with_line("haccess_web_enabled=yes"));
-    assert_at(
-        &e,
-        Some(2),
-        &["haccess_document_root", "haccess_web_enabled"],
-    );
+    assert_at(&e, Some(2), &["haccess_document_root", "haccess_web_enabled"]);
     err_on_line2("dslite_client=192.0.0", "dslite_client");
 }
 
@@ -804,10 +707,7 @@ fn gw6c_detected_and_round_trips() {
         assert!(!text.contains(absent), "{absent} in gw6c output");
     }
     assert_eq!(parse_ok(&text), c);
-    assert_eq!(
-        GogocConfig::default_for(Dialect::Gw6c).log_filename,
-        "gw6c.log"
-    );
+    assert_eq!(GogocConfig::default_for(Dialect::Gw6c).log_filename, "gw6c.log");
 }
 
 #[test]
@@ -862,13 +762,12 @@ fn to_text_round_trips_and_can_omit_the_password() {
     let redacted = to_text_with(&c, false);
     assert!(!redacted.contains(SECRET));
     assert!(redacted.contains("\npasswd=\n"));
-    // Every key is written explicitly.
-    assert_eq!(
-        text.lines()
-            .filter(|l| !l.starts_with('#') && l.contains('='))
-            .count(),
-        40
-    );
+    // Every gogoc key is written explicitly; our `allow_plain` only when set.
+    assert_eq!(text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(), 39);
+    assert!(!text.contains("allow_plain"));
+    let with_plain = to_text(&GogocConfig { allow_plain: true, ..c.clone() });
+    assert!(with_plain.contains("\nallow_plain=yes\n"));
+    assert_eq!(parse_ok(&with_plain).allow_plain, true);
 }
 
 #[test]
@@ -1032,10 +931,7 @@ fn load_errors_name_the_path() {
     let missing = dir.path().join("nope.conf");
     let e = load(&missing).unwrap_err();
     assert!(matches!(e, ConfigError::Io { .. }));
-    assert!(
-        e.to_string().starts_with(&missing.display().to_string()),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&missing.display().to_string()), "{e}");
     let e = load(dir.path()).unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
     let big = dir.path().join("big.conf");
@@ -1061,8 +957,7 @@ impl TempDir {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("nm-tsp-config-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("nm-tsp-config-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         Self(path)
@@ -1155,8 +1050,7 @@ fn arb_ifname() -> impl Strategy<Value = String> {
 
 fn arb_printable(max: usize) -> impl Strategy<Value = String> {
     // Printable ASCII that does not begin or end with a space (the reader trims those).
-    proptest::string::string_regex(&format!("([!-~]([ -~]{{0,{max}}}[!-~])?)?"))
-        .unwrap_or_else(|_| unreachable!())
+    proptest::string::string_regex(&format!("([!-~]([ -~]{{0,{max}}}[!-~])?)?")).unwrap_or_else(|_| unreachable!())
 }
 
 fn arb_config() -> impl Strategy<Value = GogocConfig> {
@@ -1204,30 +1098,8 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
         any::<(Ipv4Addr, Ipv4Addr)>(),
     );
     (account, session, logging).prop_map(|(a, s, l)| {
-        let (
-            gw6c,
-            userid,
-            passwd,
-            server,
-            auth_method,
-            allow_plain,
-            router,
-            prefixlen,
-            if_prefix,
-            dns_server,
-            dir,
-        ) = a;
-        let (
-            bools,
-            retry_delay,
-            retry_delay_max,
-            keepalive_interval,
-            tunnel_mode,
-            ifs,
-            v4,
-            v6,
-            template,
-        ) = s;
+        let (gw6c, userid, passwd, server, auth_method, allow_plain, router, prefixlen, if_prefix, dns_server, dir) = a;
+        let (bools, retry_delay, retry_delay_max, keepalive_interval, tunnel_mode, ifs, v4, v6, template) = s;
         let (files, levels, lbools, log_rotation_size, syslog_facility, docroot, dslite) = l;
         let [broker_list, last_server, log_filename] = files;
         let [if_v6v4, if_v6udpv4, if_v4v6] = ifs;
@@ -1238,11 +1110,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             server,
             auth_method,
             allow_plain,
-            host_type: if router {
-                HostType::Router
-            } else {
-                HostType::Host
-            },
+            host_type: if router { HostType::Router } else { HostType::Host },
             prefixlen,
             if_prefix,
             dns_server,
@@ -1304,9 +1172,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             c.keepalive_interval = 1;
         }
         let mode = c.tunnel_mode;
-        let needs = move |m: TunnelMode| {
-            mode == m || (mode == TunnelMode::V6AnyV4 && m != TunnelMode::V4V6)
-        };
+        let needs = move |m: TunnelMode| mode == m || (mode == TunnelMode::V6AnyV4 && m != TunnelMode::V4V6);
         if needs(TunnelMode::V6V4) && c.if_tunnel_v6v4.is_empty() {
             c.if_tunnel_v6v4 = "sit1".into();
         }
@@ -1332,10 +1198,8 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
 
 fn arb_keyish_text() -> impl Strategy<Value = String> {
     let line = prop_oneof![
-        (proptest::sample::select(KEY_NAMES.to_vec()), "\\PC{0,40}")
-            .prop_map(|(k, v)| format!("{k}={v}")),
-        (proptest::sample::select(KEY_NAMES.to_vec()), "[ -~]{0,20}")
-            .prop_map(|(k, v)| format!(" {k} = {v} ")),
+        (proptest::sample::select(KEY_NAMES.to_vec()), "\\PC{0,40}").prop_map(|(k, v)| format!("{k}={v}")),
+        (proptest::sample::select(KEY_NAMES.to_vec()), "[ -~]{0,20}").prop_map(|(k, v)| format!(" {k} = {v} ")),
         "\\PC{0,60}",
         ".{0,10}",
         Just("#".to_owned()),

@@ -147,16 +147,6 @@ async fn measure(case: &Case, server: &str, n: usize) -> Stats {
 }
 
 /// What `tokio::time::sleep(Duration::ZERO)` costs here: the TCP rows pay it once.
-async fn timer_floor(n: usize) -> Vec<Duration> {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::ZERO).await;
-        samples.push(t0.elapsed());
-    }
-    samples
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
@@ -185,21 +175,12 @@ async fn run(n: usize) {
             us(s.min)
         );
     }
-    let timer = stats(timer_floor(n).await);
     println!();
     println!("UDP: client mode v6udpv4 (RUDP, no TCP race). TCP: broker with udp = false, client mode");
     println!("v6v4 with tcp_race_delay = 0 (a UDP attempt still starts and is refused by ICMP).");
     println!("DIGEST-MD5 over TCP includes the broker's deliberate 50 ms pause between the rspauth");
     println!("reply and `200 Success` (REPLY_GAP in src/broker/serve.rs): gogoc reads each reply with");
     println!("one recv() and would block on a coalesced pair. Over UDP each reply is its own datagram.");
-    println!("Both TCP rows also include one tokio::time::sleep(tcp_race_delay) before the TCP attempt");
-    println!("(race() in src/net/negotiate.rs). Even a zero delay waits for the timer's next 1 ms tick:");
-    println!(
-        "tokio::time::sleep(0) on this runtime: median {} µs, p90 {} µs, min {} µs.",
-        us(timer.median),
-        us(timer.p90),
-        us(timer.min)
-    );
     println!();
     println!("total wall time: {:.2} s", started.elapsed().as_secs_f64());
 }

@@ -11,3 +11,4 @@ pub mod logging;
 pub mod net;
 pub mod proto;
 pub mod secret;
+pub mod sites;

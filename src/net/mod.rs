@@ -4,6 +4,7 @@
 mod conn;
 pub mod hostkeys;
 mod negotiate;
+pub mod rank;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -12,3 +12,4 @@ pub mod net;
 pub mod proto;
 pub mod secret;
 pub mod sites;
+pub mod template;

@@ -22,3 +22,5 @@ echo "== tests"
 cargo test --locked --all-targets
 echo "== demo (namespaces: broker, direct client, client behind NAT)"
 bash tests/demo.sh
+echo "== fuzz smoke (every cargo-fuzz target, briefly)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-5}" bash tests/fuzz-smoke.sh

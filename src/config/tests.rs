@@ -767,7 +767,7 @@ fn to_text_round_trips_and_can_omit_the_password() {
     assert!(!text.contains("allow_plain"));
     let with_plain = to_text(&GogocConfig { allow_plain: true, ..c.clone() });
     assert!(with_plain.contains("\nallow_plain=yes\n"));
-    assert_eq!(parse_ok(&with_plain).allow_plain, true);
+    assert!(parse_ok(&with_plain).allow_plain);
 }
 
 #[test]

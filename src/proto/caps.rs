@@ -70,12 +70,22 @@ fn tunnel_bit(value: &[u8]) -> Option<u8> {
 impl Capabilities {
     /// True if the line starts like a capability line (as opposed to a status line).
     pub fn is_capability_line(line: &[u8]) -> bool {
-        line.starts_with(PREFIX)
+        Self::tokens(line).is_some()
+    }
+
+    /// What follows `CAPABILITY `; a bare `CAPABILITY` line (nothing offered) has no tokens.
+    fn tokens(line: &[u8]) -> Option<&[u8]> {
+        let rest = line.strip_prefix(&PREFIX[..PREFIX.len() - 1])?;
+        match rest.first() {
+            None | Some(b'\r' | b'\n') => Some(&[]),
+            Some(b' ') => Some(&rest[1..]),
+            Some(_) => None,
+        }
     }
 
     /// Tokenizes a CAPABILITY line as gogoc does.
     pub fn parse(line: &[u8]) -> Result<Self, CapsError> {
-        let Some(mut rest) = line.strip_prefix(PREFIX) else {
+        let Some(mut rest) = Self::tokens(line) else {
             return Err(CapsError::NotCapability(preview(line)));
         };
         let mut caps = Capabilities::default();
@@ -214,5 +224,9 @@ mod tests {
         assert_eq!((back.tunnels, back.auths), (7, 0xF0));
         assert!(!back.unterminated);
         assert!(Capabilities::parse(b"302 Unsupported client version\r\n").is_err());
+        assert!(Capabilities::parse(b"CAPABILITYX\r\n").is_err());
+        // A broker that offers nothing writes a bare line, which reads back as empty.
+        let none = Capabilities::default();
+        assert_eq!(Capabilities::parse(&none.to_line()).unwrap(), none);
     }
 }

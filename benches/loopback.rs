@@ -30,14 +30,14 @@ const WARM_UP: usize = 3;
 async fn start_broker(extra: &str) -> (serve::Running, SocketAddr) {
     // The accounts file path is only checked for presence: accounts come from `Accounts::parse`.
     let toml = format!(
-        "listen = [\"127.0.0.1:0\"]\nrealm = \"{REALM}\"\naccounts_file = \"/nonexistent/accounts\"\nauth = [\"anonymous\", \"digest-md5\"]\n{extra}\n"
+        "listen = [\"127.0.0.1:0\"]\ndatapath = false\nrealm = \"{REALM}\"\naccounts_file = \"/nonexistent/accounts\"\nauth = [\"anonymous\", \"digest-md5\"]\n{extra}\n"
     );
     let cfg = Arc::new(BrokerConfig::parse(&toml, Path::new("bench.toml")).expect("broker config"));
     let line = Accounts::line(USER, REALM, &Secret::new(PASSWORD)).expect("account line");
     let accounts = Accounts::parse(&line, REALM, "<bench>").expect("accounts");
     let protocol = Broker::server_config(&cfg, None);
     let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts), protocol);
-    let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
+    let running = serve::start(shared, &cfg)
         .await
         .expect("broker listens");
     let addr = running

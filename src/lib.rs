@@ -6,6 +6,7 @@
 //! (gogoc.conf). See ARCHITECTURE.md for the whole map.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod net;
@@ -13,3 +14,4 @@ pub mod proto;
 pub mod secret;
 pub mod sites;
 pub mod template;
+pub mod tunnel;

@@ -16,7 +16,7 @@ use nm_tsp::secret::Secret;
 #[derive(Parser, Debug)]
 #[command(name = "tsp-broker", version, about = "TSP (RFC 5572) tunnel broker: negotiates IPv6-in-IPv4, IPv6-in-UDP and IPv4-in-IPv6 tunnels with gogoCLIENT-compatible clients")]
 struct Cli {
-    /// Configuration file (TOML); without it, an anonymous broker on 0.0.0.0:3653.
+    /// Configuration file (TOML); without it, an anonymous broker on [::]:3653 (dual-stack).
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
     /// More log output (-v info, -vv debug, -vvv trace).
@@ -104,17 +104,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
             rt.block_on(async {
                 let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
-                let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
+                let running = serve::start(shared, &cfg)
                     .await
-                    .map_err(|e| format!("cannot listen on {:?}: {e}", cfg.listen))?;
+                    .map_err(|e| format!("cannot start on {:?}: {e}", cfg.listen))?;
                 print_summary(&cfg, &accounts, has_key, Some(&running));
-                tokio::select! {
+                let datapath = running.shared.datapath.clone();
+                let result = tokio::select! {
                     _ = running.wait() => Err("a listener stopped".to_owned()),
                     _ = shutdown_signal() => {
                         tracing::info!("stopping");
                         Ok(())
                     }
+                };
+                // Remove the routes and addresses we added; the TUN devices go with us.
+                if let Some(dp) = datapath {
+                    dp.shutdown().await;
                 }
+                result
             })
         }
     }
@@ -162,6 +168,10 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
         cfg.prefix_pool.len,
         cfg.ipv4_pool.addr,
         cfg.ipv4_pool.len
+    );
+    out += &format!(
+        "  datapath: {}\n",
+        if cfg.datapath { format!("TUN {} (server {}), forwarding {}", cfg.tun_name, cfg.server_ipv6, if cfg.forwarding { "on" } else { "off" }) } else { "off (negotiation only)".to_owned() }
     );
     out += &format!(
         "  at most {} tunnels ; keepalive {}..{} s ; state file {}\n",

@@ -6,9 +6,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nm_tsp::client::{DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, Supervisor, TunnelInfo};
 use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
 use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
-use nm_tsp::net::{Established, NegotiateOptions, negotiate};
+use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
+use nm_tsp::proto::client::{Negotiated, Transport};
+use nm_tsp::tunnel::host::{self, HostSettings};
+use nm_tsp::tunnel::netlink::{self, Netlink};
+use tokio::sync::watch;
 use nm_tsp::proto::types::{HostType, TunnelMode};
 use nm_tsp::proto::xml::RouterRequest;
 
@@ -17,8 +26,8 @@ use nm_tsp::proto::xml::RouterRequest;
     name = "tspc",
     version,
     about = "TSP (RFC 5572) tunnel broker client, compatible with gogoCLIENT's gogoc.conf and command line",
-    after_help = "The tunnel itself (TUN device, addresses, routes, keepalive) is configured by the next release; \
-                  today tspc negotiates with the broker and prints the offered tunnel (--dry-run)."
+    after_help = "tspc brings the tunnel up (TUN device, addresses, routes, keepalive, router advertisements in \
+                  router mode), keeps it up and reconnects by itself; SIGHUP, SIGTERM or SIGINT tear it down."
 )]
 struct Cli {
     /// Configuration file (gogoc.conf or gw6c.conf).
@@ -125,22 +134,109 @@ fn run(cli: &Cli) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let est = rt.block_on(negotiate(&server, &opts)).map_err(|e| format!("negotiation with {server} failed: {e}"))?;
-    print!("{}", describe(&est));
     if cli.dry_run {
+        let est = rt.block_on(negotiate(&server, &opts)).map_err(|e| format!("negotiation with {server} failed: {e}"))?;
+        print!("{}", describe(&est.server, est.peer, est.conn.transport(), &est.negotiated));
         return Ok(());
     }
-    Err("configuring the tunnel is not available in this release; use --dry-run to negotiate only".into())
+    rt.block_on(run_tunnel(cfg, server, opts, cli))
 }
 
-fn describe(est: &Established) -> String {
-    let n = &est.negotiated;
+/// Brings the tunnel up and keeps it up until SIGHUP, SIGTERM or SIGINT.
+async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cli: &Cli) -> Result<(), String> {
+    let nl = Netlink::new().map_err(|e| format!("cannot talk to the kernel (rtnetlink): {e}"))?;
+    let interfaces = InterfaceNames {
+        v6v4: cfg.if_tunnel_v6v4.clone(),
+        v6udpv4: cfg.if_tunnel_v6udpv4.clone(),
+        v4v6: cfg.if_tunnel_v4v6.clone(),
+    };
+    // A TUN device vanishes with its descriptor; only a kernel link of ours can be stale.
+    for name in [&interfaces.v6v4, &interfaces.v4v6] {
+        if !name.is_empty() && let Err(e) = netlink::remove_stale_link(&nl, name, "sit").await {
+            tracing::debug!(interface = %name, error = %e, "stale link check");
+        }
+    }
+    let retry = RetryPolicy {
+        auto_retry: cfg.auto_retry_connect && !cli.boot,
+        delay: Duration::from_secs(u64::from(cfg.retry_delay)),
+        delay_max: Duration::from_secs(u64::from(cfg.retry_delay_max)),
+    };
+    let profile = Profile { server, negotiate: opts, retry, interfaces };
+    let hooks = TspcHooks {
+        nl,
+        lan_interface: (cfg.host_type == HostType::Router && !cfg.if_prefix.is_empty()).then(|| cfg.if_prefix.clone()),
+        configured: None,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received: tearing the tunnel down");
+        let _ = stop_tx.send(true);
+    });
+    let (ended, _) = Supervisor::new(profile, hooks, stop_rx).run().await;
+    match ended {
+        Ended::Stopped => Ok(()),
+        Ended::GaveUp(e) => Err(e.to_string()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut h), Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = h.recv() => {}, _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// tspc configures the host itself (gogoc ran its template script for that).
+struct TspcHooks {
+    nl: Netlink,
+    lan_interface: Option<String>,
+    configured: Option<host::Configured>,
+}
+
+impl Hooks for TspcHooks {
+    fn connecting(&mut self, attempt: u32, server: &str) {
+        tracing::info!(attempt, %server, "connecting");
+    }
+
+    async fn up(&mut self, info: &TunnelInfo) -> Result<(), String> {
+        let settings = HostSettings {
+            routes: HostSettings::default_routes(info.negotiated.offer.mode),
+            lan_interface: self.lan_interface.clone(),
+        };
+        let configured = host::configure(&self.nl, info.ifindex, &info.negotiated.offer, &settings)
+            .await
+            .map_err(|e| format!("cannot configure {}: {e}", info.ifname))?;
+        self.configured = Some(configured);
+        print!("{}", describe(&info.server, info.peer, info.transport, &info.negotiated));
+        println!("  interface:   {} (up)", info.ifname);
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+
+    async fn down(&mut self, info: &TunnelInfo, reason: &DownReason) {
+        if let Some(c) = self.configured.take() {
+            c.remove(&self.nl).await;
+        }
+        println!("tunnel {} down: {reason}", info.ifname);
+        let _ = std::io::stdout().flush();
+    }
+
+    fn failed(&mut self, error: &NetError, retry_in: Option<Duration>) {
+        match retry_in {
+            Some(d) => tracing::warn!(error = %error, "negotiation failed; retrying in {} s", d.as_secs()),
+            None => tracing::error!(error = %error, "negotiation failed"),
+        }
+    }
+}
+
+fn describe(server: &str, peer: SocketAddr, transport: Transport, n: &Negotiated) -> String {
     let o = &n.offer;
     let mut s = format!(
-        "tunnel negotiated with {} ({}) over {:?}, TSP {}, {}\n",
-        est.server,
-        est.peer,
-        est.conn.transport(),
+        "tunnel negotiated with {server} ({peer}) over {transport:?}, TSP {}, {}\n",
         n.version,
         n.mechanism.wire_name()
     );

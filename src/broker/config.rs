@@ -64,12 +64,16 @@ struct Raw {
     lifetime: u32,
     state_file: Option<PathBuf>,
     redirect: Vec<String>,
+    datapath: bool,
+    tun_name: String,
+    tun4_name: String,
+    forwarding: bool,
 }
 
 impl Default for Raw {
     fn default() -> Self {
         Self {
-            listen: vec![format!("0.0.0.0:{TSP_PORT}")],
+            listen: vec![format!("[::]:{TSP_PORT}")],
             tcp: true,
             udp: true,
             versions: Version::FALLBACK.iter().map(|v| v.to_string()).collect(),
@@ -93,6 +97,10 @@ impl Default for Raw {
             lifetime: 604_800,
             state_file: None,
             redirect: Vec::new(),
+            datapath: true,
+            tun_name: "tspb0".into(),
+            tun4_name: "tspb4".into(),
+            forwarding: false,
         }
     }
 }
@@ -133,6 +141,13 @@ pub struct BrokerConfig {
     pub state_file: Option<PathBuf>,
     /// Redirector mode: send every client to these brokers.
     pub redirect: Vec<BrokerAddr>,
+    /// Carry tunnel traffic (TUN devices, raw sockets: needs root); off = negotiate only.
+    pub datapath: bool,
+    /// TUN device for the IPv6 side of all tunnels, and for v4v6's IPv4 side.
+    pub tun_name: String,
+    pub tun4_name: String,
+    /// Enable IPv6 forwarding so clients reach beyond the broker.
+    pub forwarding: bool,
 }
 
 impl Default for BrokerConfig {
@@ -233,6 +248,11 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             Err(_) => return Err(invalid("redirect", format!("{r:?} is not an address or host name"))),
         });
     }
+    for (key, name) in [("tun_name", &raw.tun_name), ("tun4_name", &raw.tun4_name)] {
+        if name.is_empty() || name.len() > 15 || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == b'%') {
+            return Err(invalid(key, format!("{name:?} is not a valid interface name (1 to 15 characters)")));
+        }
+    }
     if let Some(s) = &raw.dns_suffix
         && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
     {
@@ -263,6 +283,10 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         lifetime: raw.lifetime,
         state_file: raw.state_file,
         redirect,
+        datapath: raw.datapath,
+        tun_name: raw.tun_name,
+        tun4_name: raw.tun4_name,
+        forwarding: raw.forwarding,
     })
 }
 
@@ -274,7 +298,7 @@ mod tests {
     fn empty_file_is_an_anonymous_broker() {
         let c = BrokerConfig::parse("", Path::new("b.toml")).unwrap();
         assert_eq!(c.auth, vec![Mechanism::Anonymous]);
-        assert_eq!(c.listen, vec!["0.0.0.0:3653".parse().unwrap()]);
+        assert_eq!(c.listen, vec!["[::]:3653".parse().unwrap()]);
         assert_eq!(c.dns_server, c.server_ipv6);
     }
 

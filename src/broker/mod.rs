@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod datapath;
 pub mod pool;
 pub mod serve;
 

@@ -12,6 +12,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::Broker;
+use super::config::BrokerConfig;
+use super::datapath::{BrokerDatapath, Endpoint};
+use crate::proto::types::TunnelMode;
+use crate::proto::xml::Offer;
 use crate::proto::client::Transport;
 use crate::proto::rudp::{self, HEADER_LEN, Header};
 use crate::proto::server::{Progress, ServerConfig, ServerSession};
@@ -33,11 +37,20 @@ const ECHO_REPLY: &[u8] = b"200 Success\r\n";
 pub struct Shared {
     pub broker: Arc<Mutex<Broker>>,
     pub protocol: Arc<ServerConfig>,
+    /// Carries the tunnels' packets, when the configuration asks for it.
+    pub datapath: Option<Arc<BrokerDatapath>>,
 }
 
 impl Shared {
     pub fn new(broker: Broker, protocol: ServerConfig) -> Self {
-        Self { broker: Arc::new(Mutex::new(broker)), protocol: Arc::new(protocol) }
+        Self { broker: Arc::new(Mutex::new(broker)), protocol: Arc::new(protocol), datapath: None }
+    }
+
+    /// A session was established: its packets may flow.
+    fn established(&self, endpoint: Endpoint, offer: &Offer) {
+        if let Some(dp) = &self.datapath {
+            dp.add(endpoint, offer);
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Broker> {
@@ -94,21 +107,36 @@ async fn bind_pair(addr: SocketAddr, tcp: bool, udp: bool) -> std::io::Result<(O
     Err(last_err.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
 }
 
-/// Binds every configured listener and starts serving.
-pub async fn start(shared: Shared, listen: &[SocketAddr], tcp: bool, udp: bool) -> std::io::Result<Running> {
+/// Binds every configured listener, starts the datapath if configured, and starts serving.
+pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Running> {
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    for addr in &cfg.listen {
+        let (t, u) = bind_pair(*addr, cfg.tcp, cfg.udp).await?;
+        tcp.extend(t);
+        udp.extend(u.map(Arc::new));
+    }
+    if cfg.datapath {
+        shared.datapath = Some(BrokerDatapath::start(cfg, udp.clone()).await?);
+    }
     let mut running = Running { shared: shared.clone(), tcp: Vec::new(), udp: Vec::new(), tasks: Vec::new() };
-    for addr in listen {
-        let (t, u) = bind_pair(*addr, tcp, udp).await?;
-        if let Some(t) = t {
-            running.tcp.push(t.local_addr()?);
-            running.tasks.push(tokio::spawn(serve_tcp(t, shared.clone())));
-        }
-        if let Some(u) = u {
-            running.udp.push(u.local_addr()?);
-            running.tasks.push(tokio::spawn(serve_udp(u, shared.clone())));
-        }
+    for t in tcp {
+        running.tcp.push(t.local_addr()?);
+        running.tasks.push(tokio::spawn(serve_tcp(t, shared.clone())));
+    }
+    for (i, u) in udp.into_iter().enumerate() {
+        running.udp.push(u.local_addr()?);
+        running.tasks.push(tokio::spawn(serve_udp(u, i, shared.clone())));
     }
     Ok(running)
+}
+
+/// Where the packets of a tunnel negotiated over TCP go: protocol 41 or 4 to the client.
+fn raw_endpoint(offer: &Offer) -> Endpoint {
+    match offer.mode {
+        TunnelMode::V4V6 => Endpoint::V6(offer.client_v6),
+        _ => Endpoint::V4(offer.client_v4),
+    }
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Shared) {
@@ -131,6 +159,7 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let mut session = ServerSession::new(shared.protocol.clone(), peer, local, Transport::Tcp);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let started = Instant::now();
+    let mut established = None;
     loop {
         let read = if session.is_established() {
             // The connection stays open, idle, for the tunnel's lifetime.
@@ -158,6 +187,8 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
         match result {
             Ok(Progress::Established(offer)) => {
                 shared.lock().mark_established(session.info(), &offer);
+                shared.established(raw_endpoint(&offer), &offer);
+                established = Some(raw_endpoint(&offer));
                 tracing::info!(%peer, mode = %offer.mode, "tunnel established (TCP)");
             }
             Ok(Progress::Continue) => {}
@@ -168,6 +199,10 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
         }
     }
     shared.lock().end_session(peer);
+    // gogoc keeps the TCP connection for the tunnel's lifetime: its end is the tunnel's end.
+    if let (Some(dp), Some(ep)) = (&shared.datapath, established) {
+        dp.remove(&ep);
+    }
 }
 
 async fn flush_tcp(stream: &mut TcpStream, session: &mut ServerSession) -> std::io::Result<()> {
@@ -205,7 +240,7 @@ fn local_towards(bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
         .unwrap_or(bound)
 }
 
-async fn serve_udp(socket: UdpSocket, shared: Shared) {
+async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     let Ok(bound) = socket.local_addr() else { return };
     let mut peers: HashMap<SocketAddr, UdpPeer> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE + HEADER_LEN + 64];
@@ -220,11 +255,13 @@ async fn serve_udp(socket: UdpSocket, shared: Shared) {
         };
         let dgram = &buf[..n];
         if !rudp::is_control(dgram) {
-            // Tunnelled data: the datapath arrives with the next milestone.
+            if let Some(dp) = &shared.datapath {
+                dp.from_udp(listener, peer, dgram).await;
+            }
             continue;
         }
         let Some((_, payload)) = Header::decode(dgram) else { continue };
-        let Some(reply) = answer_udp(&mut peers, &shared, bound, peer, dgram, payload) else { continue };
+        let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else { continue };
         if let Err(e) = socket.send_to(&reply, peer).await {
             tracing::debug!(%peer, error = %e, "UDP send failed");
         }
@@ -244,6 +281,7 @@ fn answer_udp(
     peers: &mut HashMap<SocketAddr, UdpPeer>,
     shared: &Shared,
     bound: SocketAddr,
+    listener: usize,
     peer: SocketAddr,
     dgram: &[u8],
     payload: &[u8],
@@ -277,6 +315,11 @@ fn answer_udp(
     match result {
         Ok(Progress::Established(offer)) => {
             shared.lock().mark_established(p.session.info(), &offer);
+            let ep = match offer.mode {
+                TunnelMode::V6UdpV4 => Endpoint::Udp { listener, peer },
+                _ => raw_endpoint(&offer),
+            };
+            shared.established(ep, &offer);
             tracing::info!(%peer, mode = %offer.mode, "tunnel established (UDP)");
         }
         Ok(Progress::Continue) => {}

@@ -45,7 +45,7 @@ pub fn broker_toml(dir: &std::path::Path, listen: &str, extra: &str) -> String {
     }
     std::fs::write(&accounts, text).expect("write accounts");
     format!(
-        "listen = [\"{listen}\"]\nrealm = \"{REALM}\"\naccounts_file = \"{}\"\nauth = [\"anonymous\", \"plain\", \"digest-md5\", \"passdss-3des-1\"]\nhost_key_file = \"{}\"\n{extra}\n",
+        "listen = [\"{listen}\"]\ndatapath = false\nrealm = \"{REALM}\"\naccounts_file = \"{}\"\nauth = [\"anonymous\", \"plain\", \"digest-md5\", \"passdss-3des-1\"]\nhost_key_file = \"{}\"\n{extra}\n",
         accounts.display(),
         dir.join("unused-host-key").display()
     )
@@ -75,7 +75,7 @@ pub async fn start_broker(toml: &str, key: Option<HostKeyPair>) -> TestBroker {
     };
     let protocol = Broker::server_config(&cfg, key.or_else(|| Some(host_key())));
     let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts), protocol);
-    let running = serve::start(shared, &cfg.listen, cfg.tcp, cfg.udp)
+    let running = serve::start(shared, &cfg)
         .await
         .expect("broker listens");
     let addr = running.tcp.first().or(running.udp.first()).copied().expect("a listener");

@@ -1,0 +1,260 @@
+//! Tunnels: a TUN device, an encapsulation (UDP, raw protocol 41, raw protocol 4) and the
+//! loop that moves packets between them, with the keepalive riding inside the loop.
+//!
+//! The keepalive is injected into the tunnel by the datapath itself rather than through a raw
+//! ICMP socket and the routing table (gogoc's way): it then works before any address or route
+//! is configured (NetworkManager configures them after we report the tunnel) and its replies
+//! never reach the host's stack.
+
+pub mod icmp;
+pub mod keepalive;
+pub mod netlink;
+pub mod ra;
+pub mod host;
+pub mod raw;
+pub mod tundev;
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::proto::rudp;
+use crate::proto::types::TunnelMode;
+use keepalive::{Action, Keepalive};
+use raw::RawSocket;
+use tundev::TunDevice;
+
+/// The MTU gogoc's templates forced and brokers assume.
+pub const TUNNEL_MTU: u16 = 1280;
+
+/// Largest packet we move: a TUN read or a datagram larger than this is not ours.
+const BUF: usize = 65_536;
+
+/// How the inner packets travel to the broker.
+#[derive(Debug, Clone)]
+pub enum Encap {
+    /// v6udpv4: each IPv6 packet is one UDP payload on the (connected) TSP socket.
+    Udp(Arc<UdpSocket>),
+    /// v6v4 / v4v6 in userspace: a raw socket connected to the broker.
+    Raw(Arc<RawSocket>),
+}
+
+impl Encap {
+    async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Udp(s) => s.send(pkt).await,
+            Self::Raw(s) => s.send(pkt).await,
+        }
+    }
+
+    /// One received packet's range in `buf`; `None` for what is not tunnelled data (a TSP
+    /// control datagram on the UDP socket).
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<Option<std::ops::Range<usize>>> {
+        match self {
+            Self::Udp(s) => {
+                let n = s.recv(buf).await?;
+                // The broker may still answer a retransmitted control message after the
+                // accept; it is not a packet.
+                Ok((!rudp::is_control(&buf[..n])).then_some(0..n))
+            }
+            Self::Raw(s) => Ok(Some(s.recv_from(buf).await?.0)),
+        }
+    }
+}
+
+/// The family of the packets inside the tunnel.
+pub fn inner_is_v6(mode: TunnelMode) -> bool {
+    mode != TunnelMode::V4V6
+}
+
+/// A well-formed IP packet of the expected version whose header fits and whose stated
+/// length matches what arrived — anything else from the outside is dropped.
+pub fn valid_inner(pkt: &[u8], v6: bool) -> bool {
+    if v6 {
+        pkt.len() >= 40 && pkt[0] >> 4 == 6 && usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 == pkt.len()
+    } else {
+        pkt.len() >= 20
+            && pkt[0] >> 4 == 4
+            && usize::from(pkt[0] & 0x0f) * 4 >= 20
+            && usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) == pkt.len()
+    }
+}
+
+/// Why a datapath stopped.
+#[derive(Debug)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// The keepalive went unanswered: the path to the broker is dead.
+    KeepaliveDead { misses: u32 },
+    /// The TUN device or the socket failed for good.
+    Failed(io::Error),
+}
+
+/// Traffic counters, readable while the datapath runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub to_broker: std::sync::atomic::AtomicU64,
+    pub from_broker: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// A running client datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Exit>,
+    pub counters: Arc<Counters>,
+    pub ifname: String,
+}
+
+impl Datapath {
+    /// Starts moving packets between `tun` and `encap`; `keepalive` pings the broker.
+    pub fn start(tun: TunDevice, encap: Encap, v6: bool, keepalive: Option<Keepalive>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let ifname = tun.name().to_owned();
+        let task = tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone()));
+        Self { stop, task, counters, ifname }
+    }
+
+    /// Waits until the datapath ends by itself (keepalive death, device failure).
+    pub async fn finished(&mut self) -> Exit {
+        match (&mut self.task).await {
+            Ok(exit) => exit,
+            Err(e) => Exit::Failed(io::Error::other(format!("datapath task ended abnormally: {e}"))),
+        }
+    }
+
+    /// Stops the loop and releases the TUN device (it disappears with its descriptor).
+    pub async fn stop(self) -> Exit {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or(Exit::Stopped)
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    // A broker that is restarting answers with ICMP unreachable (ECONNREFUSED on a connected
+    // socket); buffers fill under load. The keepalive decides whether the path is dead.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ENOBUFS | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EMSGSIZE | libc::EAGAIN)
+    )
+}
+
+async fn run(
+    tun: TunDevice,
+    encap: Encap,
+    v6: bool,
+    mut keepalive: Option<Keepalive>,
+    mut stop: watch::Receiver<bool>,
+    counters: Arc<Counters>,
+) -> Exit {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut up = vec![0u8; BUF];
+    let mut down = vec![0u8; BUF];
+    let mut ka_out = Vec::with_capacity(128);
+    loop {
+        let deadline = keepalive.as_ref().map(|k| tokio::time::Instant::from_std(k.next_deadline()));
+        tokio::select! {
+            r = tun.recv(&mut up) => match r {
+                Ok(n) if valid_inner(&up[..n], v6) => match encap.send(&up[..n]).await {
+                    Ok(_) => { counters.to_broker.fetch_add(1, Relaxed); }
+                    Err(e) if transient(&e) => { counters.dropped.fetch_add(1, Relaxed); }
+                    Err(e) => return Exit::Failed(e),
+                },
+                Ok(_) => { counters.dropped.fetch_add(1, Relaxed); }
+                Err(e) => return Exit::Failed(e),
+            },
+            r = encap.recv(&mut down) => match r {
+                Ok(Some(range)) => {
+                    let pkt = &down[range];
+                    if keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, std::time::Instant::now())) {
+                        continue;
+                    }
+                    if !valid_inner(pkt, v6) {
+                        counters.dropped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    match tun.send(pkt).await {
+                        Ok(_) => { counters.from_broker.fetch_add(1, Relaxed); }
+                        Err(e) if transient(&e) => { counters.dropped.fetch_add(1, Relaxed); }
+                        Err(e) => return Exit::Failed(e),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if transient(&e) || e.kind() == io::ErrorKind::InvalidData => {
+                    counters.dropped.fetch_add(1, Relaxed);
+                }
+                Err(e) => return Exit::Failed(e),
+            },
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                let Some(k) = keepalive.as_mut() else { continue };
+                match k.on_deadline(std::time::Instant::now(), &mut ka_out) {
+                    Action::Send => {
+                        if let Err(e) = encap.send(&ka_out).await
+                            && !transient(&e)
+                        {
+                            return Exit::Failed(e);
+                        }
+                    }
+                    Action::Dead { misses } => return Exit::KeepaliveDead { misses },
+                    Action::Wait => {}
+                }
+            },
+            _ = stop.changed() => return Exit::Stopped,
+        }
+    }
+}
+
+/// What the client's datapath needs to know about the negotiated tunnel.
+#[derive(Debug, Clone)]
+pub struct KeepaliveSpec {
+    pub interval: Duration,
+    /// The broker's keepalive address (inside the tunnel).
+    pub target: IpAddr,
+    /// Our tunnel address (the echo's source).
+    pub source: IpAddr,
+}
+
+impl KeepaliveSpec {
+    pub fn start(&self) -> Keepalive {
+        // gogoc used its pid as the echo identifier.
+        Keepalive::new(self.interval, self.target, self.source, std::process::id() as u16, std::time::Instant::now())
+    }
+}
+
+/// A raw encapsulation toward the broker's tunnel endpoint (`remote`: the offer's server
+/// IPv4 address for v6v4, its IPv6 address for v4v6).
+pub fn raw_encap(mode: TunnelMode, remote: IpAddr) -> io::Result<Encap> {
+    let proto = if mode == TunnelMode::V4V6 { raw::IPPROTO_IPV4_IN_IPV6 } else { raw::IPPROTO_IPV6_IN_IPV4 };
+    Ok(Encap::Raw(Arc::new(RawSocket::connect(proto, remote)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_validation() {
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[5] = 8;
+        assert!(valid_inner(&v6, true));
+        assert!(!valid_inner(&v6, false));
+        assert!(!valid_inner(&v6[..47], true), "length field disagrees");
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[3] = 28;
+        assert!(valid_inner(&v4, false));
+        v4[0] = 0x44;
+        assert!(!valid_inner(&v4, false), "IHL below 5");
+        assert!(!valid_inner(b"\xf0\x00\x00\xf0garbage", true));
+        assert!(!valid_inner(&[], true));
+    }
+}

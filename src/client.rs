@@ -8,6 +8,7 @@
 //! host (tspc) or report it to NetworkManager (nm-tsp-service) — is the [`Hooks`]' job.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use crate::net::{Conn, Established, NegotiateOptions, NetError, negotiate};
 use crate::proto::client::{Negotiated, Transport};
 use crate::proto::types::TunnelMode;
+use crate::sites;
 use crate::tunnel::netlink::{self, Netlink};
 use crate::tunnel::tundev::TunDevice;
 use crate::tunnel::{self, Datapath, Encap, Exit, KeepaliveSpec, TUNNEL_MTU};
@@ -66,6 +68,15 @@ impl InterfaceNames {
     }
 }
 
+/// gogoc's multi-site files: where redirected brokers and the last good broker are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteFiles {
+    pub broker_list: PathBuf,
+    pub last_server: PathBuf,
+    /// Stick to the last broker that worked (never back to the configured one).
+    pub always_use_same_server: bool,
+}
+
 /// Everything the supervisor needs for one connection.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -74,6 +85,7 @@ pub struct Profile {
     pub negotiate: NegotiateOptions,
     pub retry: RetryPolicy,
     pub interfaces: InterfaceNames,
+    pub sites: Option<SiteFiles>,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -160,7 +172,7 @@ impl<H: Hooks> Supervisor<H> {
             attempt += 1;
             self.hooks.connecting(attempt, &self.profile.server);
             let est = tokio::select! {
-                r = negotiate(&self.profile.server, &self.profile.negotiate) => r,
+                r = negotiate_any(&self.profile) => r,
                 _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
             };
             let est = match est {
@@ -203,7 +215,7 @@ impl<H: Hooks> Supervisor<H> {
     /// Builds the datapath for a negotiated tunnel, hands it to the hooks, and waits for the
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
-        let Established { conn, negotiated, server, local, peer } = est;
+        let Established { conn, negotiated, server, local, peer, .. } = est;
         let transport = conn.transport();
         let offer = &negotiated.offer;
         let mode = offer.mode;
@@ -253,6 +265,54 @@ impl<H: Hooks> Supervisor<H> {
         dp.stop().await;
         self.hooks.down(&info, &reason).await;
         Ok(reason)
+    }
+}
+
+/// The servers to try, in order (gogoc's rules, see [`sites::candidates`]).
+fn candidates(profile: &Profile) -> Vec<String> {
+    let Some(files) = &profile.sites else { return vec![profile.server.clone()] };
+    let last = sites::load_last_server(&files.last_server).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the last-server file");
+        None
+    });
+    let list = sites::load_broker_list(&files.broker_list).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the broker-list file");
+        Vec::new()
+    });
+    sites::candidates(&profile.server, last.as_deref(), files.always_use_same_server, &list)
+}
+
+/// Negotiates with the first candidate that answers; a broker that answered with an error
+/// ends the walk (as in gogoc), one that could not be reached passes to the next.
+async fn negotiate_any(profile: &Profile) -> Result<Established, NetError> {
+    let list = candidates(profile);
+    let mut last_err = None;
+    for server in &list {
+        match negotiate(server, &profile.negotiate).await {
+            Ok(est) => {
+                remember(profile, &est);
+                return Ok(est);
+            }
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(%server, error = %e, "broker unreachable; trying the next one");
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or(NetError::AllFailed(Vec::new())))
+}
+
+/// Records the broker that worked, and a redirection's ranked list, in gogoc's files.
+fn remember(profile: &Profile, est: &Established) {
+    let Some(files) = &profile.sites else { return };
+    if let Err(e) = sites::save_last_server(&files.last_server, &est.server) {
+        tracing::warn!(error = %e, "cannot record the last server");
+    }
+    if !est.redirect_list.is_empty()
+        && let Err(e) = sites::save_broker_list(&files.broker_list, &est.redirect_list)
+    {
+        tracing::warn!(error = %e, "cannot record the broker list");
     }
 }
 

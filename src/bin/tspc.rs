@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nm_tsp::client::{DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, Supervisor, TunnelInfo};
+use nm_tsp::client::{DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo};
 use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
 use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
 use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
@@ -161,7 +161,15 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         delay: Duration::from_secs(u64::from(cfg.retry_delay)),
         delay_max: Duration::from_secs(u64::from(cfg.retry_delay_max)),
     };
-    let profile = Profile { server, negotiate: opts, retry, interfaces };
+    // Relative file names are relative to the home directory when set, as gogoc's were to
+    // its working directory.
+    let home = |name: &str| if cfg.gogoc_dir.is_empty() { PathBuf::from(name) } else { Path::new(&cfg.gogoc_dir).join(name) };
+    let sites = SiteFiles {
+        broker_list: home(&cfg.broker_list),
+        last_server: home(&cfg.last_server),
+        always_use_same_server: cfg.always_use_same_server,
+    };
+    let profile = Profile { server, negotiate: opts, retry, interfaces, sites: Some(sites) };
     let hooks = TspcHooks {
         nl,
         lan_interface: (cfg.host_type == HostType::Router && !cfg.if_prefix.is_empty()).then(|| cfg.if_prefix.clone()),

@@ -76,9 +76,10 @@ impl NetError {
 
     /// Nothing answered at this address (as opposed to a broker that answered badly).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Self::Refused { .. } | Self::Timeout { .. } | Self::Rudp(RudpError::NoListener { .. }) | Self::Closed
-        )
+        match self {
+            Self::Refused { .. } | Self::Timeout { .. } | Self::Rudp(RudpError::NoListener { .. }) | Self::Closed => true,
+            Self::AllFailed(list) => !list.is_empty() && list.iter().all(|(_, e)| e.is_unreachable()),
+            _ => false,
+        }
     }
 }

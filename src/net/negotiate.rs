@@ -13,6 +13,7 @@ use tokio::time::sleep;
 use super::conn::{Conn, TcpConn, UdpConn};
 use super::hostkeys::{Decision, HostKeyPolicy};
 use super::NetError;
+use super::rank::{RankOptions, rank};
 use crate::config::{Host, split_server};
 use crate::proto::client::{ClientParams, ClientSession, Negotiated, Outcome, Step, Transport};
 use crate::proto::error::ProtoError;
@@ -76,6 +77,9 @@ pub struct NegotiateOptions {
     pub reply_timeout: Duration,
     pub max_redirects: usize,
     pub host_keys: Arc<dyn HostKeyPolicy>,
+    /// Rank the brokers of a redirection with ECHO REQUEST probes (gogoc does); `None` tries
+    /// them in the document's order.
+    pub rank: Option<RankOptions>,
 }
 
 impl NegotiateOptions {
@@ -97,6 +101,7 @@ impl NegotiateOptions {
             reply_timeout: Duration::from_secs(10),
             max_redirects: 3,
             host_keys,
+            rank: Some(RankOptions::default()),
         }
     }
 
@@ -120,6 +125,9 @@ pub struct Established {
     pub server: String,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// The last redirection's brokers as tried (ranked), for gogoc's `broker_list` file;
+    /// empty when no redirection with more than one broker happened.
+    pub redirect_list: Vec<String>,
 }
 
 /// Negotiates a tunnel with `server`, following redirections.
@@ -140,17 +148,29 @@ fn negotiate_hops<'a>(
                     return Err(NetError::TooManyRedirects(opts.max_redirects));
                 }
                 tracing::info!(from = %server, brokers = brokers.len(), "broker redirects");
+                let mut list: Vec<String> = brokers.iter().map(Server::from_broker).collect();
+                if let (Some(rank_opts), true) = (&opts.rank, list.len() > 1) {
+                    let probes = rank(&list, opts.wants_v6_transport(), rank_opts).await;
+                    for p in &probes {
+                        tracing::info!(broker = %p.server, distance_ms = p.distance.as_millis() as u64, answered = p.answered, "broker ranked");
+                    }
+                    list = probes.into_iter().map(|p| p.server).collect();
+                }
                 let mut errors = Vec::new();
-                for b in &brokers {
-                    let next = Server::from_broker(b);
+                for next in &list {
                     match negotiate_hops(next.clone(), opts, hops + 1).await {
-                        Ok(est) => return Ok(est),
+                        Ok(mut est) => {
+                            if list.len() > 1 && est.redirect_list.is_empty() {
+                                est.redirect_list = list.clone();
+                            }
+                            return Ok(est);
+                        }
                         // Wrong credentials will be wrong at the next broker too, and a
                         // redirection loop stays one.
                         Err(e) if e.is_auth_failure() || matches!(e, NetError::TooManyRedirects(_)) => return Err(e),
                         Err(e) => {
                             tracing::warn!(broker = %next, error = %e, "redirected broker failed");
-                            errors.push((next, e));
+                            errors.push((next.clone(), e));
                         }
                     }
                 }
@@ -310,6 +330,7 @@ async fn negotiate_addr(server: &Server, addr: SocketAddr, opts: &NegotiateOptio
                     server: server.text.clone(),
                     local,
                     peer,
+                    redirect_list: Vec::new(),
                 })));
             }
             Ok(Outcome::Redirect(list)) => return Ok(Attempt::Redirect(list)),

@@ -133,3 +133,52 @@ fn roaming_resumes_within_two_seconds() {
         assert!(broker.output().contains("192.0.2.3"), "the broker saw the new address");
     }
 }
+
+/// gogoc's template mode: the script gets the TSP_* environment at creation and teardown and
+/// nothing else; tspc does not configure the host itself.
+#[test]
+fn template_mode_runs_the_script_with_gogocs_environment() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (lab, c, b, _) = pair("template_mode");
+    let _broker = start_broker(&lab, &b, "");
+    let home = lab.dir().join("home");
+    std::fs::create_dir_all(home.join("template")).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(home.join("template"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = lab.dir().join("template.log");
+    let script = home.join("template/linux.sh");
+    std::fs::write(&script, format!("env | grep '^TSP_' | sort >> {0}\necho --- >> {0}\n", log.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = lab
+        .file(
+            "c.conf",
+            &format!("server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6udpv4\ngogoc_dir={}\n", home.display()),
+        )
+        .unwrap();
+    let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap(), "--template"]).unwrap();
+    client.wait_for_output("configured by the template script", 10 * SEC).unwrap();
+    assert!(c.addrs("tun").unwrap().iter().all(|a| !a.starts_with("2001:db8:b::")), "tspc configured the address itself");
+    client.signal(Signal::Term).unwrap();
+    assert!(client.wait_exit(5 * SEC).is_some());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<&str> = text.split("---\n").filter(|r| !r.trim().is_empty()).collect();
+    assert_eq!(runs.len(), 2, "creation and teardown: {text}");
+    for (run, op) in runs.iter().zip(["TSP_TUNNEL_CREATION", "TSP_TUNNEL_TEARDOWN"]) {
+        for want in [
+            format!("TSP_OPERATION={op}"),
+            "TSP_TUNNEL_MODE=v6udpv4".into(),
+            "TSP_TUNNEL_INTERFACE=tun".into(),
+            "TSP_SERVER_ADDRESS_IPV4=192.0.2.1".into(),
+            "TSP_CLIENT_ADDRESS_IPV4=192.0.2.2".into(),
+            "TSP_SERVER_ADDRESS_IPV6=2001:db8:b::1".into(),
+            "TSP_TUNNEL_PREFIXLEN=128".into(),
+            "TSP_HOST_TYPE=host".into(),
+            format!("TSP_HOME_DIR={}", home.display()),
+        ] {
+            assert!(run.lines().any(|l| l == want), "missing {want} in:\n{run}");
+        }
+    }
+}

@@ -15,6 +15,7 @@ use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
 use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
 use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
 use nm_tsp::proto::client::{Negotiated, Transport};
+use nm_tsp::template::{self, Operation, TemplateInputs};
 use nm_tsp::tunnel::host::{self, HostSettings};
 use nm_tsp::tunnel::netlink::{self, Netlink};
 use tokio::sync::watch;
@@ -60,11 +61,14 @@ struct Cli {
     /// Negotiate with the broker, print the offered tunnel and exit without configuring it.
     #[arg(long = "dry-run", alias = "negotiate-only")]
     dry_run: bool,
+    /// gogoc compatibility: configure the host by running <gogoc_dir>/template/<template>.sh
+    /// with gogoc's TSP_* environment (and again at teardown) instead of doing it ourselves.
+    #[arg(long = "template")]
+    template: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    nm_tsp::logging::init_stderr(cli.verbose);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -128,6 +132,8 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut cfg = config::load(&cli.file).map_err(|e| e.to_string())?;
     apply_cli(&mut cfg, cli)?;
     cfg.validate_for_connect(&cli.file).map_err(|e| e.to_string())?;
+    // Log destinations and levels as gogoc.conf says (stderr, file with rotation, syslog).
+    let _log = nm_tsp::logging::init_from_config(&cfg, cli.verbose, "tspc").map_err(|e| e.to_string())?;
     let server = cfg.server.clone().unwrap_or_default();
     let opts = options(&cfg, cli.yes);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -170,8 +176,11 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         always_use_same_server: cfg.always_use_same_server,
     };
     let profile = Profile { server, negotiate: opts, retry, interfaces, sites: Some(sites) };
+    let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {
         nl,
+        template,
+        cfg: cfg.clone(),
         lan_interface: (cfg.host_type == HostType::Router && !cfg.if_prefix.is_empty()).then(|| cfg.if_prefix.clone()),
         configured: None,
     };
@@ -201,8 +210,23 @@ async fn shutdown_signal() {
 /// tspc configures the host itself (gogoc ran its template script for that).
 struct TspcHooks {
     nl: Netlink,
+    /// gogoc's template script, when the host is configured by it.
+    template: Option<PathBuf>,
+    cfg: GogocConfig,
     lan_interface: Option<String>,
     configured: Option<host::Configured>,
+}
+
+impl TspcHooks {
+    async fn run_template(&self, op: Operation, info: &TunnelInfo) -> Result<(), String> {
+        let Some(script) = &self.template else { return Ok(()) };
+        let inputs = TemplateInputs { offer: &info.negotiated.offer, cfg: &self.cfg, tunnel_interface: &info.ifname };
+        let env = template::environment(op, inputs).map_err(|e| e.to_string())?;
+        template::run(script, &env, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("template script {}: {e}", script.display()))
+    }
 }
 
 impl Hooks for TspcHooks {
@@ -211,6 +235,13 @@ impl Hooks for TspcHooks {
     }
 
     async fn up(&mut self, info: &TunnelInfo) -> Result<(), String> {
+        if self.template.is_some() {
+            self.run_template(Operation::Creation, info).await?;
+            print!("{}", describe(&info.server, info.peer, info.transport, &info.negotiated));
+            println!("  interface:   {} (up, configured by the template script)", info.ifname);
+            let _ = std::io::stdout().flush();
+            return Ok(());
+        }
         let settings = HostSettings {
             routes: HostSettings::default_routes(info.negotiated.offer.mode),
             lan_interface: self.lan_interface.clone(),
@@ -228,6 +259,11 @@ impl Hooks for TspcHooks {
     async fn down(&mut self, info: &TunnelInfo, reason: &DownReason) {
         if let Some(c) = self.configured.take() {
             c.remove(&self.nl).await;
+        }
+        if self.template.is_some()
+            && let Err(e) = self.run_template(Operation::Teardown, info).await
+        {
+            tracing::warn!(error = %e, "template teardown failed");
         }
         println!("tunnel {} down: {reason}", info.ifname);
         let _ = std::io::stdout().flush();

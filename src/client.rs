@@ -20,7 +20,7 @@ use crate::proto::types::TunnelMode;
 use crate::sites;
 use crate::tunnel::netlink::{self, Netlink};
 use crate::tunnel::tundev::TunDevice;
-use crate::tunnel::{self, Datapath, Encap, Exit, KeepaliveSpec, TUNNEL_MTU};
+use crate::tunnel::{self, Datapath, Encap, Exit, KeepaliveSpec, TUNNEL_MTU, kernel};
 
 /// When and how often to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,27 +216,10 @@ impl<H: Hooks> Supervisor<H> {
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
         let Established { conn, negotiated, server, local, peer, .. } = est;
-        let transport = conn.transport();
         let offer = &negotiated.offer;
         let mode = offer.mode;
         let ifname = self.profile.interfaces.for_mode(mode).to_owned();
-        let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
-        let ifindex = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
-        // `_session` keeps a TCP session open for as long as the tunnel lives.
-        let (encap, _session) = match (mode, conn) {
-            (TunnelMode::V6UdpV4, Conn::Udp(u)) => (Encap::Udp(Arc::new(u.into_socket())), None),
-            (TunnelMode::V6UdpV4, Conn::Tcp(_)) => return Err("v6udpv4 offered over TCP".into()),
-            (_, conn) => {
-                // gogoc keeps the TSP connection open but idle for the tunnel's lifetime, and
-                // the bundled broker ends a TCP session's tunnel when it closes.
-                let remote = if mode == TunnelMode::V4V6 { IpAddr::V6(offer.server_v6) } else { IpAddr::V4(offer.server_v4) };
-                // This build always uses the userspace datapath: the kernel sit/ip6tnl path is
-                // not implemented yet (and this machine's kernel has neither).
-                tracing::info!(%mode, %remote, "userspace datapath (TUN + raw socket)");
-                let encap = tunnel::raw_encap(mode, remote).map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
-                (encap, Some(conn))
-            }
-        };
+        let transport = conn.transport();
         let keepalive = offer.keepalive.filter(|k| k.interval > 0).map(|k| {
             let source = match k.address {
                 IpAddr::V4(_) => IpAddr::V4(offer.client_v4),
@@ -244,10 +227,45 @@ impl<H: Hooks> Supervisor<H> {
             };
             KeepaliveSpec { interval: Duration::from_secs(u64::from(k.interval)), target: k.address, source }.start()
         });
-        let mut dp = Datapath::start(tun, encap, tunnel::inner_is_v6(mode), keepalive);
+        let remote = if mode == TunnelMode::V4V6 { IpAddr::V6(offer.server_v6) } else { IpAddr::V4(offer.server_v4) };
+        // Kernel links where the kernel has them; userspace otherwise (decided and logged by
+        // `kernel::try_link`).
+        let nl = Netlink::new().map_err(|e| format!("rtnetlink: {e}"))?;
+        let kernel_link = match mode {
+            TunnelMode::V6UdpV4 => None,
+            _ => kernel::try_link(&nl, mode, &ifname, local.ip(), remote).await,
+        };
+        // `_session` keeps a TCP session open for as long as the tunnel lives: gogoc keeps the
+        // TSP connection open but idle, and the bundled broker ends a TCP session's tunnel
+        // when it closes.
+        let (mut dp, ifindex, _session) = match (kernel_link, mode, conn) {
+            (Some(idx), _, conn) => {
+                nl.set_up_mtu(idx, TUNNEL_MTU).await.map_err(|e| format!("{ifname}: {e}"))?;
+                let dp = match keepalive {
+                    Some(k) => kernel::keepalive_only(&ifname, k).map_err(|e| format!("keepalive on {ifname}: {e}"))?,
+                    None => Datapath::idle(&ifname),
+                };
+                (dp, idx, Some(conn))
+            }
+            (None, TunnelMode::V6UdpV4, Conn::Udp(u)) => {
+                let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
+                (Datapath::start(tun, Encap::Udp(Arc::new(u.into_socket())), true, keepalive), idx, None)
+            }
+            (None, TunnelMode::V6UdpV4, Conn::Tcp(_)) => return Err("v6udpv4 offered over TCP".into()),
+            (None, _, conn) => {
+                let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
+                let encap = tunnel::raw_encap(mode, remote).map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
+                (Datapath::start(tun, encap, tunnel::inner_is_v6(mode), keepalive), idx, Some(conn))
+            }
+        };
         let info = TunnelInfo { ifname, ifindex, negotiated: negotiated.clone(), server, peer, local, transport };
         if let Err(e) = self.hooks.up(&info).await {
             dp.stop().await;
+            if kernel_link.is_some() {
+                let _ = nl.delete_link(ifindex).await;
+            }
             self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
             return Err(e);
         }
@@ -263,6 +281,11 @@ impl<H: Hooks> Supervisor<H> {
         };
         tracing::info!(ifname = %info.ifname, %reason, "tunnel down");
         dp.stop().await;
+        if kernel_link.is_some()
+            && let Err(e) = nl.delete_link(ifindex).await
+        {
+            tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the tunnel link");
+        }
         self.hooks.down(&info, &reason).await;
         Ok(reason)
     }

@@ -157,8 +157,8 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         v4v6: cfg.if_tunnel_v4v6.clone(),
     };
     // A TUN device vanishes with its descriptor; only a kernel link of ours can be stale.
-    for name in [&interfaces.v6v4, &interfaces.v4v6] {
-        if !name.is_empty() && let Err(e) = netlink::remove_stale_link(&nl, name, "sit").await {
+    for (name, kind) in [(&interfaces.v6v4, "sit"), (&interfaces.v4v6, "ip6tnl")] {
+        if !name.is_empty() && let Err(e) = netlink::remove_stale_link(&nl, name, kind).await {
             tracing::debug!(interface = %name, error = %e, "stale link check");
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod icmp;
 pub mod keepalive;
+pub mod kernel;
 pub mod netlink;
 pub mod ra;
 pub mod host;
@@ -121,6 +122,16 @@ impl Datapath {
         let ifname = tun.name().to_owned();
         let task = tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone()));
         Self { stop, task, counters, ifname }
+    }
+
+    /// A datapath with nothing to do (a kernel link without keepalive): ends when stopped.
+    pub fn idle(ifname: &str) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = stopped.changed().await;
+            Exit::Stopped
+        });
+        Self { stop, task, counters: Arc::new(Counters::default()), ifname: ifname.to_owned() }
     }
 
     /// Waits until the datapath ends by itself (keepalive death, device failure).

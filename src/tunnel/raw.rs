@@ -109,6 +109,22 @@ impl RawSocket {
         Ok(Self { fd, v6 })
     }
 
+    /// Restricts the socket to one interface (SO_BINDTODEVICE).
+    pub fn bind_device(&self, ifname: &str) -> io::Result<()> {
+        let name = ifname.as_bytes();
+        // SAFETY: name is valid for name.len() bytes; the kernel copies at most IFNAMSIZ.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                name.as_ptr().cast(),
+                name.len() as libc::socklen_t,
+            )
+        };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
     /// Sends one inner packet to the connected peer (the kernel adds the outer header).
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.fd

@@ -74,7 +74,7 @@ fn start_broker(t: &Topo) -> netns::Proc {
 
 /// `tspc --dry-run` against `server` from `host`; returns what it printed.
 fn negotiate(t: &Topo, host: &Host, server: &str) -> String {
-    let name = format!("{}-{}.conf", host.name(), t.lab.namespaces().len());
+    let name = format!("{}.conf", host.name());
     let conf = t
         .lab
         .file(
@@ -103,6 +103,13 @@ fn pings_cross_and_the_broker_sees_the_nat() {
         "n must not reach c (r has no route there)"
     );
     assert!(t.c.link_exists(&t.c_if) && !t.c.link_exists("nosuch0"));
+
+    let err =
+        t.c.run_timeout("sleep", &["5"], Duration::from_millis(200))
+            .unwrap_err();
+    assert!(err.contains("did not finish"), "{err}");
+    let err = t.c.spawn("/nonexistent/tspc", &[]).err().expect("missing program");
+    assert!(err.contains("does not exist"), "{err}");
 
     let broker = start_broker(&t);
     let natted = negotiate(&t, &t.n, "203.0.113.1");
@@ -271,8 +278,11 @@ fn populate(lab: &Lab, sleeps: [String; 2]) -> Footprint {
     lab.link(&a, &["192.0.2.1/24"], &b, &["192.0.2.2/24"]).unwrap();
     a.spawn("sleep", &[&sleeps[0]]).unwrap();
     b.run("setsid", &["-f", "sleep", &sleeps[1]]).unwrap().check().unwrap();
+    // `setsid -f` returns before its child has exec'd `sleep`.
+    eventually("a sleep in each namespace", || {
+        a.pids().len() == 1 && b.pids().len() == 1 && live_sleeps(&sleeps).len() == 2
+    });
     let pids: Vec<u32> = a.pids().into_iter().chain(b.pids()).collect();
-    assert_eq!(pids.len(), 2, "one process in each namespace");
     let fp = Footprint {
         namespaces: lab.namespaces(),
         prefix: lab.prefix().to_string(),
@@ -282,8 +292,16 @@ fn populate(lab: &Lab, sleeps: [String; 2]) -> Footprint {
     };
     let listed = netns_list();
     assert!(fp.namespaces.iter().all(|n| listed.contains(n)), "{listed:?}");
-    assert_eq!(live_sleeps(&fp.sleeps).len(), 2);
     fp
+}
+
+/// Polls `cond` every 10 ms until it holds; fails the test after 5 s.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < 5 * SEC, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A `sleep` duration (seconds) that names one process of this test run, for pgrep.
@@ -398,7 +416,9 @@ fn stale_entries_are_removed() {
     quiet(&["netns", "add", &ns]);
     quiet(&["netns", "exec", &ns, "setsid", "-f", "sleep", &sleep_arg(5)]);
     std::fs::write(&empty, "").unwrap();
-    assert_eq!(live_sleeps(&[sleep_arg(5)]).len(), 1);
+    eventually("the sleep in the stale namespace", || {
+        live_sleeps(&[sleep_arg(5)]).len() == 1
+    });
     // 2. Left by a test process killed with SIGKILL: its owner is gone. (A pid above the kernel's
     //    PID_MAX_LIMIT, 2^22, cannot exist; a real dead pid may be reused at once on a busy machine.)
     //    Another test process's Lab::new may remove these first, which is fine.

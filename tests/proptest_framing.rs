@@ -118,6 +118,9 @@ fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Body ranges taken after the first read, after the second, and the bytes consumed.
+type TwoReads = (Vec<Range<usize>>, Vec<Range<usize>>, usize);
+
 /// One TCP reader: `wire[..cut]` arrives first, then the rest. Takes every whole frame after
 /// each read, as a receive loop does. Returns the body ranges taken after the first read,
 /// after the second, and how many bytes were consumed.
@@ -125,7 +128,7 @@ fn read_in_two(
     wire: &[u8],
     cut: usize,
     exact: bool,
-) -> Result<(Vec<Range<usize>>, Vec<Range<usize>>, usize), FrameError> {
+) -> Result<TwoReads, FrameError> {
     let mut start = 0;
     let mut reads: [Vec<Range<usize>>; 2] = Default::default();
     for (i, avail) in [cut, wire.len()].into_iter().enumerate() {

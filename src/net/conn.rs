@@ -91,10 +91,11 @@ impl UdpConn {
                     return Err(NetError::Refused { transport: Transport::Udp, peer: self.peer });
                 }
                 Ok(Err(e)) => return Err(NetError::Io { what: "receive UDP", source: e }),
-                Err(_) => match self.rudp.on_timeout(Instant::now().into_std())? {
-                    Some(again) => self.send(&again).await?,
-                    None => {}
-                },
+                Err(_) => {
+                    if let Some(again) = self.rudp.on_timeout(Instant::now().into_std())? {
+                        self.send(&again).await?;
+                    }
+                }
             }
         }
     }

@@ -44,7 +44,7 @@ pub fn keepalive_only(ifname: &str, keepalive: Keepalive) -> io::Result<Datapath
     let sock = RawSocket::open(if v6 { libc::IPPROTO_ICMPV6 } else { libc::IPPROTO_ICMP }, v6)?;
     sock.bind_device(ifname)?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(Arc::new(sock), keepalive, stopped));
+    let task = Some(tokio::spawn(run(Arc::new(sock), keepalive, stopped)));
     Ok(Datapath { stop, task, counters: Arc::new(Counters::default()), ifname: ifname.to_owned() })
 }
 

@@ -109,7 +109,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Datapath {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Exit>,
+    /// `None` once [`finished`](Self::finished) has seen the task end.
+    task: Option<JoinHandle<Exit>>,
     pub counters: Arc<Counters>,
     pub ifname: String,
 }
@@ -120,32 +121,40 @@ impl Datapath {
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let ifname = tun.name().to_owned();
-        let task = tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone()));
+        let task = Some(tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone())));
         Self { stop, task, counters, ifname }
     }
 
     /// A datapath with nothing to do (a kernel link without keepalive): ends when stopped.
     pub fn idle(ifname: &str) -> Self {
         let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
+        let task = Some(tokio::spawn(async move {
             let _ = stopped.changed().await;
             Exit::Stopped
-        });
+        }));
         Self { stop, task, counters: Arc::new(Counters::default()), ifname: ifname.to_owned() }
     }
 
     /// Waits until the datapath ends by itself (keepalive death, device failure).
+    /// Cancel-safe (usable in `select!`); once it returned, it never resolves again.
     pub async fn finished(&mut self) -> Exit {
-        match (&mut self.task).await {
+        let Some(task) = self.task.as_mut() else { return std::future::pending().await };
+        let exit = match task.await {
             Ok(exit) => exit,
             Err(e) => Exit::Failed(io::Error::other(format!("datapath task ended abnormally: {e}"))),
-        }
+        };
+        // A JoinHandle must not be polled again after it completed.
+        self.task = None;
+        exit
     }
 
     /// Stops the loop and releases the TUN device (it disappears with its descriptor).
     pub async fn stop(self) -> Exit {
         let _ = self.stop.send(true);
-        self.task.await.unwrap_or(Exit::Stopped)
+        match self.task {
+            Some(task) => task.await.unwrap_or(Exit::Stopped),
+            None => Exit::Stopped,
+        }
     }
 }
 
@@ -250,6 +259,17 @@ pub fn raw_encap(mode: TunnelMode, remote: IpAddr) -> io::Result<Encap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A datapath that ended by itself (keepalive death) is then stopped by the supervisor:
+    /// its task must not be awaited twice (tokio panics on that).
+    #[tokio::test]
+    async fn stop_after_finished() {
+        let (stop, _rx) = watch::channel(false);
+        let task = Some(tokio::spawn(async { Exit::KeepaliveDead { misses: 3 } }));
+        let mut dp = Datapath { stop, task, counters: Arc::default(), ifname: "t".into() };
+        assert!(matches!(dp.finished().await, Exit::KeepaliveDead { misses: 3 }));
+        assert!(matches!(dp.stop().await, Exit::Stopped));
+    }
 
     #[test]
     fn inner_validation() {

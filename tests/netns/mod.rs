@@ -13,7 +13,9 @@
 //! ```
 //!
 //! * Everything is synchronous (std only) and shells out to `ip`, `nft`, `ping`, `sysctl` and
-//!   `kill` with argument vectors, never through a shell. From async code, call it through
+//!   procps' `kill` with argument vectors, never with a shell command line built from strings.
+//!   (Without procps, signals go through `sh -c 'kill -s "$0" "$@"' SIG PID…`: a constant
+//!   script, the signal and pids as arguments.) From async code, call it through
 //!   `tokio::task::spawn_blocking`.
 //! * Errors are `String`s that name the command line and quote its stderr.
 //! * Names. A [`Lab`] has a prefix `t` + 5 base-36 characters (a hash of the test name, the pid
@@ -35,7 +37,11 @@
 //!   reference is invalid"). [`Lab::new`] removes the namespaces (killing what runs in them) and
 //!   temp files of owners that are gone (same pid namespace), and any left under its own prefix.
 //! * `nft -f` with a one-line ruleset with nested braces fails on nftables 1.0.6, so NAT is set up
-//!   with `nft add table/chain/rule`.
+//!   with `nft add table/chain/rule`. Some words are nft keywords and cannot name a chain
+//!   (`fwd` gives "syntax error, unexpected fwd").
+//! * `setsid -f` (or any daemon) returns before its child has exec'd: poll for the process, and
+//!   never give a daemon the test's stdout (an orphan holding the pipe blocks whoever reads it).
+//!   Commands run here write to files, not pipes, for that reason.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -135,26 +141,28 @@ impl Signal {
 pub struct Output {
     pub command: String,
     pub status: ExitStatus,
+    /// Killed at the time limit (only [`Host::run_timeout`] turns this into an error).
+    pub timed_out: bool,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Output {
     pub fn success(&self) -> bool {
-        self.status.success()
+        !self.timed_out && self.status.success()
     }
 
     /// `Ok(self)` when the command succeeded, else an error with its command line, status and stderr.
     pub fn check(self) -> Result<Output, String> {
-        if self.success() {
-            Ok(self)
-        } else {
-            Err(format!(
+        match (self.timed_out, self.status.success()) {
+            (false, true) => Ok(self),
+            (true, _) => Err(format!("`{}` timed out: {}", self.command, tail(&self.stderr, 20))),
+            (false, false) => Err(format!(
                 "`{}` failed ({}): {}",
                 self.command,
                 self.status,
                 self.stderr.trim()
-            ))
+            )),
         }
     }
 }
@@ -442,7 +450,7 @@ fn list_netns() -> Vec<String> {
 /// Process ids inside namespace `ns` (`ip netns pids`; zombies are not listed).
 fn netns_pids(ns: &str) -> Vec<u32> {
     match run_cmd(cmd("ip", ["netns", "pids", ns]), CMD_TIMEOUT) {
-        Ok(Some(o)) => o.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Ok(o) => o.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
         _ => Vec::new(),
     }
 }
@@ -563,8 +571,9 @@ impl Host {
     }
 
     /// Starts `program args` in the namespace (`ip netns exec`), in the lab's temp dir, with
-    /// stdout and stderr going to one log file there. The lab owns the process: it runs until
-    /// [`Proc::kill`], its own exit, or the lab's drop, whatever happens to the returned handle.
+    /// stdout and stderr going to one log file there; returns once the process is inside the
+    /// namespace. The lab owns the process: it runs until [`Proc::kill`], its own exit, or the
+    /// lab's drop, whatever happens to the returned handle.
     pub fn spawn(&self, program: impl AsRef<OsStr>, args: &[&str]) -> Result<Proc, String> {
         self.spawn_env(program, args, &[])
     }
@@ -598,7 +607,9 @@ impl Host {
             log,
         });
         self.lab.lock().procs.push(Arc::clone(&inner));
-        Ok(Proc { inner })
+        let proc = Proc { inner };
+        proc.wait_entered();
+        Ok(proc)
     }
 
     /// Runs `program args` in the namespace to completion (at most [`RUN_TIMEOUT`]) and returns
@@ -612,9 +623,16 @@ impl Host {
     pub fn run_timeout(&self, program: impl AsRef<OsStr>, args: &[&str], timeout: Duration) -> Result<Output, String> {
         let program = program.as_ref();
         check_program(program)?;
-        let c = self.exec_cmd(program, args);
-        let line = describe(&c);
-        run_cmd(c, timeout)?.ok_or_else(|| format!("`{line}` did not finish within {timeout:?}"))
+        let out = run_cmd(self.exec_cmd(program, args), timeout)?;
+        if out.timed_out {
+            return Err(format!(
+                "`{}` did not finish within {timeout:?}; stdout ends with:\n{}\nstderr ends with:\n{}",
+                out.command,
+                tail(&out.stdout, 20),
+                tail(&out.stderr, 20)
+            ));
+        }
+        Ok(out)
     }
 
     /// `ping [-6] -n -q -c <count> -W <timeout_s> -i 0.2 <dst>`: true if any reply came.
@@ -645,8 +663,8 @@ impl Host {
     }
 
     /// Pings `dst` (every 0.2 s, restarting `ping` every second so a changed source address is
-    /// picked up) until a reply comes; returns how long that took, or `None` if none came within
-    /// `deadline`. Resolution: about 0.2 s.
+    /// picked up; every 50 ms while there is no route) until a reply comes; returns how long that
+    /// took, or `None` if none came within `deadline`. Resolution: 0.2 s at worst.
     pub fn ping_until(&self, dst: &str, deadline: Duration) -> Option<Duration> {
         let start = Instant::now();
         let mut args = vec!["-n", "-q", "-c", "1", "-i", "0.2", "-w", "1", dst];
@@ -658,7 +676,7 @@ impl Host {
             let attempt = Instant::now();
             let c = self.exec_cmd(OsStr::new("ping"), &args);
             match run_cmd(c, left.min(Duration::from_millis(1100))) {
-                Ok(Some(o)) if o.success() => return Some(start.elapsed()),
+                Ok(o) if o.success() => return Some(start.elapsed()),
                 Ok(_) => {}
                 Err(e) => {
                     eprintln!("netns: {e}");
@@ -840,6 +858,20 @@ impl Proc {
         }
     }
 
+    /// Waits (≤ 5 s) until `ip netns exec` has moved the process out of this process's network
+    /// namespace (or it has exited), so that it shows in `ip netns pids` once `spawn` returns.
+    fn wait_entered(&self) {
+        let netns_of = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let Some(ours) = netns_of("self") else { return };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.status().is_none() && Instant::now() < deadline {
+            match netns_of(&self.inner.pid.to_string()) {
+                Some(n) if n != ours => return,
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+
     /// The exit status if the process has exited, `None` while it runs.
     pub fn status(&self) -> Option<ExitStatus> {
         self.inner.status()
@@ -889,59 +921,47 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let c = cmd(program, args);
-    let line = describe(&c);
-    Ok(run_cmd(c, CMD_TIMEOUT)?
-        .ok_or_else(|| format!("`{line}` did not finish within {CMD_TIMEOUT:?}"))?
-        .check()?
-        .stdout)
+    Ok(run_cmd(cmd(program, args), CMD_TIMEOUT)?.check()?.stdout)
 }
 
 static CMD_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `c` with stdin closed and stdout/stderr in temp files (not pipes: a daemon started by
-/// the command may keep a pipe open forever). `Ok(None)`: killed after `timeout`.
-fn run_cmd(mut c: Command, timeout: Duration) -> Result<Option<Output>, String> {
-    let line = describe(&c);
+/// the command may keep a pipe open forever). After `timeout` the command is killed and the
+/// output says `timed_out`.
+fn run_cmd(mut c: Command, timeout: Duration) -> Result<Output, String> {
+    let command = describe(&c);
     let n = CMD_SEQ.fetch_add(1, Ordering::Relaxed);
     let base = std::env::temp_dir().join(format!("{NS_MARK}-io-{}-{}-{n}", pid_ns(), std::process::id()));
     let (out_p, err_p) = (base.with_extension("out"), base.with_extension("err"));
-    let files = (File::create(&out_p), File::create(&err_p));
-    let (Ok(out), Ok(err)) = files else {
-        return Err(format!("cannot create {}.out/.err", base.display()));
+    let read = |p: &Path| {
+        fs::read(p)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     };
-    c.stdin(Stdio::null()).stdout(out).stderr(err);
-    let result = match c.spawn() {
-        Err(e) => Err(format!("cannot start `{line}`: {e}")),
-        Ok(mut child) => {
-            let status = wait_timeout(&mut child, timeout);
-            let read = |p: &Path| {
-                fs::read(p)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default()
-            };
-            let (stdout, stderr) = (read(&out_p), read(&err_p));
-            match status {
-                Some(status) => Ok(Some(Output {
-                    command: line,
-                    status,
-                    stdout,
-                    stderr,
-                })),
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    if !stdout.is_empty() || !stderr.is_empty() {
-                        eprintln!(
-                            "netns: `{line}` timed out; stdout:\n{}\nstderr:\n{}",
-                            tail(&stdout, 20),
-                            tail(&stderr, 20)
-                        );
+    let result = match (File::create(&out_p), File::create(&err_p)) {
+        (Ok(out), Ok(err)) => match c.stdin(Stdio::null()).stdout(out).stderr(err).spawn() {
+            Err(e) => Err(format!("cannot start `{command}`: {e}")),
+            Ok(mut child) => {
+                let (status, timed_out) = match wait_timeout(&mut child, timeout) {
+                    Some(status) => (Ok(status), false),
+                    None => {
+                        let _ = child.kill();
+                        (child.wait(), true)
                     }
-                    Ok(None)
-                }
+                };
+                status
+                    .map(|status| Output {
+                        command,
+                        status,
+                        timed_out,
+                        stdout: read(&out_p),
+                        stderr: read(&err_p),
+                    })
+                    .map_err(|e| format!("cannot wait for a command: {e}"))
             }
-        }
+        },
+        _ => Err(format!("cannot create {}.out/.err", base.display())),
     };
     let _ = fs::remove_file(&out_p);
     let _ = fs::remove_file(&err_p);
@@ -982,11 +1002,7 @@ fn send_signal(sig: Signal, pids: &[u32]) -> Result<(), String> {
         cmd("sh", ["-c", "kill -s \"$0\" \"$@\"", sig.name()])
     };
     c.args(pids.iter().map(u32::to_string));
-    let line = describe(&c);
-    run_cmd(c, CMD_TIMEOUT)?
-        .ok_or_else(|| format!("`{line}` hung"))?
-        .check()
-        .map(drop)
+    run_cmd(c, CMD_TIMEOUT)?.check().map(drop)
 }
 
 /// A missing absolute or relative program path is reported here, not as `ip netns exec`'s exit 255.

@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod fsutil;
 pub mod logging;
 pub mod net;
 pub mod proto;

@@ -7,13 +7,10 @@
 //! files are written in gogoc's format, so gogoc and this client can share them; reading
 //! fixes gogoc's quirk of not bracketing IPv6 brokers from the list (§10 item 13).
 
-use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::net::Ipv6Addr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ServerError, split_server};
 use crate::proto::types::MAX_BROKERS;
@@ -255,41 +252,10 @@ fn read_bounded(path: &Path) -> Result<Option<String>, SitesError> {
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// Writes `text` to a temporary file next to `path`, then renames it over `path`, so that a
-/// reader (or a crash) never sees half a list.
+/// Writes `text` atomically (see [`crate::fsutil::write_atomic`]); the files hold nothing secret.
 fn write_atomic(path: &Path, text: &str) -> Result<(), SitesError> {
-    // Distinguishes concurrent saves within this process; the pid, other processes.
-    static SAVES: AtomicU32 = AtomicU32::new(0);
-    let io_err = |source| SitesError::Io {
-        file: path.display().to_string(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io_err(io::Error::new(io::ErrorKind::InvalidInput, "path has no file name")))?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".tmp{}-{}",
-        std::process::id(),
-        SAVES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        // Best effort: do not leave the temporary file behind.
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(io_err)
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|source| SitesError::Io { file: path.display().to_string(), source })
 }
 
 #[cfg(test)]

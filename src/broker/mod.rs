@@ -258,8 +258,7 @@ impl Broker {
                 text.push_str(&format!("{name} {key} {addr}/{len}\n"));
             }
         }
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o644) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save broker state");
         }
     }

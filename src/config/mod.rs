@@ -12,8 +12,7 @@ mod server;
 mod tests;
 
 use std::fs;
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::io::{self, Read as _};
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -81,31 +80,6 @@ pub fn save(path: &Path, cfg: &GogocConfig, include_password: bool) -> io::Resul
     cfg.validate(path)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let text = Zeroizing::new(to_text_with(cfg, include_password));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let mode = if include_password && !cfg.passwd.is_empty() {
-        0o600
-    } else {
-        0o644
-    };
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        // Best effort: do not leave a half-written copy (possibly with the password) behind.
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    let mode = if include_password && !cfg.passwd.is_empty() { 0o600 } else { 0o644 };
+    crate::fsutil::write_atomic(path, text.as_bytes(), mode)
 }

@@ -170,9 +170,8 @@ impl<H: Hooks> Supervisor<H> {
                 return (Ended::Stopped, self.hooks);
             }
             attempt += 1;
-            self.hooks.connecting(attempt, &self.profile.server);
             let est = tokio::select! {
-                r = negotiate_any(&self.profile) => r,
+                r = negotiate_any(&self.profile, &mut self.hooks, attempt) => r,
                 _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
             };
             let est = match est {
@@ -307,10 +306,11 @@ fn candidates(profile: &Profile) -> Vec<String> {
 
 /// Negotiates with the first candidate that answers; a broker that answered with an error
 /// ends the walk (as in gogoc), one that could not be reached passes to the next.
-async fn negotiate_any(profile: &Profile) -> Result<Established, NetError> {
+async fn negotiate_any<H: Hooks>(profile: &Profile, hooks: &mut H, attempt: u32) -> Result<Established, NetError> {
     let list = candidates(profile);
     let mut last_err = None;
     for server in &list {
+        hooks.connecting(attempt, server);
         match negotiate(server, &profile.negotiate).await {
             Ok(est) => {
                 remember(profile, &est);

@@ -249,7 +249,9 @@ impl<H: Hooks> Supervisor<H> {
             (None, TunnelMode::V6UdpV4, Conn::Udp(u)) => {
                 let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
-                (Datapath::start(tun, Encap::Udp(Arc::new(u.into_socket())), true, keepalive), idx, None)
+                let sock = u.into_socket();
+                tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(&sock));
+                (Datapath::start(tun, Encap::Udp(Arc::new(sock)), true, keepalive), idx, None)
             }
             (None, TunnelMode::V6UdpV4, Conn::Tcp(_)) => return Err("v6udpv4 offered over TCP".into()),
             (None, _, conn) => {

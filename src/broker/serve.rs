@@ -113,6 +113,10 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
     let mut udp = Vec::new();
     for addr in &cfg.listen {
         let (t, u) = bind_pair(*addr, cfg.tcp, cfg.udp).await?;
+        if let Some(u) = &u {
+            // Every client's tunnel traffic arrives on this one socket.
+            crate::tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(u));
+        }
         tcp.extend(t);
         udp.extend(u.map(Arc::new));
     }

@@ -159,12 +159,36 @@ impl Datapath {
 }
 
 fn transient(e: &io::Error) -> bool {
-    // A broker that is restarting answers with ICMP unreachable (ECONNREFUSED on a connected
-    // socket); buffers fill under load. The keepalive decides whether the path is dead.
+    // ICMP errors from the path surface on a connected socket as errno values: port or
+    // protocol unreachable (ECONNREFUSED, ENOPROTOOPT — a broker whose raw socket overflows
+    // answers with "protocol unreachable"), ICMPv6 parameter problem (EPROTO), host or net
+    // unreachable; buffers fill under load. None of them means the tunnel is dead: the
+    // keepalive decides that.
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::ENOBUFS | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EMSGSIZE | libc::EAGAIN)
+        Some(
+            libc::ECONNREFUSED
+                | libc::ENOPROTOOPT
+                | libc::EPROTO
+                | libc::ENOBUFS
+                | libc::EHOSTUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::EMSGSIZE
+                | libc::EAGAIN
+        )
     )
+}
+
+/// Asks for a large receive buffer, so that bursts wait in the kernel instead of being
+/// dropped (and, on raw sockets, answered with ICMP errors). Root may exceed rmem_max.
+pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const SIZE: usize = 4 << 20;
+    if setsockopt(&fd, sockopt::RcvBufForce, &SIZE).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &SIZE);
+    }
 }
 
 async fn run(

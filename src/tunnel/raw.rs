@@ -102,6 +102,8 @@ impl RawSocket {
     }
 
     fn register(owned: OwnedFd, v6: bool) -> io::Result<Self> {
+        use std::os::fd::AsFd;
+        super::grow_receive_buffer(owned.as_fd());
         // SAFETY: an OwnedFd keeps returning the same open descriptor until it is dropped
         // together with the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE | Interest::WRITABLE) }

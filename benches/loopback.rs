@@ -37,9 +37,7 @@ async fn start_broker(extra: &str) -> (serve::Running, SocketAddr) {
     let accounts = Accounts::parse(&line, REALM, "<bench>").expect("accounts");
     let protocol = Broker::server_config(&cfg, None);
     let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts), protocol);
-    let running = serve::start(shared, &cfg)
-        .await
-        .expect("broker listens");
+    let running = serve::start(shared, &cfg).await.expect("broker listens");
     let addr = running
         .tcp
         .first()

@@ -33,7 +33,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { auto_retry: true, delay: Duration::from_secs(30), delay_max: Duration::from_secs(300) }
+        Self {
+            auto_retry: true,
+            delay: Duration::from_secs(30),
+            delay_max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -107,9 +111,14 @@ pub struct TunnelInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownReason {
     Stopped,
-    KeepaliveTimeout { misses: u32 },
+    KeepaliveTimeout {
+        misses: u32,
+    },
     /// Our address toward the broker changed (or disappeared).
-    Roamed { from: IpAddr, to: Option<IpAddr> },
+    Roamed {
+        from: IpAddr,
+        to: Option<IpAddr>,
+    },
     Resumed,
     LeaseExpired,
     Failed(String),
@@ -199,7 +208,13 @@ impl<H: Hooks> Supervisor<H> {
                     failures += 1;
                     tracing::error!(error = %e, "could not set up the tunnel");
                     if !self.profile.retry.auto_retry {
-                        return (Ended::GaveUp(NetError::Io { what: "tunnel setup", source: std::io::Error::other(e) }), self.hooks);
+                        return (
+                            Ended::GaveUp(NetError::Io {
+                                what: "tunnel setup",
+                                source: std::io::Error::other(e),
+                            }),
+                            self.hooks,
+                        );
                     }
                     let wait = self.profile.retry.backoff(failures).max(Duration::from_secs(1));
                     tokio::select! {
@@ -214,7 +229,14 @@ impl<H: Hooks> Supervisor<H> {
     /// Builds the datapath for a negotiated tunnel, hands it to the hooks, and waits for the
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
-        let Established { conn, negotiated, server, local, peer, .. } = est;
+        let Established {
+            conn,
+            negotiated,
+            server,
+            local,
+            peer,
+            ..
+        } = est;
         let offer = &negotiated.offer;
         let mode = offer.mode;
         let ifname = self.profile.interfaces.for_mode(mode).to_owned();
@@ -224,9 +246,18 @@ impl<H: Hooks> Supervisor<H> {
                 IpAddr::V4(_) => IpAddr::V4(offer.client_v4),
                 IpAddr::V6(_) => IpAddr::V6(offer.client_v6),
             };
-            KeepaliveSpec { interval: Duration::from_secs(u64::from(k.interval)), target: k.address, source }.start()
+            KeepaliveSpec {
+                interval: Duration::from_secs(u64::from(k.interval)),
+                target: k.address,
+                source,
+            }
+            .start()
         });
-        let remote = if mode == TunnelMode::V4V6 { IpAddr::V6(offer.server_v6) } else { IpAddr::V4(offer.server_v4) };
+        let remote = if mode == TunnelMode::V4V6 {
+            IpAddr::V6(offer.server_v6)
+        } else {
+            IpAddr::V4(offer.server_v4)
+        };
         // Kernel links where the kernel has them; userspace otherwise (decided and logged by
         // `kernel::try_link`).
         let nl = Netlink::new().map_err(|e| format!("rtnetlink: {e}"))?;
@@ -239,7 +270,9 @@ impl<H: Hooks> Supervisor<H> {
         // when it closes.
         let (mut dp, ifindex, _session) = match (kernel_link, mode, conn) {
             (Some(idx), _, conn) => {
-                nl.set_up_mtu(idx, TUNNEL_MTU).await.map_err(|e| format!("{ifname}: {e}"))?;
+                nl.set_up_mtu(idx, TUNNEL_MTU)
+                    .await
+                    .map_err(|e| format!("{ifname}: {e}"))?;
                 let dp = match keepalive {
                     Some(k) => kernel::keepalive_only(&ifname, k).map_err(|e| format!("keepalive on {ifname}: {e}"))?,
                     None => Datapath::idle(&ifname),
@@ -247,21 +280,40 @@ impl<H: Hooks> Supervisor<H> {
                 (dp, idx, Some(conn))
             }
             (None, TunnelMode::V6UdpV4, Conn::Udp(u)) => {
-                let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let tun = TunDevice::open(&ifname, TUNNEL_MTU)
+                    .map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
                 let sock = u.into_socket();
                 tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(&sock));
-                (Datapath::start(tun, Encap::Udp(Arc::new(sock)), true, keepalive), idx, None)
+                (
+                    Datapath::start(tun, Encap::Udp(Arc::new(sock)), true, keepalive),
+                    idx,
+                    None,
+                )
             }
             (None, TunnelMode::V6UdpV4, Conn::Tcp(_)) => return Err("v6udpv4 offered over TCP".into()),
             (None, _, conn) => {
-                let tun = TunDevice::open(&ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let tun = TunDevice::open(&ifname, TUNNEL_MTU)
+                    .map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
-                let encap = tunnel::raw_encap(mode, remote).map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
-                (Datapath::start(tun, encap, tunnel::inner_is_v6(mode), keepalive), idx, Some(conn))
+                let encap = tunnel::raw_encap(mode, remote)
+                    .map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
+                (
+                    Datapath::start(tun, encap, tunnel::inner_is_v6(mode), keepalive),
+                    idx,
+                    Some(conn),
+                )
             }
         };
-        let info = TunnelInfo { ifname, ifindex, negotiated: negotiated.clone(), server, peer, local, transport };
+        let info = TunnelInfo {
+            ifname,
+            ifindex,
+            negotiated: negotiated.clone(),
+            server,
+            peer,
+            local,
+            transport,
+        };
         if let Err(e) = self.hooks.up(&info).await {
             dp.stop().await;
             if kernel_link.is_some() {
@@ -270,7 +322,10 @@ impl<H: Hooks> Supervisor<H> {
             self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
             return Err(e);
         }
-        let lease = offer.lifetime.filter(|l| *l > 0).map(|l| Duration::from_secs(u64::from(l)));
+        let lease = offer
+            .lifetime
+            .filter(|l| *l > 0)
+            .map(|l| Duration::from_secs(u64::from(l)));
         let reason = tokio::select! {
             exit = dp.finished() => match exit {
                 Exit::KeepaliveDead { misses } => DownReason::KeepaliveTimeout { misses },
@@ -294,7 +349,9 @@ impl<H: Hooks> Supervisor<H> {
 
 /// The servers to try, in order (gogoc's rules, see [`sites::candidates`]).
 fn candidates(profile: &Profile) -> Vec<String> {
-    let Some(files) = &profile.sites else { return vec![profile.server.clone()] };
+    let Some(files) = &profile.sites else {
+        return vec![profile.server.clone()];
+    };
     let last = sites::load_last_server(&files.last_server).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "ignoring the last-server file");
         None
@@ -381,7 +438,12 @@ async fn watch_path(broker: IpAddr, local: IpAddr, lease: Option<Duration>) -> D
         if let Some(nl) = &nl {
             match nl.route_get(broker).await {
                 Ok(Some((src, _))) if src == local => {}
-                Ok(Some((src, _))) => return DownReason::Roamed { from: local, to: Some(src) },
+                Ok(Some((src, _))) => {
+                    return DownReason::Roamed {
+                        from: local,
+                        to: Some(src),
+                    };
+                }
                 Ok(None) => return DownReason::Roamed { from: local, to: None },
                 Err(e) => tracing::debug!(error = %e, "route lookup failed"),
             }
@@ -402,7 +464,10 @@ fn clock(id: nix::time::ClockId) -> Duration {
 
 impl SuspendClock {
     fn new() -> Self {
-        Self { boot: clock(nix::time::ClockId::CLOCK_BOOTTIME), mono: clock(nix::time::ClockId::CLOCK_MONOTONIC) }
+        Self {
+            boot: clock(nix::time::ClockId::CLOCK_BOOTTIME),
+            mono: clock(nix::time::ClockId::CLOCK_MONOTONIC),
+        }
     }
 
     /// True if the machine was suspended since the last call.
@@ -420,7 +485,11 @@ mod tests {
 
     #[test]
     fn gogoc_backoff() {
-        let p = RetryPolicy { auto_retry: true, delay: Duration::from_secs(30), delay_max: Duration::from_secs(300) };
+        let p = RetryPolicy {
+            auto_retry: true,
+            delay: Duration::from_secs(30),
+            delay_max: Duration::from_secs(300),
+        };
         let waits: Vec<u64> = (1..=12).map(|f| p.backoff(f).as_secs()).collect();
         // First retry at once, then 30 s three times, doubling every three failures, capped.
         assert_eq!(waits, vec![0, 30, 30, 30, 60, 60, 60, 120, 120, 120, 240, 240]);

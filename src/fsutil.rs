@@ -12,10 +12,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub fn write_atomic(path: &Path, text: &[u8], mode: u32) -> io::Result<()> {
     // Distinguishes concurrent saves within this process; the pid, other processes.
     static SAVES: AtomicU32 = AtomicU32::new(0);
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}-{}", std::process::id(), SAVES.fetch_add(1, Ordering::Relaxed)));
+    tmp_name.push(format!(
+        ".tmp{}-{}",
+        std::process::id(),
+        SAVES.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = path.with_file_name(tmp_name);
     let written = fs::OpenOptions::new()
         .write(true)

@@ -254,8 +254,10 @@ fn read_bounded(path: &Path) -> Result<Option<String>, SitesError> {
 
 /// Writes `text` atomically (see [`crate::fsutil::write_atomic`]); the files hold nothing secret.
 fn write_atomic(path: &Path, text: &str) -> Result<(), SitesError> {
-    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
-        .map_err(|source| SitesError::Io { file: path.display().to_string(), source })
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| SitesError::Io {
+        file: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -38,7 +38,11 @@ fn packets() -> Vec<(bool, Vec<u8>)> {
 #[test]
 fn client_sends_gogocs_bytes() {
     let pk = packets();
-    assert_eq!(pk.len(), 11, "8 negotiation datagrams, a router solicitation, one ping each way");
+    assert_eq!(
+        pk.len(),
+        11,
+        "8 negotiation datagrams, a router solicitation, one ping each way"
+    );
     let control: Vec<_> = pk.iter().filter(|(_, p)| p[0] >> 4 == 0xF).collect();
     assert_eq!(control.len(), 8);
     let mut session = ClientSession::new(ClientParams {
@@ -67,7 +71,9 @@ fn client_sends_gogocs_bytes() {
         let (req_hdr, req_payload) = Header::decode(req).unwrap();
         let (rep_hdr, reply_payload) = Header::decode(reply).unwrap();
         assert_eq!(req_hdr, rep_hdr, "tsps echoes the header verbatim");
-        let Step::Send { bytes, .. } = &step else { panic!("expected a send, got {step:?}") };
+        let Step::Send { bytes, .. } = &step else {
+            panic!("expected a send, got {step:?}")
+        };
         assert_eq!(
             String::from_utf8_lossy(bytes),
             String::from_utf8_lossy(req_payload),
@@ -77,14 +83,20 @@ fn client_sends_gogocs_bytes() {
         assert_eq!(bytes.as_slice(), req_payload);
         step = session.on_reply(reply_payload, &mut rng).unwrap();
     }
-    let Step::Done(Outcome::Tunnel(n)) = step else { panic!("negotiation did not finish: {step:?}") };
+    let Step::Done(Outcome::Tunnel(n)) = step else {
+        panic!("negotiation did not finish: {step:?}")
+    };
     assert_eq!(n.offer.mode, TunnelMode::V6UdpV4);
     assert_eq!(n.offer.client_v6.to_string(), "2001:db8:b:0:ffff:c000:202:c703");
     assert_eq!(n.offer.server_v6.to_string(), "2001:db8:b::1");
     assert_eq!(n.offer.server_v4.to_string(), "192.0.2.1");
     assert_eq!(n.offer.keepalive.map(|k| k.interval), Some(30));
     // The RUDP sequence numbers gogoc used: F0..F3.
-    let seqs: Vec<u32> = control.iter().step_by(2).map(|(_, p)| Header::decode(p).unwrap().0.seq).collect();
+    let seqs: Vec<u32> = control
+        .iter()
+        .step_by(2)
+        .map(|(_, p)| Header::decode(p).unwrap().0.seq)
+        .collect();
     assert_eq!(seqs, vec![0xf0, 0xf1, 0xf2, 0xf3]);
 }
 

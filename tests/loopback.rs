@@ -20,7 +20,9 @@ async fn one(mech: AuthMethod, user: &str, pass: &str, transport: Transport) {
     let extra = if transport == Transport::Tcp { "udp = false" } else { "" };
     let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", extra), None).await;
     let opts = options(TunnelMode::V6AnyV4, mech, user, pass, dir.join("keys.pub"));
-    let est = negotiate(&broker.server(), &opts).await.unwrap_or_else(|e| panic!("{mech} over {transport:?}: {e}"));
+    let est = negotiate(&broker.server(), &opts)
+        .await
+        .unwrap_or_else(|e| panic!("{mech} over {transport:?}: {e}"));
     assert_eq!(est.conn.transport(), transport);
     assert_eq!(est.negotiated.version, Version::V2_0_2);
     let expected = match mech {
@@ -34,7 +36,11 @@ async fn one(mech: AuthMethod, user: &str, pass: &str, transport: Transport) {
     // On loopback the reported and observed addresses agree: no NAT, so v6v4.
     assert_eq!(offer.mode, TunnelMode::V6V4);
     assert_eq!(offer.client_v4, Ipv4Addr::LOCALHOST);
-    assert!(offer.client_v6.segments()[0] == 0x2001, "client address from the pool: {}", offer.client_v6);
+    assert!(
+        offer.client_v6.segments()[0] == 0x2001,
+        "client address from the pool: {}",
+        offer.client_v6
+    );
     assert_eq!(offer.keepalive.map(|k| k.interval), Some(30));
     // The broker recorded the session as established under the user's name.
     assert!(eventually(|| broker.running.shared.lock().sessions().any(|s| s.established)).await);
@@ -111,7 +117,10 @@ async fn version_fallback_to_older_brokers() {
     // v6udpv4 cannot go below 2.0.0: a clear error, no endless loop.
     let opts = options(TunnelMode::V6UdpV4, AuthMethod::Anonymous, "", "", dir.join("k"));
     let err = negotiate(&broker.server(), &opts).await.unwrap_err();
-    assert!(matches!(err, NetError::Proto(ProtoError::UnsupportedVersion(Version::V2_0_0))), "{err}");
+    assert!(
+        matches!(err, NetError::Proto(ProtoError::UnsupportedVersion(Version::V2_0_0))),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -139,12 +148,27 @@ async fn full_broker_answers_301() {
     // The same user reconnecting takes its own slot again...
     let again = negotiate(&broker.server(), &a).await.expect("reconnect");
     // ...and keeps its address (stable assignment).
-    let first_addr = broker.running.shared.lock().sessions().next().map(|s| s.offer.client_v6);
+    let first_addr = broker
+        .running
+        .shared
+        .lock()
+        .sessions()
+        .next()
+        .map(|s| s.offer.client_v6);
     assert_eq!(Some(again.negotiated.offer.client_v6), first_addr);
-    let b = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "alice", "wonder land", dir.join("k"));
+    let b = options(
+        TunnelMode::V6V4,
+        AuthMethod::DigestMd5,
+        "alice",
+        "wonder land",
+        dir.join("k"),
+    );
     let err = negotiate(&broker.server(), &b).await.unwrap_err();
     match err {
-        NetError::Proto(ProtoError::Status { status: StatusCode::NoMoreTunnels, .. }) => {}
+        NetError::Proto(ProtoError::Status {
+            status: StatusCode::NoMoreTunnels,
+            ..
+        }) => {}
         e => panic!("expected 301, got {e}"),
     }
 }
@@ -153,8 +177,17 @@ async fn full_broker_answers_301() {
 async fn router_mode_gets_a_stable_prefix() {
     let dir = scratch_dir("router");
     let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
-    let mut opts = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "alice", "wonder land", dir.join("k"));
-    opts.router = Some(nm_tsp::proto::xml::RouterRequest { prefix_len: 56, dns_names: vec![] });
+    let mut opts = options(
+        TunnelMode::V6V4,
+        AuthMethod::DigestMd5,
+        "alice",
+        "wonder land",
+        dir.join("k"),
+    );
+    opts.router = Some(nm_tsp::proto::xml::RouterRequest {
+        prefix_len: 56,
+        dns_names: vec![],
+    });
     let first = negotiate(&broker.server(), &opts).await.expect("router");
     let p = first.negotiated.offer.prefix.expect("prefix offered");
     assert_eq!(p.len, 56);
@@ -164,7 +197,10 @@ async fn router_mode_gets_a_stable_prefix() {
     let mut anon = options(TunnelMode::V6V4, AuthMethod::Anonymous, "", "", dir.join("k"));
     anon.router = opts.router.clone();
     match negotiate(&broker.server(), &anon).await.unwrap_err() {
-        NetError::Proto(ProtoError::Status { status: StatusCode::PrefixForAnonymous, .. }) => {}
+        NetError::Proto(ProtoError::Status {
+            status: StatusCode::PrefixForAnonymous,
+            ..
+        }) => {}
         e => panic!("expected 522, got {e}"),
     }
 }
@@ -181,8 +217,16 @@ async fn redirection_is_followed_to_the_next_broker() {
         None,
     )
     .await;
-    let opts = options(TunnelMode::V6AnyV4, AuthMethod::DigestMd5, "user1", "pass1", dir.join("k"));
-    let est = negotiate(&redirector.server(), &opts).await.expect("followed the redirection");
+    let opts = options(
+        TunnelMode::V6AnyV4,
+        AuthMethod::DigestMd5,
+        "user1",
+        "pass1",
+        dir.join("k"),
+    );
+    let est = negotiate(&redirector.server(), &opts)
+        .await
+        .expect("followed the redirection");
     assert_eq!(est.server, "127.0.83.2");
     assert_eq!(est.peer.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 83, 2)));
     assert!(eventually(|| up.running.shared.lock().sessions().any(|s| s.established)).await);
@@ -194,10 +238,21 @@ async fn passdss_host_key_is_pinned() {
     let dir = scratch_dir("hostkey");
     let keys = dir.join("gogockeys.pub");
     let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
-    let opts = options(TunnelMode::V6V4, AuthMethod::PassDss3Des1, "user1", "pass1", keys.clone());
-    negotiate(&broker.server(), &opts).await.expect("first use: key accepted");
+    let opts = options(
+        TunnelMode::V6V4,
+        AuthMethod::PassDss3Des1,
+        "user1",
+        "pass1",
+        keys.clone(),
+    );
+    negotiate(&broker.server(), &opts)
+        .await
+        .expect("first use: key accepted");
     let stored = std::fs::read_to_string(&keys).expect("key file written");
-    assert!(stored.starts_with(&format!("{} ssh-dss AAAAB3NzaC1kc3MAAACA", broker.server())), "{stored}");
+    assert!(
+        stored.starts_with(&format!("{} ssh-dss AAAAB3NzaC1kc3MAAACA", broker.server())),
+        "{stored}"
+    );
 
     // Known key, non-interactive: fine.
     let mut strict = opts.clone();
@@ -214,7 +269,10 @@ async fn passdss_host_key_is_pinned() {
     let pinned = format!("{stored}{} ssh-dss {blob}\n", impostor.server());
     std::fs::write(&keys, &pinned).unwrap();
     let err = negotiate(&impostor.server(), &opts).await.unwrap_err();
-    assert!(matches!(err, NetError::Proto(ProtoError::HostKeyMismatch { .. })), "{err}");
+    assert!(
+        matches!(err, NetError::Proto(ProtoError::HostKeyMismatch { .. })),
+        "{err}"
+    );
     assert!(err.is_auth_failure());
     assert_eq!(std::fs::read_to_string(&keys).unwrap(), pinned);
 
@@ -226,16 +284,24 @@ async fn passdss_host_key_is_pinned() {
         nm_tsp::net::hostkeys::TrustMode::Refuse,
     ));
     let err = negotiate(&impostor.server(), &refuse).await.unwrap_err();
-    assert!(matches!(err, NetError::Proto(ProtoError::HostKeyNotTrusted { .. })), "{err}");
+    assert!(
+        matches!(err, NetError::Proto(ProtoError::HostKeyNotTrusted { .. })),
+        "{err}"
+    );
     assert!(!fresh.exists());
 }
 
 /// A raw RUDP exchange with the broker: send `payload` with sequence `seq`, return the reply.
 async fn rudp(sock: &tokio::net::UdpSocket, seq: u32, payload: &[u8]) -> Vec<u8> {
     use nm_tsp::proto::rudp::{Header, datagram};
-    sock.send(&datagram(Header { seq, timestamp: 771 }, payload)).await.unwrap();
+    sock.send(&datagram(Header { seq, timestamp: 771 }, payload))
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4200];
-    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await.expect("reply").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .expect("reply")
+        .unwrap();
     let (h, p) = Header::decode(&buf[..n]).expect("control reply");
     assert_eq!(h, Header { seq, timestamp: 771 }, "header echoed verbatim");
     p.to_vec()
@@ -263,6 +329,10 @@ async fn broker_answers_probes_and_retransmissions() {
     let c2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     c2.connect(broker.addr).await.unwrap();
     rudp(&c2, 0xf0, b"VERSION=2.0.2\r\n").await;
-    assert_eq!(rudp(&c2, 0xf1, b"AUTHENTICATE PLAIN\r\n\0").await, b"", "PLAIN's line is only acknowledged");
+    assert_eq!(
+        rudp(&c2, 0xf1, b"AUTHENTICATE PLAIN\r\n\0").await,
+        b"",
+        "PLAIN's line is only acknowledged"
+    );
     assert_eq!(rudp(&c2, 0xf2, b"\0user1\0pass1\r\n").await, b"200 Success\r\n");
 }

@@ -6,7 +6,8 @@ const POLICY: &str = include_str!("../dbus/nm-tsp-service.conf");
 const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
 
 fn key(text: &str, k: &str) -> Option<String> {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{k}=")).map(|v| v.trim().to_owned()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{k}=")).map(|v| v.trim().to_owned()))
 }
 
 #[test]
@@ -31,9 +32,7 @@ fn policy_is_xml_and_names_the_service() {
                 let attrs: Vec<(String, String)> = e
                     .attributes()
                     .map(|a| a.expect("attribute"))
-                    .map(|a| {
-                        (a.key.as_ref().to_string(), a.value.to_string())
-                    })
+                    .map(|a| (a.key.as_ref().to_string(), a.value.to_string()))
                     .collect();
                 match e.name().as_ref() {
                     "policy" => context = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -48,7 +47,8 @@ fn policy_is_xml_and_names_the_service() {
     for (k, list) in [("user=root", &allow), ("context=default", &deny)] {
         for rule in ["own_prefix", "send_destination"] {
             assert!(
-                list.iter().any(|(ctx, a)| ctx == k && a.iter().any(|(n, v)| n == rule && v == SERVICE)),
+                list.iter()
+                    .any(|(ctx, a)| ctx == k && a.iter().any(|(n, v)| n == rule && v == SERVICE)),
                 "{k}: no {rule}={SERVICE}"
             );
         }

@@ -124,11 +124,7 @@ type TwoReads = (Vec<Range<usize>>, Vec<Range<usize>>, usize);
 /// One TCP reader: `wire[..cut]` arrives first, then the rest. Takes every whole frame after
 /// each read, as a receive loop does. Returns the body ranges taken after the first read,
 /// after the second, and how many bytes were consumed.
-fn read_in_two(
-    wire: &[u8],
-    cut: usize,
-    exact: bool,
-) -> Result<TwoReads, FrameError> {
+fn read_in_two(wire: &[u8], cut: usize, exact: bool) -> Result<TwoReads, FrameError> {
     let mut start = 0;
     let mut reads: [Vec<Range<usize>>; 2] = Default::default();
     for (i, avail) in [cut, wire.len()].into_iter().enumerate() {

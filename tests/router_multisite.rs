@@ -542,7 +542,11 @@ fn redirector_ranks_brokers_and_fails_over() {
     );
     assert_eq!(list[2], "192.0.2.13", "the dead broker must be ranked last: {list:?}");
     assert_eq!(list[0], chosen, "the nearest broker is tried first: {list:?}");
-    assert_eq!(file_lines(&last_file), std::slice::from_ref(&chosen), "last-server file");
+    assert_eq!(
+        file_lines(&last_file),
+        std::slice::from_ref(&chosen),
+        "last-server file"
+    );
     assert!(
         s.c.ping_until(&tunnel_addr(&chosen), 5 * SEC).is_some(),
         "no ping through the tunnel to {chosen}"
@@ -610,7 +614,10 @@ fn redirector_ranks_brokers_and_fails_over() {
         s.d.ping_until(&tunnel_addr(&other), 5 * SEC).is_some(),
         "pinned client: no ping to {other}"
     );
-    assert_eq!(file_lines(&home2.join("tsp-last-server.txt")), std::slice::from_ref(&other));
+    assert_eq!(
+        file_lines(&home2.join("tsp-last-server.txt")),
+        std::slice::from_ref(&other)
+    );
     println!("multi-site: pinned client up on {other} after {pinned_up:?}, nothing sent to the redirector");
     assert!(
         redirector.status().is_none(),

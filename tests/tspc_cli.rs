@@ -7,7 +7,10 @@ use std::process::Command;
 use common::*;
 
 fn tspc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tspc")).args(args).output().expect("run tspc");
+    let out = Command::new(env!("CARGO_BIN_EXE_tspc"))
+        .args(args)
+        .output()
+        .expect("run tspc");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -18,7 +21,11 @@ fn tspc(args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn dry_run_prints_the_offer() {
     let dir = scratch_dir("tspc-dry-run");
-    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "dns_suffix = \"broker.example.net\""), None).await;
+    let broker = start_broker(
+        &broker_toml(&dir, "127.0.0.1:0", "dns_suffix = \"broker.example.net\""),
+        None,
+    )
+    .await;
     let conf = dir.join("gogoc.conf");
     std::fs::write(
         &conf,
@@ -29,7 +36,9 @@ async fn dry_run_prints_the_offer() {
     )
     .unwrap();
     let conf_s = conf.display().to_string();
-    let (code, out, err) = tokio::task::spawn_blocking(move || tspc(&["-f", &conf_s, "--dry-run"])).await.unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking(move || tspc(&["-f", &conf_s, "--dry-run"]))
+        .await
+        .unwrap();
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("over Udp, TSP 2.0.2, DIGEST-MD5"), "{out}");
     assert!(out.contains("mode:        v6udpv4"), "{out}");
@@ -56,9 +65,18 @@ async fn errors_are_precise() {
 
     // A wrong password: an authentication error, not a crash, and no password in the output.
     let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
-    std::fs::write(&conf, format!("server={}\nauth_method=digest-md5\nuserid=user1\npasswd=Wr0ngPa55\n", broker.server())).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "server={}\nauth_method=digest-md5\nuserid=user1\npasswd=Wr0ngPa55\n",
+            broker.server()
+        ),
+    )
+    .unwrap();
     let conf_s = conf.display().to_string();
-    let (code, out, err) = tokio::task::spawn_blocking(move || tspc(&["-f", &conf_s, "--dry-run"])).await.unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking(move || tspc(&["-f", &conf_s, "--dry-run"]))
+        .await
+        .unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("authentication failed"), "{err}");
     assert!(!err.contains("Wr0ngPa55") && !out.contains("Wr0ngPa55"));

@@ -32,15 +32,24 @@ fn start_client(lab: &Lab, host: &Host, name: &str, lines: &[&str]) -> Proc {
 }
 
 fn field(output: &str, key: &str) -> Option<String> {
-    output.lines().rev().find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
 }
 
 /// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1) on one link.
 fn pair(test: &str) -> (Lab, Host, Host, String) {
     let lab = Lab::new(test).unwrap();
     let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-    let (c_if, _) =
-        lab.link(&c, &["192.0.2.2/24", "2001:db8:1::2/64"], &b, &["192.0.2.1/24", "2001:db8:1::1/64"]).unwrap();
+    let (c_if, _) = lab
+        .link(
+            &c,
+            &["192.0.2.2/24", "2001:db8:1::2/64"],
+            &b,
+            &["192.0.2.1/24", "2001:db8:1::1/64"],
+        )
+        .unwrap();
     (lab, c, b, c_if)
 }
 
@@ -57,9 +66,22 @@ fn each_mode_carries_traffic_and_cleans_up() {
         ("v4v6", "[2001:db8:1::1]", "sit0", "198.51.100.1"),
     ] {
         let (lab, c, b, _) = pair(&format!("modes_{mode}"));
-        let before = (c.ip(&["-o", "addr"]).unwrap(), c.routes_v6().unwrap(), c.routes_v4().unwrap());
+        let before = (
+            c.ip(&["-o", "addr"]).unwrap(),
+            c.routes_v6().unwrap(),
+            c.routes_v4().unwrap(),
+        );
         let broker = start_broker(&lab, &b, "");
-        let client = start_client(&lab, &c, "c", &[&format!("server={server}"), "auth_method=anonymous", &format!("tunnel_mode={mode}")]);
+        let client = start_client(
+            &lab,
+            &c,
+            "c",
+            &[
+                &format!("server={server}"),
+                "auth_method=anonymous",
+                &format!("tunnel_mode={mode}"),
+            ],
+        );
         let out = client.output();
         assert_eq!(field(&out, "mode:").as_deref(), Some(mode), "{out}");
         assert!(c.link_exists(ifname), "{mode}: no {ifname}");
@@ -68,22 +90,47 @@ fn each_mode_carries_traffic_and_cleans_up() {
         let addrs = c.addrs(ifname).unwrap();
         if mode == "v4v6" {
             assert!(addrs.iter().any(|a| a.starts_with("198.51.100.")), "{addrs:?}");
-            assert!(c.routes_v4().unwrap().iter().any(|r| r.starts_with("default dev sit0")), "{:?}", c.routes_v4());
+            assert!(
+                c.routes_v4().unwrap().iter().any(|r| r.starts_with("default dev sit0")),
+                "{:?}",
+                c.routes_v4()
+            );
         } else {
-            assert!(addrs.iter().any(|a| a.starts_with("2001:db8:b::") && a.ends_with("/128")), "{addrs:?}");
+            assert!(
+                addrs
+                    .iter()
+                    .any(|a| a.starts_with("2001:db8:b::") && a.ends_with("/128")),
+                "{addrs:?}"
+            );
             let routes = c.routes_v6().unwrap();
-            assert!(routes.iter().any(|r| r.starts_with(&format!("default dev {ifname}"))), "{routes:?}");
-            assert!(routes.iter().any(|r| r.starts_with(&format!("2000::/3 dev {ifname}"))), "{routes:?}");
+            assert!(
+                routes.iter().any(|r| r.starts_with(&format!("default dev {ifname}"))),
+                "{routes:?}"
+            );
+            assert!(
+                routes.iter().any(|r| r.starts_with(&format!("2000::/3 dev {ifname}"))),
+                "{routes:?}"
+            );
         }
         assert!(broker.output().contains(&format!("mode={mode}")), "{}", broker.output());
         // The datapath was chosen at run time: this kernel has no sit/ip6tnl links.
         if mode != "v6udpv4" {
-            assert!(out.contains("userspace datapath"), "{mode}: no datapath choice logged:\n{out}");
+            assert!(
+                out.contains("userspace datapath"),
+                "{mode}: no datapath choice logged:\n{out}"
+            );
         }
         client.signal(Signal::Term).unwrap();
-        assert!(client.wait_exit(5 * SEC).is_some(), "{mode}: tspc did not exit on SIGTERM");
+        assert!(
+            client.wait_exit(5 * SEC).is_some(),
+            "{mode}: tspc did not exit on SIGTERM"
+        );
         assert!(!c.link_exists(ifname), "{mode}: {ifname} left behind");
-        let after = (c.ip(&["-o", "addr"]).unwrap(), c.routes_v6().unwrap(), c.routes_v4().unwrap());
+        let after = (
+            c.ip(&["-o", "addr"]).unwrap(),
+            c.routes_v6().unwrap(),
+            c.routes_v4().unwrap(),
+        );
         assert_eq!(before, after, "{mode}: addresses or routes left behind");
     }
 }
@@ -103,11 +150,25 @@ fn nat_detection_chooses_the_mode() {
     n.route_add("default", "198.51.100.1").unwrap();
     r.masquerade(&r_out).unwrap();
     let _broker = start_broker(&lab, &b, "");
-    let direct = start_client(&lab, &c, "direct", &["server=192.0.2.1", "auth_method=anonymous", "tunnel_mode=v6anyv4"]);
-    let natted = start_client(&lab, &n, "natted", &["server=203.0.113.1", "auth_method=anonymous", "tunnel_mode=v6anyv4"]);
+    let direct = start_client(
+        &lab,
+        &c,
+        "direct",
+        &["server=192.0.2.1", "auth_method=anonymous", "tunnel_mode=v6anyv4"],
+    );
+    let natted = start_client(
+        &lab,
+        &n,
+        "natted",
+        &["server=203.0.113.1", "auth_method=anonymous", "tunnel_mode=v6anyv4"],
+    );
     assert_eq!(field(&direct.output(), "mode:").as_deref(), Some("v6v4"));
     assert_eq!(field(&natted.output(), "mode:").as_deref(), Some("v6udpv4"));
-    assert!(field(&natted.output(), "client:").is_some_and(|v| v.contains("IPv4 203.0.113.2")), "{}", natted.output());
+    assert!(
+        field(&natted.output(), "client:").is_some_and(|v| v.contains("IPv4 203.0.113.2")),
+        "{}",
+        natted.output()
+    );
     assert!(c.ping(BROKER_V6, 2, 2));
     assert!(n.ping(BROKER_V6, 2, 2));
 }
@@ -122,7 +183,16 @@ fn roaming_resumes_within_two_seconds() {
     for mode in ["v6udpv4", "v6v4"] {
         let (lab, c, b, c_if) = pair(&format!("roaming_{mode}"));
         let broker = start_broker(&lab, &b, "");
-        let client = start_client(&lab, &c, "c", &["server=192.0.2.1", "auth_method=anonymous", &format!("tunnel_mode={mode}")]);
+        let client = start_client(
+            &lab,
+            &c,
+            "c",
+            &[
+                "server=192.0.2.1",
+                "auth_method=anonymous",
+                &format!("tunnel_mode={mode}"),
+            ],
+        );
         assert!(c.ping(BROKER_V6, 1, 2));
         let mark = client.mark();
         let t0 = Instant::now();
@@ -130,10 +200,15 @@ fn roaming_resumes_within_two_seconds() {
         let back = c.ping_until(BROKER_V6, 10 * SEC);
         let elapsed = back.map(|_| t0.elapsed());
         eprintln!("{mode}: traffic back {elapsed:?} after the address change");
-        client.wait_for_output_since(mark, "local address changed from 192.0.2.2 to 192.0.2.3", 5 * SEC).unwrap();
+        client
+            .wait_for_output_since(mark, "local address changed from 192.0.2.2 to 192.0.2.3", 5 * SEC)
+            .unwrap();
         client.wait_for_output_since(mark, "(IPv4 192.0.2.3)", 5 * SEC).unwrap();
         // A functional requirement of the issue, not a benchmark: gogoc needed ~95 s.
-        assert!(elapsed.is_some_and(|e| e <= 2 * SEC), "{mode}: traffic back only after {elapsed:?}");
+        assert!(
+            elapsed.is_some_and(|e| e <= 2 * SEC),
+            "{mode}: traffic back only after {elapsed:?}"
+        );
         assert!(broker.output().contains("192.0.2.3"), "the broker saw the new address");
     }
 }
@@ -154,17 +229,29 @@ fn template_mode_runs_the_script_with_gogocs_environment() {
     std::fs::set_permissions(home.join("template"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = lab.dir().join("template.log");
     let script = home.join("template/linux.sh");
-    std::fs::write(&script, format!("env | grep '^TSP_' | sort >> {0}\necho --- >> {0}\n", log.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!("env | grep '^TSP_' | sort >> {0}\necho --- >> {0}\n", log.display()),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let conf = lab
         .file(
             "c.conf",
-            &format!("server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6udpv4\ngogoc_dir={}\n", home.display()),
+            &format!(
+                "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6udpv4\ngogoc_dir={}\n",
+                home.display()
+            ),
         )
         .unwrap();
     let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap(), "--template"]).unwrap();
-    client.wait_for_output("configured by the template script", 10 * SEC).unwrap();
-    assert!(c.addrs("tun").unwrap().iter().all(|a| !a.starts_with("2001:db8:b::")), "tspc configured the address itself");
+    client
+        .wait_for_output("configured by the template script", 10 * SEC)
+        .unwrap();
+    assert!(
+        c.addrs("tun").unwrap().iter().all(|a| !a.starts_with("2001:db8:b::")),
+        "tspc configured the address itself"
+    );
     client.signal(Signal::Term).unwrap();
     assert!(client.wait_exit(5 * SEC).is_some());
     let text = std::fs::read_to_string(&log).unwrap();

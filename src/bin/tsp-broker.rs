@@ -14,7 +14,11 @@ use nm_tsp::proto::sasl::passdss::HostKeyPair;
 use nm_tsp::secret::Secret;
 
 #[derive(Parser, Debug)]
-#[command(name = "tsp-broker", version, about = "TSP (RFC 5572) tunnel broker: negotiates IPv6-in-IPv4, IPv6-in-UDP and IPv4-in-IPv6 tunnels with gogoCLIENT-compatible clients")]
+#[command(
+    name = "tsp-broker",
+    version,
+    about = "TSP (RFC 5572) tunnel broker: negotiates IPv6-in-IPv4, IPv6-in-UDP and IPv4-in-IPv6 tunnels with gogoCLIENT-compatible clients"
+)]
 struct Cli {
     /// Configuration file (TOML); without it, an anonymous broker on [::]:3653 (dual-stack).
     #[arg(short = 'c', long = "config", global = true)]
@@ -58,11 +62,19 @@ fn load_config(path: Option<&Path>) -> Result<BrokerConfig, String> {
 }
 
 fn load_host_key(cfg: &BrokerConfig) -> Result<Option<HostKeyPair>, String> {
-    let Some(path) = &cfg.host_key_file else { return Ok(None) };
+    let Some(path) = &cfg.host_key_file else {
+        return Ok(None);
+    };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read host key {}: {e} (create one with `tsp-broker gen-host-key {}`)", path.display(), path.display())
+        format!(
+            "cannot read host key {}: {e} (create one with `tsp-broker gen-host-key {}`)",
+            path.display(),
+            path.display()
+        )
     })?;
-    HostKeyPair::from_text(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+    HostKeyPair::from_text(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn load_accounts(cfg: &BrokerConfig) -> Result<Accounts, String> {
@@ -77,7 +89,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::GenHostKey { file } => gen_host_key(&file),
         Command::AddUser { user } => {
             let cfg = load_config(cli.config.as_deref())?;
-            let path = cfg.accounts_file.clone().ok_or("the configuration names no accounts_file")?;
+            let path = cfg
+                .accounts_file
+                .clone()
+                .ok_or("the configuration names no accounts_file")?;
             let password = read_password(&user)?;
             Accounts::append(&path, &user, &cfg.realm, &password).map_err(|e| e.to_string())?;
             println!("added {user} to {} (realm {})", path.display(), cfg.realm);
@@ -143,10 +158,18 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
         Some(r) => {
             out += &format!("tsp-broker listening: tcp {:?} udp {:?}\n", r.tcp, r.udp);
         }
-        None => out += &format!("tsp-broker would listen on {:?} (tcp {}, udp {})\n", cfg.listen, cfg.tcp, cfg.udp),
+        None => {
+            out += &format!(
+                "tsp-broker would listen on {:?} (tcp {}, udp {})\n",
+                cfg.listen, cfg.tcp, cfg.udp
+            )
+        }
     }
     if !cfg.redirect.is_empty() {
-        out += &format!("  redirector mode: every client is sent to {} broker(s)\n", cfg.redirect.len());
+        out += &format!(
+            "  redirector mode: every client is sent to {} broker(s)\n",
+            cfg.redirect.len()
+        );
     }
     let versions: Vec<_> = cfg.versions.iter().map(|v| v.to_string()).collect();
     out += &format!("  offers {} ; TSP versions {}\n", caps.describe(), versions.join(", "));
@@ -158,7 +181,8 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
     );
     out += &format!(
         "  server {} / {} ; clients from {}/{} ; prefixes /{}../{} from {}/{} ; v4v6 clients from {}/{}\n",
-        cfg.server_ipv4.map_or("(address the client reached)".to_owned(), |a| a.to_string()),
+        cfg.server_ipv4
+            .map_or("(address the client reached)".to_owned(), |a| a.to_string()),
         cfg.server_ipv6,
         cfg.client_pool.addr,
         cfg.client_pool.len,
@@ -171,14 +195,27 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
     );
     out += &format!(
         "  datapath: {}\n",
-        if cfg.datapath { format!("TUN {} (server {}), forwarding {}", cfg.tun_name, cfg.server_ipv6, if cfg.forwarding { "on" } else { "off" }) } else { "off (negotiation only)".to_owned() }
+        if cfg.datapath {
+            format!(
+                "TUN {} (server {}), forwarding {}",
+                cfg.tun_name,
+                cfg.server_ipv6,
+                if cfg.forwarding { "on" } else { "off" }
+            )
+        } else {
+            "off (negotiation only)".to_owned()
+        }
     );
     out += &format!(
         "  at most {} tunnels ; keepalive {}..{} s ; state file {}\n",
         cfg.max_tunnels,
         cfg.keepalive_min,
         cfg.keepalive_max,
-        cfg.state_file.as_ref().map_or("(none: assignments last while the broker runs)".to_owned(), |p| p.display().to_string())
+        cfg.state_file
+            .as_ref()
+            .map_or("(none: assignments last while the broker runs)".to_owned(), |p| p
+                .display()
+                .to_string())
     );
     print!("{out}");
     let _ = std::io::stdout().flush();
@@ -190,7 +227,10 @@ fn read_password(user: &str) -> Result<Secret, String> {
         eprint!("password for {user}: ");
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
     let password = Secret::new(line.trim_end_matches(['\r', '\n']));
     if password.is_empty() {
         return Err("empty password".into());
@@ -210,7 +250,8 @@ fn gen_host_key(file: &Path) -> Result<(), String> {
         .mode(0o600)
         .open(file)
         .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
-    f.write_all(key.to_text().as_bytes()).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    f.write_all(key.to_text().as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     println!("wrote a DSA host key to {}", file.display());
     Ok(())
 }

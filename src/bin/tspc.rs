@@ -10,17 +10,19 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nm_tsp::client::{DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo};
+use nm_tsp::client::{
+    DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
+};
 use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
 use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
 use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
 use nm_tsp::proto::client::{Negotiated, Transport};
+use nm_tsp::proto::types::{HostType, TunnelMode};
+use nm_tsp::proto::xml::RouterRequest;
 use nm_tsp::template::{self, Operation, TemplateInputs};
 use nm_tsp::tunnel::host::{self, HostSettings};
 use nm_tsp::tunnel::netlink::{self, Netlink};
 use tokio::sync::watch;
-use nm_tsp::proto::types::{HostType, TunnelMode};
-use nm_tsp::proto::xml::RouterRequest;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,7 +106,11 @@ fn options(cfg: &GogocConfig, yes: bool) -> NegotiateOptions {
         Dialect::Gw6c => "gw6ckeys.pub",
     };
     // gogoc keeps the key file in its working directory; with a home directory set, there.
-    let key_path = if cfg.gogoc_dir.is_empty() { PathBuf::from(key_file) } else { Path::new(&cfg.gogoc_dir).join(key_file) };
+    let key_path = if cfg.gogoc_dir.is_empty() {
+        PathBuf::from(key_file)
+    } else {
+        Path::new(&cfg.gogoc_dir).join(key_file)
+    };
     let mode = if yes { TrustMode::AutoAccept } else { TrustMode::Ask };
     let mut o = NegotiateOptions::new(cfg.tunnel_mode, Arc::new(KnownHostsFile::new(key_path, mode)));
     o.auth_method = cfg.auth_method;
@@ -113,8 +119,10 @@ fn options(cfg: &GogocConfig, yes: bool) -> NegotiateOptions {
     o.password = cfg.passwd.clone();
     o.proxy = cfg.proxy_client;
     o.keepalive = cfg.keepalive.then_some(cfg.keepalive_interval);
-    o.router = (cfg.host_type == HostType::Router)
-        .then(|| RouterRequest { prefix_len: cfg.prefixlen, dns_names: cfg.dns_server.clone() });
+    o.router = (cfg.host_type == HostType::Router).then(|| RouterRequest {
+        prefix_len: cfg.prefixlen,
+        dns_names: cfg.dns_server.clone(),
+    });
     o.client_addr = match cfg.tunnel_mode {
         TunnelMode::V4V6 => match cfg.client_v6 {
             AutoAddr::Fixed(a) => Some(a.into()),
@@ -141,8 +149,13 @@ fn run(cli: &Cli) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     if cli.dry_run {
-        let est = rt.block_on(negotiate(&server, &opts)).map_err(|e| format!("negotiation with {server} failed: {e}"))?;
-        print!("{}", describe(&est.server, est.peer, est.conn.transport(), &est.negotiated));
+        let est = rt
+            .block_on(negotiate(&server, &opts))
+            .map_err(|e| format!("negotiation with {server} failed: {e}"))?;
+        print!(
+            "{}",
+            describe(&est.server, est.peer, est.conn.transport(), &est.negotiated)
+        );
         return Ok(());
     }
     rt.block_on(run_tunnel(cfg, server, opts, cli))
@@ -158,7 +171,9 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
     };
     // A TUN device vanishes with its descriptor; only a kernel link of ours can be stale.
     for (name, kind) in [(&interfaces.v6v4, "sit"), (&interfaces.v4v6, "ip6tnl")] {
-        if !name.is_empty() && let Err(e) = netlink::remove_stale_link(&nl, name, kind).await {
+        if !name.is_empty()
+            && let Err(e) = netlink::remove_stale_link(&nl, name, kind).await
+        {
             tracing::debug!(interface = %name, error = %e, "stale link check");
         }
     }
@@ -169,13 +184,25 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
     };
     // Relative file names are relative to the home directory when set, as gogoc's were to
     // its working directory.
-    let home = |name: &str| if cfg.gogoc_dir.is_empty() { PathBuf::from(name) } else { Path::new(&cfg.gogoc_dir).join(name) };
+    let home = |name: &str| {
+        if cfg.gogoc_dir.is_empty() {
+            PathBuf::from(name)
+        } else {
+            Path::new(&cfg.gogoc_dir).join(name)
+        }
+    };
     let sites = SiteFiles {
         broker_list: home(&cfg.broker_list),
         last_server: home(&cfg.last_server),
         always_use_same_server: cfg.always_use_same_server,
     };
-    let profile = Profile { server, negotiate: opts, retry, interfaces, sites: Some(sites) };
+    let profile = Profile {
+        server,
+        negotiate: opts,
+        retry,
+        interfaces,
+        sites: Some(sites),
+    };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {
         nl,
@@ -199,7 +226,11 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut h), Ok(mut t), Ok(mut i)) => {
             tokio::select! { _ = h.recv() => {}, _ = t.recv() => {}, _ = i.recv() => {} }
         }
@@ -220,7 +251,11 @@ struct TspcHooks {
 impl TspcHooks {
     async fn run_template(&self, op: Operation, info: &TunnelInfo) -> Result<(), String> {
         let Some(script) = &self.template else { return Ok(()) };
-        let inputs = TemplateInputs { offer: &info.negotiated.offer, cfg: &self.cfg, tunnel_interface: &info.ifname };
+        let inputs = TemplateInputs {
+            offer: &info.negotiated.offer,
+            cfg: &self.cfg,
+            tunnel_interface: &info.ifname,
+        };
         let env = template::environment(op, inputs).map_err(|e| e.to_string())?;
         template::run(script, &env, Duration::from_secs(60))
             .await
@@ -237,7 +272,10 @@ impl Hooks for TspcHooks {
     async fn up(&mut self, info: &TunnelInfo) -> Result<(), String> {
         if self.template.is_some() {
             self.run_template(Operation::Creation, info).await?;
-            print!("{}", describe(&info.server, info.peer, info.transport, &info.negotiated));
+            print!(
+                "{}",
+                describe(&info.server, info.peer, info.transport, &info.negotiated)
+            );
             println!("  interface:   {} (up, configured by the template script)", info.ifname);
             let _ = std::io::stdout().flush();
             return Ok(());
@@ -250,7 +288,10 @@ impl Hooks for TspcHooks {
             .await
             .map_err(|e| format!("cannot configure {}: {e}", info.ifname))?;
         self.configured = Some(configured);
-        print!("{}", describe(&info.server, info.peer, info.transport, &info.negotiated));
+        print!(
+            "{}",
+            describe(&info.server, info.peer, info.transport, &info.negotiated)
+        );
         println!("  interface:   {} (up)", info.ifname);
         let _ = std::io::stdout().flush();
         Ok(())

@@ -39,7 +39,11 @@ impl Accounts {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let syntax = |message: &str| AccountsError::Syntax { path: path.into(), line: i + 1, message: message.into() };
+            let syntax = |message: &str| AccountsError::Syntax {
+                path: path.into(),
+                line: i + 1,
+                message: message.into(),
+            };
             let mut parts = line.splitn(3, ':');
             let (Some(user), Some(r), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(syntax("expected user:realm:HA1"));
@@ -57,7 +61,10 @@ impl Accounts {
 
     pub fn load(path: &Path, realm: &str) -> Result<Self, AccountsError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, realm, &p)
     }
 
@@ -78,7 +85,10 @@ impl Accounts {
         if !valid_user(user) {
             return Err(AccountsError::BadUser(user.to_owned()));
         }
-        let hex: String = digest_md5::ha1(user, realm, password).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = digest_md5::ha1(user, realm, password)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(format!("{user}:{realm}:{hex}\n"))
     }
 
@@ -86,8 +96,16 @@ impl Accounts {
     pub fn append(path: &Path, user: &str, realm: &str, password: &Secret) -> Result<(), AccountsError> {
         use std::os::unix::fs::OpenOptionsExt;
         let line = Self::line(user, realm, password)?;
-        let w = |source| AccountsError::Write { path: path.display().to_string(), source };
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(w)?;
+        let w = |source| AccountsError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(w)?;
         f.write_all(line.as_bytes()).map_err(w)
     }
 }
@@ -111,9 +129,17 @@ mod tests {
     #[test]
     fn round_trip() {
         let line = Accounts::line("user1", "hexos", &Secret::new("pass1")).unwrap();
-        let a = Accounts::parse(&format!("# comment\n{line}other:elsewhere:{}\n", "0".repeat(32)), "hexos", "acc").unwrap();
+        let a = Accounts::parse(
+            &format!("# comment\n{line}other:elsewhere:{}\n", "0".repeat(32)),
+            "hexos",
+            "acc",
+        )
+        .unwrap();
         assert_eq!(a.len(), 1);
-        assert_eq!(a.ha1("user1"), Some(digest_md5::ha1("user1", "hexos", &Secret::new("pass1"))));
+        assert_eq!(
+            a.ha1("user1"),
+            Some(digest_md5::ha1("user1", "hexos", &Secret::new("pass1")))
+        );
         assert!(!line.contains("pass1"));
     }
 

@@ -17,7 +17,11 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {message}")]
-    Invalid { path: PathBuf, key: &'static str, message: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
 }
 
 /// An address block `addr/len`.
@@ -30,7 +34,9 @@ pub struct Net<A> {
 impl<A: std::str::FromStr> std::str::FromStr for Net<A> {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not of the form address/length"))?;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not of the form address/length"))?;
         let addr = a.parse::<A>().map_err(|_| format!("{a:?} is not a valid address"))?;
         let len = l.parse::<u8>().map_err(|_| format!("{l:?} is not a prefix length"))?;
         Ok(Self { addr, len })
@@ -158,27 +164,45 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         if meta.len() > 1 << 20 {
-            return Err(ConfigError::Parse { path: path.into(), message: "file is larger than 1 MiB".into() });
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "file is larger than 1 MiB".into(),
+            });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: Raw =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         validate(raw, path)
     }
 }
 
 fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
-    let invalid = |key: &'static str, message: String| ConfigError::Invalid { path: path.into(), key, message };
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    };
     let listen = raw
         .listen
         .iter()
-        .map(|l| l.parse::<SocketAddr>().map_err(|_| invalid("listen", format!("{l:?} is not address:port"))))
+        .map(|l| {
+            l.parse::<SocketAddr>()
+                .map_err(|_| invalid("listen", format!("{l:?} is not address:port")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if listen.is_empty() {
         return Err(invalid("listen", "at least one address is needed".into()));
@@ -197,16 +221,35 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         .map(|m| {
             m.parse::<TunnelMode>()
                 .map_err(|e| invalid("tunnel_modes", e.to_string()))
-                .and_then(|m| if m.is_concrete() { Ok(m) } else { Err(invalid("tunnel_modes", "v6anyv4 is a request, not a mode to offer".into())) })
+                .and_then(|m| {
+                    if m.is_concrete() {
+                        Ok(m)
+                    } else {
+                        Err(invalid(
+                            "tunnel_modes",
+                            "v6anyv4 is a request, not a mode to offer".into(),
+                        ))
+                    }
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let auth = raw
         .auth
         .iter()
-        .map(|a| Mechanism::from_wire(a).ok_or_else(|| invalid("auth", format!("unknown mechanism {a:?} (anonymous, plain, digest-md5, passdss-3des-1)"))))
+        .map(|a| {
+            Mechanism::from_wire(a).ok_or_else(|| {
+                invalid(
+                    "auth",
+                    format!("unknown mechanism {a:?} (anonymous, plain, digest-md5, passdss-3des-1)"),
+                )
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if auth.iter().any(|m| *m != Mechanism::Anonymous) && raw.accounts_file.is_none() {
-        return Err(invalid("accounts_file", "needed when auth includes a mechanism other than anonymous".into()));
+        return Err(invalid(
+            "accounts_file",
+            "needed when auth includes a mechanism other than anonymous".into(),
+        ));
     }
     if auth.contains(&Mechanism::PassDss3Des1) && raw.host_key_file.is_none() {
         return Err(invalid("host_key_file", "needed for passdss-3des-1".into()));
@@ -214,27 +257,48 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
     let net6 = |key: &'static str, s: &str| s.parse::<Net<Ipv6Addr>>().map_err(|m| invalid(key, m));
     let client_pool = net6("client_pool", &raw.client_pool)?;
     let prefix_pool = net6("prefix_pool", &raw.prefix_pool)?;
-    let ipv4_pool = raw.ipv4_pool.parse::<Net<Ipv4Addr>>().map_err(|m| invalid("ipv4_pool", m))?;
+    let ipv4_pool = raw
+        .ipv4_pool
+        .parse::<Net<Ipv4Addr>>()
+        .map_err(|m| invalid("ipv4_pool", m))?;
     if !(8..=126).contains(&client_pool.len) {
         return Err(invalid("client_pool", "length must be 8..=126".into()));
     }
     if !(8..=30).contains(&ipv4_pool.len) {
         return Err(invalid("ipv4_pool", "length must be 8..=30".into()));
     }
-    if !(1..=64).contains(&raw.prefix_length_min) || raw.prefix_length_min > raw.prefix_length_max || raw.prefix_length_max > 64 {
-        return Err(invalid("prefix_length_min", "need 1 <= prefix_length_min <= prefix_length_max <= 64".into()));
+    if !(1..=64).contains(&raw.prefix_length_min)
+        || raw.prefix_length_min > raw.prefix_length_max
+        || raw.prefix_length_max > 64
+    {
+        return Err(invalid(
+            "prefix_length_min",
+            "need 1 <= prefix_length_min <= prefix_length_max <= 64".into(),
+        ));
     }
     if prefix_pool.len > raw.prefix_length_min {
-        return Err(invalid("prefix_pool", format!("a /{} pool cannot hold /{} delegations", prefix_pool.len, raw.prefix_length_min)));
+        return Err(invalid(
+            "prefix_pool",
+            format!(
+                "a /{} pool cannot hold /{} delegations",
+                prefix_pool.len, raw.prefix_length_min
+            ),
+        ));
     }
     if raw.keepalive_min == 0 || raw.keepalive_min > raw.keepalive_max {
-        return Err(invalid("keepalive_min", "need 0 < keepalive_min <= keepalive_max".into()));
+        return Err(invalid(
+            "keepalive_min",
+            "need 0 < keepalive_min <= keepalive_max".into(),
+        ));
     }
     if raw.max_tunnels == 0 {
         return Err(invalid("max_tunnels", "must be at least 1".into()));
     }
     if raw.redirect.len() > crate::proto::types::MAX_BROKERS {
-        return Err(invalid("redirect", format!("at most {} brokers", crate::proto::types::MAX_BROKERS)));
+        return Err(invalid(
+            "redirect",
+            format!("at most {} brokers", crate::proto::types::MAX_BROKERS),
+        ));
     }
     let mut redirect = Vec::new();
     for r in &raw.redirect {
@@ -242,15 +306,27 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         redirect.push(match t.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => BrokerAddr::V4(a),
             Ok(IpAddr::V6(a)) => BrokerAddr::V6(a),
-            Err(_) if !t.is_empty() && t.len() <= 254 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') => {
+            Err(_)
+                if !t.is_empty()
+                    && t.len() <= 254
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+            {
                 BrokerAddr::Name(t.to_owned())
             }
             Err(_) => return Err(invalid("redirect", format!("{r:?} is not an address or host name"))),
         });
     }
     for (key, name) in [("tun_name", &raw.tun_name), ("tun4_name", &raw.tun4_name)] {
-        if name.is_empty() || name.len() > 15 || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == b'%') {
-            return Err(invalid(key, format!("{name:?} is not a valid interface name (1 to 15 characters)")));
+        if name.is_empty()
+            || name.len() > 15
+            || name
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == b'%')
+        {
+            return Err(invalid(
+                key,
+                format!("{name:?} is not a valid interface name (1 to 15 characters)"),
+            ));
         }
     }
     if let Some(s) = &raw.dns_suffix

@@ -66,7 +66,11 @@ fn v4_at(pkt: &[u8], at: usize) -> Option<Ipv4Addr> {
 }
 
 fn in_prefix(a: Ipv6Addr, base: u128, len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
     u128::from(a) & mask == base & mask
 }
 
@@ -95,7 +99,11 @@ impl Table {
         if let Some(ep) = self.by_v6.get(&dst) {
             return Some(*ep);
         }
-        self.by_prefix.iter().filter(|(base, len, _)| in_prefix(dst, *base, *len)).max_by_key(|(_, len, _)| *len).map(|(_, _, ep)| *ep)
+        self.by_prefix
+            .iter()
+            .filter(|(base, len, _)| in_prefix(dst, *base, *len))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, ep)| *ep)
     }
 }
 
@@ -131,27 +139,52 @@ impl BrokerDatapath {
     pub async fn start(cfg: &BrokerConfig, udp: Vec<Arc<UdpSocket>>) -> io::Result<Arc<Self>> {
         let v4v6 = cfg.tunnel_modes.contains(&TunnelMode::V4V6);
         let tun6 = Arc::new(TunDevice::open(&cfg.tun_name, TUNNEL_MTU).map_err(io::Error::other)?);
-        let tun4 = if v4v6 { Some(Arc::new(TunDevice::open(&cfg.tun4_name, TUNNEL_MTU).map_err(io::Error::other)?)) } else { None };
+        let tun4 = if v4v6 {
+            Some(Arc::new(
+                TunDevice::open(&cfg.tun4_name, TUNNEL_MTU).map_err(io::Error::other)?,
+            ))
+        } else {
+            None
+        };
         let nl = Netlink::new().map_err(io::Error::other)?;
         let mut applied = Applied::default();
         let err = |e: crate::tunnel::netlink::NetlinkError| io::Error::other(e.to_string());
         let idx6 = tun6.index().map_err(io::Error::other)?;
         nl.set_up_mtu(idx6, TUNNEL_MTU).await.map_err(err)?;
-        applied.apply_address(&nl, idx6, IpAddr::V6(cfg.server_ipv6), 128).await.map_err(err)?;
-        applied.apply_route(&nl, IpAddr::V6(cfg.client_pool.addr), cfg.client_pool.len, idx6).await.map_err(err)?;
-        applied.apply_route(&nl, IpAddr::V6(cfg.prefix_pool.addr), cfg.prefix_pool.len, idx6).await.map_err(err)?;
+        applied
+            .apply_address(&nl, idx6, IpAddr::V6(cfg.server_ipv6), 128)
+            .await
+            .map_err(err)?;
+        applied
+            .apply_route(&nl, IpAddr::V6(cfg.client_pool.addr), cfg.client_pool.len, idx6)
+            .await
+            .map_err(err)?;
+        applied
+            .apply_route(&nl, IpAddr::V6(cfg.prefix_pool.addr), cfg.prefix_pool.len, idx6)
+            .await
+            .map_err(err)?;
         if let Some(t4) = &tun4 {
             let idx4 = t4.index().map_err(io::Error::other)?;
             nl.set_up_mtu(idx4, TUNNEL_MTU).await.map_err(err)?;
             let server4 = Ipv4Addr::from((u32::from(cfg.ipv4_pool.addr) & !(u32::MAX >> cfg.ipv4_pool.len)) + 1);
-            applied.apply_address(&nl, idx4, IpAddr::V4(server4), 32).await.map_err(err)?;
-            applied.apply_route(&nl, IpAddr::V4(cfg.ipv4_pool.addr), cfg.ipv4_pool.len, idx4).await.map_err(err)?;
+            applied
+                .apply_address(&nl, idx4, IpAddr::V4(server4), 32)
+                .await
+                .map_err(err)?;
+            applied
+                .apply_route(&nl, IpAddr::V4(cfg.ipv4_pool.addr), cfg.ipv4_pool.len, idx4)
+                .await
+                .map_err(err)?;
         }
         if cfg.forwarding {
             applied.apply_forwarding(true).map_err(err)?;
         }
         let raw41 = Arc::new(RawSocket::open(raw::IPPROTO_IPV6_IN_IPV4, false)?);
-        let raw4 = if v4v6 { Some(Arc::new(RawSocket::open(raw::IPPROTO_IPV4_IN_IPV6, true)?)) } else { None };
+        let raw4 = if v4v6 {
+            Some(Arc::new(RawSocket::open(raw::IPPROTO_IPV4_IN_IPV6, true)?))
+        } else {
+            None
+        };
         let dp = Arc::new(Self {
             table: Mutex::new(Table::default()),
             udp,
@@ -196,17 +229,31 @@ impl BrokerDatapath {
             IpAddr::V4(_) => None,
         });
         let route = match offer.mode {
-            TunnelMode::V4V6 => {
-                Route { inner_v6: None, prefix: None, inner_v4: Some(offer.client_v4), last_seen: Instant::now(), idle_limit }
-            }
-            _ => Route { inner_v6: Some(offer.client_v6), prefix, inner_v4: None, last_seen: Instant::now(), idle_limit },
+            TunnelMode::V4V6 => Route {
+                inner_v6: None,
+                prefix: None,
+                inner_v4: Some(offer.client_v4),
+                last_seen: Instant::now(),
+                idle_limit,
+            },
+            _ => Route {
+                inner_v6: Some(offer.client_v6),
+                prefix,
+                inner_v4: None,
+                last_seen: Instant::now(),
+                idle_limit,
+            },
         };
         let mut t = lock(&self.table);
         // A client that reconnects from a new endpoint keeps its addresses: forget the old path.
         let stale: Vec<Endpoint> = t
             .routes
             .iter()
-            .filter(|(ep, r)| **ep != endpoint && (r.inner_v6.is_some() && r.inner_v6 == route.inner_v6 || r.inner_v4.is_some() && r.inner_v4 == route.inner_v4))
+            .filter(|(ep, r)| {
+                **ep != endpoint
+                    && (r.inner_v6.is_some() && r.inner_v6 == route.inner_v6
+                        || r.inner_v4.is_some() && r.inner_v4 == route.inner_v4)
+            })
             .map(|(ep, _)| *ep)
             .collect();
         for ep in stale {
@@ -272,7 +319,9 @@ impl BrokerDatapath {
 
     /// Packets the kernel routed to our TUN: to the client whose address or prefix they target.
     async fn tun_loop(self: Arc<Self>, v6: bool) {
-        let Some(tun) = (if v6 { Some(self.tun6.clone()) } else { self.tun4.clone() }) else { return };
+        let Some(tun) = (if v6 { Some(self.tun6.clone()) } else { self.tun4.clone() }) else {
+            return;
+        };
         let mut buf = vec![0u8; 65_536];
         loop {
             let n = match tun.recv(&mut buf).await {
@@ -288,7 +337,11 @@ impl BrokerDatapath {
             }
             let ep = {
                 let t = lock(&self.table);
-                if v6 { v6_at(pkt, 24).and_then(|d| t.lookup_v6(d)) } else { v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied()) }
+                if v6 {
+                    v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
+                } else {
+                    v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
+                }
             };
             if let Some(ep) = ep {
                 self.send_to(ep, pkt).await;
@@ -298,8 +351,18 @@ impl BrokerDatapath {
 
     /// Protocol 41 (IPv6 in IPv4) or protocol 4 (IPv4 in IPv6) from clients.
     async fn raw_loop(self: Arc<Self>, v4v6: bool) {
-        let Some(sock) = (if v4v6 { self.raw4.clone() } else { Some(self.raw41.clone()) }) else { return };
-        let tun = if v4v6 { self.tun4.clone() } else { Some(self.tun6.clone()) };
+        let Some(sock) = (if v4v6 {
+            self.raw4.clone()
+        } else {
+            Some(self.raw41.clone())
+        }) else {
+            return;
+        };
+        let tun = if v4v6 {
+            self.tun4.clone()
+        } else {
+            Some(self.tun6.clone())
+        };
         let Some(tun) = tun else { return };
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -328,8 +391,12 @@ impl BrokerDatapath {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = Instant::now();
             let mut t = lock(&self.table);
-            let dead: Vec<Endpoint> =
-                t.routes.iter().filter(|(_, r)| now.duration_since(r.last_seen) > r.idle_limit).map(|(ep, _)| *ep).collect();
+            let dead: Vec<Endpoint> = t
+                .routes
+                .iter()
+                .filter(|(_, r)| now.duration_since(r.last_seen) > r.idle_limit)
+                .map(|(ep, _)| *ep)
+                .collect();
             for ep in dead {
                 tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
                 t.remove(&ep);
@@ -352,7 +419,13 @@ mod tests {
         t.by_prefix.push((base, 56, ep));
         t.routes.insert(
             ep,
-            Route { inner_v6: None, prefix: Some((base, 56)), inner_v4: None, last_seen: Instant::now(), idle_limit: Duration::ZERO },
+            Route {
+                inner_v6: None,
+                prefix: Some((base, 56)),
+                inner_v4: None,
+                last_seen: Instant::now(),
+                idle_limit: Duration::ZERO,
+            },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
         assert!(t.remove(&ep));

@@ -67,7 +67,14 @@ impl Broker {
         for a in [net4, net4 + 1, bcast4] {
             addr4.reserve(u128::from(a));
         }
-        let mut b = Self { cfg, accounts, addr6, prefix6, addr4, sessions: HashMap::new() };
+        let mut b = Self {
+            cfg,
+            accounts,
+            addr6,
+            prefix6,
+            addr4,
+            sessions: HashMap::new(),
+        };
         b.load_state();
         b
     }
@@ -89,7 +96,11 @@ impl Broker {
             .iter()
             .filter(|m| has_host_key || **m != Mechanism::PassDss3Des1)
             .fold(0, |acc, m| acc | m.cap_bit());
-        Capabilities { tunnels, auths, ..Default::default() }
+        Capabilities {
+            tunnels,
+            auths,
+            ..Default::default()
+        }
     }
 
     /// The protocol settings the sessions share.
@@ -122,7 +133,11 @@ impl Broker {
 
     /// The client accepted its offer.
     pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) {
-        if let Some(s) = self.sessions.values_mut().find(|s| s.peer == info.peer && &s.offer == offer) {
+        if let Some(s) = self
+            .sessions
+            .values_mut()
+            .find(|s| s.peer == info.peer && &s.offer == offer)
+        {
             s.established = true;
         }
     }
@@ -141,7 +156,11 @@ impl Broker {
                 if !req.client_addr.is_ipv6() {
                     return Err(StatusCode::InvalidIpv6);
                 }
-                if offered(TunnelMode::V4V6) && observed.is_ipv6() { Ok(TunnelMode::V4V6) } else { Err(StatusCode::UnsupportedTunnelType) }
+                if offered(TunnelMode::V4V6) && observed.is_ipv6() {
+                    Ok(TunnelMode::V4V6)
+                } else {
+                    Err(StatusCode::UnsupportedTunnelType)
+                }
             }
             m => {
                 if !req.client_addr.is_ipv4() {
@@ -153,7 +172,9 @@ impl Broker {
                     TunnelMode::V6UdpV4 if offered(m) && udp => Ok(m),
                     // NAT detection: a client whose reported address is not the one we see
                     // sits behind a NAT and needs the UDP encapsulation.
-                    TunnelMode::V6AnyV4 if udp && offered(TunnelMode::V6UdpV4) && (nat || !offered(TunnelMode::V6V4)) => {
+                    TunnelMode::V6AnyV4
+                        if udp && offered(TunnelMode::V6UdpV4) && (nat || !offered(TunnelMode::V6V4)) =>
+                    {
                         Ok(TunnelMode::V6UdpV4)
                     }
                     TunnelMode::V6AnyV4 if offered(TunnelMode::V6V4) => Ok(TunnelMode::V6V4),
@@ -163,7 +184,13 @@ impl Broker {
         }
     }
 
-    fn build_offer(&mut self, key: &str, info: &SessionInfo, req: &CreateRequest, mode: TunnelMode) -> Result<Offer, StatusCode> {
+    fn build_offer(
+        &mut self,
+        key: &str,
+        info: &SessionInfo,
+        req: &CreateRequest,
+        mode: TunnelMode,
+    ) -> Result<Offer, StatusCode> {
         let cfg = self.cfg.clone();
         let keepalive_interval = req.keepalive.map(|i| i.clamp(cfg.keepalive_min, cfg.keepalive_max));
         let observed = v4_mapped(info.peer.ip());
@@ -177,8 +204,14 @@ impl Broker {
                 if !(cfg.prefix_length_min..=cfg.prefix_length_max).contains(&len) {
                     return Err(StatusCode::UnsupportedPrefixLength);
                 }
-                let start = self.prefix6.assign(key, len).ok_or(StatusCode::PrefixLengthUnavailable)?;
-                Some(OfferedPrefix { addr: IpAddr::V6(Ipv6Addr::from(start)), len })
+                let start = self
+                    .prefix6
+                    .assign(key, len)
+                    .ok_or(StatusCode::PrefixLengthUnavailable)?;
+                Some(OfferedPrefix {
+                    addr: IpAddr::V6(Ipv6Addr::from(start)),
+                    len,
+                })
             }
         };
         let client_dns_name = match (&info.user, &cfg.dns_suffix) {
@@ -186,8 +219,12 @@ impl Broker {
             _ => None,
         };
         if mode == TunnelMode::V4V6 {
-            let IpAddr::V6(client_v6) = observed else { return Err(StatusCode::InvalidIpv6) };
-            let IpAddr::V6(server_v6) = local else { return Err(StatusCode::ServerError) };
+            let IpAddr::V6(client_v6) = observed else {
+                return Err(StatusCode::InvalidIpv6);
+            };
+            let IpAddr::V6(server_v6) = local else {
+                return Err(StatusCode::ServerError);
+            };
             let start = self.addr4.assign(key, 32).ok_or(StatusCode::NoMoreTunnels)?;
             let server_v4 = self.server_tunnel_v4();
             return Ok(Offer {
@@ -200,7 +237,10 @@ impl Broker {
                 client_dns_name,
                 client_dns_server: Some(cfg.dns_server),
                 prefix,
-                keepalive: keepalive_interval.map(|interval| Keepalive { interval, address: IpAddr::V4(server_v4) }),
+                keepalive: keepalive_interval.map(|interval| Keepalive {
+                    interval,
+                    address: IpAddr::V4(server_v4),
+                }),
             });
         }
         let server_v4 = match (cfg.server_ipv4, local) {
@@ -225,17 +265,28 @@ impl Broker {
             client_dns_name,
             client_dns_server: Some(cfg.dns_server),
             prefix,
-            keepalive: keepalive_interval.map(|interval| Keepalive { interval, address: IpAddr::V6(cfg.server_ipv6) }),
+            keepalive: keepalive_interval.map(|interval| Keepalive {
+                interval,
+                address: IpAddr::V6(cfg.server_ipv6),
+            }),
         })
     }
 
     fn load_state(&mut self) {
-        let Some(path) = self.cfg.state_file.clone() else { return };
-        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let Some(path) = self.cfg.state_file.clone() else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
         for line in text.lines().take(1 << 20) {
             let mut f = line.split_whitespace();
-            let (Some(pool), Some(key), Some(block)) = (f.next(), f.next(), f.next()) else { continue };
-            let Some((addr, len)) = block.split_once('/') else { continue };
+            let (Some(pool), Some(key), Some(block)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Some((addr, len)) = block.split_once('/') else {
+                continue;
+            };
             let Ok(len) = len.parse::<u8>() else { continue };
             let restored = match (pool, addr.parse::<IpAddr>()) {
                 ("addr6", Ok(IpAddr::V6(a))) => self.addr6.restore(key, u128::from(a), len),
@@ -252,9 +303,17 @@ impl Broker {
     fn save_state(&self) {
         let Some(path) = &self.cfg.state_file else { return };
         let mut text = String::from("# tsp-broker address assignments: pool key block\n");
-        for (name, pool, v6) in [("addr6", &self.addr6, true), ("prefix6", &self.prefix6, true), ("addr4", &self.addr4, false)] {
+        for (name, pool, v6) in [
+            ("addr6", &self.addr6, true),
+            ("prefix6", &self.prefix6, true),
+            ("addr4", &self.addr4, false),
+        ] {
             for (key, start, len) in pool.assignments() {
-                let addr = if v6 { IpAddr::V6(Ipv6Addr::from(start)) } else { IpAddr::V4(Ipv4Addr::from(start as u32)) };
+                let addr = if v6 {
+                    IpAddr::V6(Ipv6Addr::from(start))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(start as u32))
+                };
                 text.push_str(&format!("{name} {key} {addr}/{len}\n"));
             }
         }
@@ -325,37 +384,67 @@ mod tests {
     }
 
     fn req(mode: TunnelMode, reported: &str) -> CreateRequest {
-        CreateRequest { mode, proxy: false, client_addr: reported.parse().unwrap(), keepalive: Some(2), router: None }
+        CreateRequest {
+            mode,
+            proxy: false,
+            client_addr: reported.parse().unwrap(),
+            keepalive: Some(2),
+            router: None,
+        }
     }
 
     #[test]
     fn nat_detection_picks_the_mode() {
         let mut b = broker("");
         // Reported = observed: no NAT, protocol 41.
-        let o = b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "192.0.2.2")).unwrap();
+        let o = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "192.0.2.2"),
+            )
+            .unwrap();
         assert_eq!(o.mode, TunnelMode::V6V4);
         assert_eq!(o.client_v4.to_string(), "192.0.2.2");
         // Reported private address, seen from the NAT's public one: UDP encapsulation, and the
         // tunnel endpoint is the public address.
-        let o = b.offer(&info("203.0.113.2:40000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "198.51.100.2")).unwrap();
+        let o = b
+            .offer(
+                &info("203.0.113.2:40000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "198.51.100.2"),
+            )
+            .unwrap();
         assert_eq!(o.mode, TunnelMode::V6UdpV4);
         assert_eq!(o.client_v4.to_string(), "203.0.113.2");
         // Over TCP there is no UDP socket to carry v6udpv4.
-        let o = b.offer(&info("203.0.113.2:40001", Transport::Tcp, None), &req(TunnelMode::V6AnyV4, "198.51.100.3")).unwrap();
+        let o = b
+            .offer(
+                &info("203.0.113.2:40001", Transport::Tcp, None),
+                &req(TunnelMode::V6AnyV4, "198.51.100.3"),
+            )
+            .unwrap();
         assert_eq!(o.mode, TunnelMode::V6V4);
         assert_eq!(
-            b.offer(&info("203.0.113.2:40002", Transport::Tcp, None), &req(TunnelMode::V6UdpV4, "198.51.100.4")),
+            b.offer(
+                &info("203.0.113.2:40002", Transport::Tcp, None),
+                &req(TunnelMode::V6UdpV4, "198.51.100.4")
+            ),
             Err(StatusCode::UnsupportedTunnelType)
         );
         // Keepalive intervals are clamped to the configured range (5 s minimum).
         assert_eq!(o.keepalive.map(|k| k.interval), Some(5));
         // Wrong address families are refused with their own codes.
         assert_eq!(
-            b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6V4, "2001:db8::1")),
+            b.offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6V4, "2001:db8::1")
+            ),
             Err(StatusCode::InvalidIpv4)
         );
         assert_eq!(
-            b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V4V6, "192.0.2.2")),
+            b.offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V4V6, "192.0.2.2")
+            ),
             Err(StatusCode::InvalidIpv6)
         );
     }
@@ -376,10 +465,18 @@ mod tests {
     #[test]
     fn only_offered_modes() {
         let mut b = broker("tunnel_modes = [\"v6udpv4\"]");
-        let o = b.offer(&info("192.0.2.2:4000", Transport::Udp, None), &req(TunnelMode::V6AnyV4, "192.0.2.2")).unwrap();
+        let o = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "192.0.2.2"),
+            )
+            .unwrap();
         assert_eq!(o.mode, TunnelMode::V6UdpV4, "v6v4 not offered: UDP even without NAT");
         assert_eq!(
-            b.offer(&info("192.0.2.2:4001", Transport::Udp, None), &req(TunnelMode::V6V4, "192.0.2.3")),
+            b.offer(
+                &info("192.0.2.2:4001", Transport::Udp, None),
+                &req(TunnelMode::V6V4, "192.0.2.3")
+            ),
             Err(StatusCode::UnsupportedTunnelType)
         );
     }
@@ -395,7 +492,12 @@ mod tests {
         let first = broker(&toml).offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
         let mut other = broker(&toml);
         // Someone else first: carol must still get her old address back.
-        other.offer(&info("192.0.2.9:4000", Transport::Udp, Some("dave")), &req(TunnelMode::V6V4, "192.0.2.9")).unwrap();
+        other
+            .offer(
+                &info("192.0.2.9:4000", Transport::Udp, Some("dave")),
+                &req(TunnelMode::V6V4, "192.0.2.9"),
+            )
+            .unwrap();
         let again = other.offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
         assert_eq!(first.client_v6, again.client_v6);
         let _ = std::fs::remove_dir_all(&dir);

@@ -22,14 +22,28 @@ const MAX_SCAN: u128 = 1 << 16;
 impl Pool {
     pub fn new(base: u128, pool_len: u8, width: u8) -> Self {
         let host_bits = u32::from(width - pool_len.min(width));
-        let mask = if host_bits >= 128 { 0 } else { !((1u128 << host_bits) - 1) };
+        let mask = if host_bits >= 128 {
+            0
+        } else {
+            !((1u128 << host_bits) - 1)
+        };
         let width_mask = if width >= 128 { u128::MAX } else { (1u128 << width) - 1 };
-        Self { base: base & mask & width_mask, pool_len, width, by_key: HashMap::new(), used: BTreeMap::new() }
+        Self {
+            base: base & mask & width_mask,
+            pool_len,
+            width,
+            by_key: HashMap::new(),
+            used: BTreeMap::new(),
+        }
     }
 
     fn block_end(start: u128, len: u8, width: u8) -> u128 {
         let host_bits = u32::from(width - len);
-        if host_bits >= 128 { u128::MAX } else { start + ((1u128 << host_bits) - 1) }
+        if host_bits >= 128 {
+            u128::MAX
+        } else {
+            start + ((1u128 << host_bits) - 1)
+        }
     }
 
     fn pool_end(&self) -> u128 {
@@ -65,7 +79,11 @@ impl Pool {
             }
             self.release(key);
         }
-        let step = if u32::from(self.width - len) >= 128 { return None } else { 1u128 << (self.width - len) };
+        let step = if u32::from(self.width - len) >= 128 {
+            return None;
+        } else {
+            1u128 << (self.width - len)
+        };
         let pool_end = self.pool_end();
         let mut start = self.base;
         for _ in 0..MAX_SCAN {

@@ -14,12 +14,12 @@ use tokio::time::{Instant, sleep, timeout};
 use super::Broker;
 use super::config::BrokerConfig;
 use super::datapath::{BrokerDatapath, Endpoint};
-use crate::proto::types::TunnelMode;
-use crate::proto::xml::Offer;
 use crate::proto::client::Transport;
 use crate::proto::rudp::{self, HEADER_LEN, Header};
 use crate::proto::server::{Progress, ServerConfig, ServerSession};
 use crate::proto::types::MAX_MESSAGE;
+use crate::proto::types::TunnelMode;
+use crate::proto::xml::Offer;
 
 /// Pause between two replies produced by one client message (DIGEST-MD5's rspauth and
 /// `200 Success`): gogoc reads each with one `recv()` and would block on a coalesced pair.
@@ -43,7 +43,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(broker: Broker, protocol: ServerConfig) -> Self {
-        Self { broker: Arc::new(Mutex::new(broker)), protocol: Arc::new(protocol), datapath: None }
+        Self {
+            broker: Arc::new(Mutex::new(broker)),
+            protocol: Arc::new(protocol),
+            datapath: None,
+        }
     }
 
     /// A session was established: its packets may flow.
@@ -87,7 +91,11 @@ impl Running {
 }
 
 /// Binds TCP and UDP on the same port (port 0 picks one free for both).
-async fn bind_pair(addr: SocketAddr, tcp: bool, udp: bool) -> std::io::Result<(Option<TcpListener>, Option<UdpSocket>)> {
+async fn bind_pair(
+    addr: SocketAddr,
+    tcp: bool,
+    udp: bool,
+) -> std::io::Result<(Option<TcpListener>, Option<UdpSocket>)> {
     let mut last_err = None;
     for _ in 0..32 {
         let u = if udp { Some(UdpSocket::bind(addr).await?) } else { None };
@@ -123,7 +131,12 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
     if cfg.datapath {
         shared.datapath = Some(BrokerDatapath::start(cfg, udp.clone()).await?);
     }
-    let mut running = Running { shared: shared.clone(), tcp: Vec::new(), udp: Vec::new(), tasks: Vec::new() };
+    let mut running = Running {
+        shared: shared.clone(),
+        tcp: Vec::new(),
+        udp: Vec::new(),
+        tasks: Vec::new(),
+    };
     for t in tcp {
         running.tcp.push(t.local_addr()?);
         running.tasks.push(tokio::spawn(serve_tcp(t, shared.clone())));
@@ -169,7 +182,12 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
             // The connection stays open, idle, for the tunnel's lifetime.
             stream.read(&mut buf).await
         } else {
-            match timeout(NEGOTIATION_TIMEOUT.saturating_sub(started.elapsed()), stream.read(&mut buf)).await {
+            match timeout(
+                NEGOTIATION_TIMEOUT.saturating_sub(started.elapsed()),
+                stream.read(&mut buf),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::info!(%peer, "TCP client did not finish negotiating in time");
@@ -264,8 +282,12 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
             }
             continue;
         }
-        let Some((_, payload)) = Header::decode(dgram) else { continue };
-        let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else { continue };
+        let Some((_, payload)) = Header::decode(dgram) else {
+            continue;
+        };
+        let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
+            continue;
+        };
         if let Err(e) = socket.send_to(&reply, peer).await {
             tracing::debug!(%peer, error = %e, "UDP send failed");
         }
@@ -305,7 +327,14 @@ fn answer_udp(
     if payload.starts_with(b"VERSION=") {
         let local = local_towards(bound, peer);
         let session = ServerSession::new(shared.protocol.clone(), peer, local, Transport::Udp);
-        peers.insert(peer, UdpPeer { session, last: None, touched: Instant::now() });
+        peers.insert(
+            peer,
+            UdpPeer {
+                session,
+                last: None,
+                touched: Instant::now(),
+            },
+        );
     }
     let p = peers.get_mut(&peer)?;
     p.touched = Instant::now();

@@ -80,6 +80,10 @@ pub fn save(path: &Path, cfg: &GogocConfig, include_password: bool) -> io::Resul
     cfg.validate(path)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let text = Zeroizing::new(to_text_with(cfg, include_password));
-    let mode = if include_password && !cfg.passwd.is_empty() { 0o600 } else { 0o644 };
+    let mode = if include_password && !cfg.passwd.is_empty() {
+        0o600
+    } else {
+        0o644
+    };
     crate::fsutil::write_atomic(path, text.as_bytes(), mode)
 }

@@ -763,9 +763,15 @@ fn to_text_round_trips_and_can_omit_the_password() {
     assert!(!redacted.contains(SECRET));
     assert!(redacted.contains("\npasswd=\n"));
     // Every gogoc key is written explicitly; our `allow_plain` only when set.
-    assert_eq!(text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(), 39);
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(),
+        39
+    );
     assert!(!text.contains("allow_plain"));
-    let with_plain = to_text(&GogocConfig { allow_plain: true, ..c.clone() });
+    let with_plain = to_text(&GogocConfig {
+        allow_plain: true,
+        ..c.clone()
+    });
     assert!(with_plain.contains("\nallow_plain=yes\n"));
     assert!(parse_ok(&with_plain).allow_plain);
 }

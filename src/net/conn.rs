@@ -62,11 +62,23 @@ pub struct UdpConn {
 
 impl UdpConn {
     pub async fn connect(peer: SocketAddr, params: RttParams) -> Result<Self, NetError> {
-        let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }
-            .map_err(|_| NetError::Io { what: "bind", source: std::io::ErrorKind::InvalidInput.into() })?;
+        let bind: SocketAddr = if peer.is_ipv4() {
+            "0.0.0.0:0".parse()
+        } else {
+            "[::]:0".parse()
+        }
+        .map_err(|_| NetError::Io {
+            what: "bind",
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
         let socket = UdpSocket::bind(bind).await.map_err(NetError::io("bind UDP socket"))?;
         socket.connect(peer).await.map_err(NetError::io("connect UDP socket"))?;
-        Ok(Self { socket, peer, rudp: RudpClient::new(Instant::now().into_std(), params), buf: vec![0; MAX_MESSAGE + 64] })
+        Ok(Self {
+            socket,
+            peer,
+            rudp: RudpClient::new(Instant::now().into_std(), params),
+            buf: vec![0; MAX_MESSAGE + 64],
+        })
     }
 
     /// The socket, for the v6udpv4 datapath that reuses it after the negotiation.
@@ -88,9 +100,17 @@ impl UdpConn {
                 // An ICMP port unreachable surfaces as ECONNREFUSED on a connected socket:
                 // nothing listens there, which is what the retransmissions would conclude.
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(NetError::Refused { transport: Transport::Udp, peer: self.peer });
+                    return Err(NetError::Refused {
+                        transport: Transport::Udp,
+                        peer: self.peer,
+                    });
                 }
-                Ok(Err(e)) => return Err(NetError::Io { what: "receive UDP", source: e }),
+                Ok(Err(e)) => {
+                    return Err(NetError::Io {
+                        what: "receive UDP",
+                        source: e,
+                    });
+                }
                 Err(_) => {
                     if let Some(again) = self.rudp.on_timeout(Instant::now().into_std())? {
                         self.send(&again).await?;
@@ -103,10 +123,14 @@ impl UdpConn {
     async fn send(&self, dgram: &[u8]) -> Result<(), NetError> {
         match self.socket.send(dgram).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Err(NetError::Refused { transport: Transport::Udp, peer: self.peer })
-            }
-            Err(e) => Err(NetError::Io { what: "send UDP", source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(NetError::Refused {
+                transport: Transport::Udp,
+                peer: self.peer,
+            }),
+            Err(e) => Err(NetError::Io {
+                what: "send UDP",
+                source: e,
+            }),
         }
     }
 }
@@ -121,18 +145,40 @@ pub struct TcpConn {
 }
 
 impl TcpConn {
-    pub async fn connect(peer: SocketAddr, connect_timeout: Duration, reply_timeout: Duration) -> Result<Self, NetError> {
+    pub async fn connect(
+        peer: SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Self, NetError> {
         let stream = match timeout(connect_timeout, TcpStream::connect(peer)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(NetError::Refused { transport: Transport::Tcp, peer });
+                return Err(NetError::Refused {
+                    transport: Transport::Tcp,
+                    peer,
+                });
             }
-            Ok(Err(e)) => return Err(NetError::Io { what: "connect TCP", source: e }),
-            Err(_) => return Err(NetError::Timeout { what: "TCP connect", after: connect_timeout }),
+            Ok(Err(e)) => {
+                return Err(NetError::Io {
+                    what: "connect TCP",
+                    source: e,
+                });
+            }
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    what: "TCP connect",
+                    after: connect_timeout,
+                });
+            }
         };
         // Small lock-step messages: do not let Nagle hold them back.
         stream.set_nodelay(true).map_err(NetError::io("set TCP_NODELAY"))?;
-        Ok(Self { stream, peer, buf: Vec::new(), reply_timeout })
+        Ok(Self {
+            stream,
+            peer,
+            buf: Vec::new(),
+            reply_timeout,
+        })
     }
 
     /// The stream, kept open (and idle) for the tunnel's lifetime as gogoc does.
@@ -152,19 +198,31 @@ impl TcpConn {
             }
             let n = match timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(NetError::Io { what: "receive TCP", source: e }),
+                Ok(Err(e)) => {
+                    return Err(NetError::Io {
+                        what: "receive TCP",
+                        source: e,
+                    });
+                }
                 Err(_) if self.buf.is_empty() => {
-                    return Err(NetError::Timeout { what: "broker reply", after: self.reply_timeout });
+                    return Err(NetError::Timeout {
+                        what: "broker reply",
+                        after: self.reply_timeout,
+                    });
                 }
                 Err(_) => {
-                    return Err(NetError::Incomplete { preview: crate::proto::frame::preview(&self.buf) });
+                    return Err(NetError::Incomplete {
+                        preview: crate::proto::frame::preview(&self.buf),
+                    });
                 }
             };
             if n == 0 {
                 return Err(if self.buf.is_empty() {
                     NetError::Closed
                 } else {
-                    NetError::Incomplete { preview: crate::proto::frame::preview(&self.buf) }
+                    NetError::Incomplete {
+                        preview: crate::proto::frame::preview(&self.buf),
+                    }
                 });
             }
             self.buf.extend_from_slice(&chunk[..n]);

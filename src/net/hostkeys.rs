@@ -45,7 +45,10 @@ pub struct KnownHostsFile {
 
 impl KnownHostsFile {
     pub fn new(path: impl Into<PathBuf>, mode: TrustMode) -> Self {
-        Self { path: path.into(), mode }
+        Self {
+            path: path.into(),
+            mode,
+        }
     }
 
     fn read(&self) -> String {

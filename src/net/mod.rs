@@ -46,7 +46,11 @@ pub enum NetError {
 }
 
 fn summarize(errors: &[(String, NetError)]) -> String {
-    errors.iter().map(|(who, e)| format!("{who}: {e}")).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(|(who, e)| format!("{who}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl NetError {
@@ -77,7 +81,9 @@ impl NetError {
     /// Nothing answered at this address (as opposed to a broker that answered badly).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Refused { .. } | Self::Timeout { .. } | Self::Rudp(RudpError::NoListener { .. }) | Self::Closed => true,
+            Self::Refused { .. } | Self::Timeout { .. } | Self::Rudp(RudpError::NoListener { .. }) | Self::Closed => {
+                true
+            }
             Self::AllFailed(list) => !list.is_empty() && list.iter().all(|(_, e)| e.is_unreachable()),
             _ => false,
         }

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::sleep;
 
+use super::NetError;
 use super::conn::{Conn, TcpConn, UdpConn};
 use super::hostkeys::{Decision, HostKeyPolicy};
-use super::NetError;
 use super::rank::{RankOptions, rank};
 use crate::config::{Host, split_server};
 use crate::proto::client::{ClientParams, ClientSession, Negotiated, Outcome, Step, Transport};
@@ -35,14 +35,20 @@ pub struct Server {
 impl Server {
     pub fn parse(text: &str) -> Result<Self, NetError> {
         let text = text.trim();
-        let (host, port) = split_server(text)
-            .map_err(|e| NetError::BadServer { server: text.to_owned(), reason: e.to_string() })?;
+        let (host, port) = split_server(text).map_err(|e| NetError::BadServer {
+            server: text.to_owned(),
+            reason: e.to_string(),
+        })?;
         let host = match host {
             Host::Name(n) => n,
             Host::V4(a) => a.to_string(),
             Host::V6(a) => a.to_string(),
         };
-        Ok(Self { host, port: port.unwrap_or(TSP_PORT), text: text.to_owned() })
+        Ok(Self {
+            host,
+            port: port.unwrap_or(TSP_PORT),
+            text: text.to_owned(),
+        })
     }
 
     /// The configured string for a broker taken from a redirection (IPv6 bracketed, as gogoc
@@ -207,7 +213,10 @@ async fn negotiate_server(text: &str, opts: &NegotiateOptions) -> Result<Attempt
 async fn resolve(server: &Server, want_v6: bool) -> Result<Vec<SocketAddr>, NetError> {
     let found: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
         .await
-        .map_err(|source| NetError::Resolve { server: server.text.clone(), source })?
+        .map_err(|source| NetError::Resolve {
+            server: server.text.clone(),
+            source,
+        })?
         .filter(|a| a.is_ipv6() == want_v6)
         .take(4)
         .collect();
@@ -222,10 +231,19 @@ async fn resolve(server: &Server, want_v6: bool) -> Result<Vec<SocketAddr>, NetE
 }
 
 fn cnonce() -> String {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).to_string()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string()
 }
 
-fn session_for(server: &Server, conn: &Conn, version: Version, opts: &NegotiateOptions) -> Result<ClientSession, NetError> {
+fn session_for(
+    server: &Server,
+    conn: &Conn,
+    version: Version,
+    opts: &NegotiateOptions,
+) -> Result<ClientSession, NetError> {
     let local = conn.local_addr().map_err(NetError::io("read local address"))?;
     let client_addr = opts.client_addr.unwrap_or(match local.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -339,7 +357,11 @@ async fn negotiate_addr(server: &Server, addr: SocketAddr, opts: &NegotiateOptio
                     return Err(ProtoError::UnsupportedVersion(v).into());
                 };
                 // 1.0.1 exists only over TCP.
-                let transport = if older == Version::V1_0_1 { Transport::Tcp } else { conn.transport() };
+                let transport = if older == Version::V1_0_1 {
+                    Transport::Tcp
+                } else {
+                    conn.transport()
+                };
                 if transport == Transport::Tcp && !opts.tcp_allowed() {
                     return Err(ProtoError::UnsupportedVersion(v).into());
                 }
@@ -353,7 +375,12 @@ async fn negotiate_addr(server: &Server, addr: SocketAddr, opts: &NegotiateOptio
 }
 
 /// Runs the session to its end, starting from the reply to VERSION.
-async fn drive(conn: &mut Conn, session: &mut ClientSession, first: Vec<u8>, opts: &NegotiateOptions) -> Result<Outcome, NetError> {
+async fn drive(
+    conn: &mut Conn,
+    session: &mut ClientSession,
+    first: Vec<u8>,
+    opts: &NegotiateOptions,
+) -> Result<Outcome, NetError> {
     let mut rng = rand::rngs::OsRng;
     let mut step = session.on_reply(&first, &mut rng)?;
     loop {

@@ -129,7 +129,11 @@ impl Capabilities {
     /// The broker's line: single spaces, upper-case values, CRLF (so gogoc keeps every token).
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = String::from("CAPABILITY");
-        for (bit, name) in [(TUNNEL_V6V4, "V6V4"), (TUNNEL_V6UDPV4, "V6UDPV4"), (TUNNEL_V4V6, "V4V6")] {
+        for (bit, name) in [
+            (TUNNEL_V6V4, "V6V4"),
+            (TUNNEL_V6UDPV4, "V6UDPV4"),
+            (TUNNEL_V4V6, "V4V6"),
+        ] {
             if self.tunnels & bit != 0 {
                 line.push_str(" TUNNEL=");
                 line.push_str(name);
@@ -153,7 +157,11 @@ impl Capabilities {
     /// Human-readable lists for logs and errors.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        for (bit, name) in [(TUNNEL_V6V4, "v6v4"), (TUNNEL_V6UDPV4, "v6udpv4"), (TUNNEL_V4V6, "v4v6")] {
+        for (bit, name) in [
+            (TUNNEL_V6V4, "v6v4"),
+            (TUNNEL_V6UDPV4, "v6udpv4"),
+            (TUNNEL_V4V6, "v4v6"),
+        ] {
             if self.tunnels & bit != 0 {
                 parts.push(name);
             }
@@ -180,7 +188,9 @@ mod tests {
 
     #[test]
     fn full_line() {
-        let c = Capabilities::parse(b"CAPABILITY TUNNEL=V6V4 TUNNEL=V6UDPV4 AUTH=DIGEST-MD5 AUTH=ANONYMOUS AUTH=PLAIN\r\n").unwrap();
+        let c =
+            Capabilities::parse(b"CAPABILITY TUNNEL=V6V4 TUNNEL=V6UDPV4 AUTH=DIGEST-MD5 AUTH=ANONYMOUS AUTH=PLAIN\r\n")
+                .unwrap();
         assert_eq!(c.tunnels, TUNNEL_V6V4 | TUNNEL_V6UDPV4);
         assert_eq!(c.auths, AUTH_DIGEST_MD5 | AUTH_ANONYMOUS | AUTH_PLAIN);
         assert!(!c.unterminated);
@@ -219,7 +229,11 @@ mod tests {
     fn capture_line_and_round_trip() {
         let c = Capabilities::parse(b"CAPABILITY TUNNEL=V6UDPV4 AUTH=ANONYMOUS\r\n").unwrap();
         assert_eq!(c.to_line(), b"CAPABILITY TUNNEL=V6UDPV4 AUTH=ANONYMOUS\r\n");
-        let all = Capabilities { tunnels: 7, auths: 0xF0, ..Default::default() };
+        let all = Capabilities {
+            tunnels: 7,
+            auths: 0xF0,
+            ..Default::default()
+        };
         let back = Capabilities::parse(&all.to_line()).unwrap();
         assert_eq!((back.tunnels, back.auths), (7, 0xF0));
         assert!(!back.unterminated);

@@ -121,7 +121,11 @@ pub fn choose_mechanism(method: AuthMethod, allow_plain: bool, offered: u8) -> R
         AuthMethod::Plain => &[Mechanism::Plain],
     };
     let plain_ok = allow_plain || method == AuthMethod::Plain;
-    if let Some(m) = wanted.iter().copied().find(|m| offered & m.cap_bit() != 0 && (*m != Mechanism::Plain || plain_ok)) {
+    if let Some(m) = wanted
+        .iter()
+        .copied()
+        .find(|m| offered & m.cap_bit() != 0 && (*m != Mechanism::Plain || plain_ok))
+    {
         return Ok(m);
     }
     if wanted.contains(&Mechanism::Plain) && offered & Mechanism::Plain.cap_bit() != 0 {
@@ -130,7 +134,11 @@ pub fn choose_mechanism(method: AuthMethod, allow_plain: bool, offered: u8) -> R
     let names: Vec<_> = wanted.iter().map(|m| m.wire_name()).collect();
     Err(ProtoError::NoCommonAuth {
         wanted: names.join(","),
-        offered: Capabilities { auths: offered, ..Default::default() }.describe(),
+        offered: Capabilities {
+            auths: offered,
+            ..Default::default()
+        }
+        .describe(),
     })
 }
 
@@ -143,13 +151,21 @@ pub struct ClientSession {
 
 impl std::fmt::Debug for ClientSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientSession").field("state", &self.state).field("mechanism", &self.mechanism).finish()
+        f.debug_struct("ClientSession")
+            .field("state", &self.state)
+            .field("mechanism", &self.mechanism)
+            .finish()
     }
 }
 
 impl ClientSession {
     pub fn new(params: ClientParams) -> Self {
-        Self { params, state: State::Version, caps: Capabilities::default(), mechanism: Mechanism::Anonymous }
+        Self {
+            params,
+            state: State::Version,
+            caps: Capabilities::default(),
+            mechanism: Mechanism::Anonymous,
+        }
     }
 
     /// The mechanism chosen after the capability exchange.
@@ -165,13 +181,23 @@ impl ClientSession {
     pub fn start(&mut self) -> Result<Step, ProtoError> {
         let v = self.params.version;
         if !v.supports_mode(self.params.request.mode) {
-            return Err(ProtoError::ModeNeedsNewerVersion { version: v, mode: self.params.request.mode });
+            return Err(ProtoError::ModeNeedsNewerVersion {
+                version: v,
+                mode: self.params.request.mode,
+            });
         }
-        Ok(Step::Send { bytes: format!("VERSION={v}\r\n").into_bytes(), expect: Expect::Line })
+        Ok(Step::Send {
+            bytes: format!("VERSION={v}\r\n").into_bytes(),
+            expect: Expect::Line,
+        })
     }
 
     /// Feeds the reply the previous step asked for (one whole message, CRLF included).
-    pub fn on_reply<R: rand::RngCore + rand::CryptoRng>(&mut self, reply: &[u8], rng: &mut R) -> Result<Step, ProtoError> {
+    pub fn on_reply<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        reply: &[u8],
+        rng: &mut R,
+    ) -> Result<Step, ProtoError> {
         let state = std::mem::replace(&mut self.state, State::Done);
         let stage = state.stage();
         let step = self.advance(state, reply, rng);
@@ -189,7 +215,10 @@ impl ClientSession {
         if pw.len() < 4 || !(e.to_string().contains(pw) || format!("{e:?}").contains(pw)) {
             return e;
         }
-        ProtoError::Unexpected { stage, preview: "(withheld: the broker's reply contained the password)".into() }
+        ProtoError::Unexpected {
+            stage,
+            preview: "(withheld: the broker's reply contained the password)".into(),
+        }
     }
 
     /// After [`Step::CheckHostKey`]: whether the key is trusted.
@@ -197,17 +226,29 @@ impl ClientSession {
         match std::mem::replace(&mut self.state, State::Done) {
             State::PassDssHostKey(exchange, msg) => {
                 if !trusted {
-                    return Err(ProtoError::HostKeyNotTrusted { host: self.params.server_name.clone() });
+                    return Err(ProtoError::HostKeyNotTrusted {
+                        host: self.params.server_name.clone(),
+                    });
                 }
-                let msg2 = exchange.finish(&msg, &self.params.password).map_err(ProtoError::sasl(Mechanism::PassDss3Des1))?;
+                let msg2 = exchange
+                    .finish(&msg, &self.params.password)
+                    .map_err(ProtoError::sasl(Mechanism::PassDss3Des1))?;
                 self.state = State::Auth(Mechanism::PassDss3Des1);
-                Ok(Step::Send { bytes: msg2, expect: Expect::Line })
+                Ok(Step::Send {
+                    bytes: msg2,
+                    expect: Expect::Line,
+                })
             }
             _ => Err(ProtoError::State("no host key is waiting for a decision")),
         }
     }
 
-    fn advance<R: rand::RngCore + rand::CryptoRng>(&mut self, state: State, reply: &[u8], rng: &mut R) -> Result<Step, ProtoError> {
+    fn advance<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        state: State,
+        reply: &[u8],
+        rng: &mut R,
+    ) -> Result<Step, ProtoError> {
         match state {
             State::Version => self.on_capability(reply),
             State::AuthAck(m) => self.after_auth_line(m, rng),
@@ -226,7 +267,10 @@ impl ClientSession {
                     &self.params.cnonce,
                 );
                 self.state = State::DigestRspauth { expected };
-                Ok(Step::Send { bytes: line, expect: Expect::Line })
+                Ok(Step::Send {
+                    bytes: line,
+                    expect: Expect::Line,
+                })
             }
             State::DigestRspauth { expected } => {
                 self.check_raw_status(reply, Stage::Authentication, Mechanism::DigestMd5)?;
@@ -246,7 +290,10 @@ impl ClientSession {
                 let msg = passdss::parse_server_message(reply).map_err(ProtoError::sasl(Mechanism::PassDss3Des1))?;
                 let key = msg.host_key.public.clone();
                 self.state = State::PassDssHostKey(exchange, Box::new(msg));
-                Ok(Step::CheckHostKey { host: self.params.server_name.clone(), key })
+                Ok(Step::CheckHostKey {
+                    host: self.params.server_name.clone(),
+                    key,
+                })
             }
             State::PassDssHostKey(..) => Err(ProtoError::State("waiting for a host key decision")),
             State::Create => self.on_offer(reply),
@@ -268,17 +315,27 @@ impl ClientSession {
                 StatusCode::UnsupportedVersion => Err(ProtoError::UnsupportedVersion(self.params.version)),
                 StatusCode::ServerTooBusy => Err(ProtoError::ServerTooBusy),
                 StatusCode::Redirect(_) => self.redirect_from(reply),
-                status => Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
+                status => Err(ProtoError::Status {
+                    stage,
+                    status,
+                    text: st.text.to_owned(),
+                }),
             };
         }
         if !Capabilities::is_capability_line(reply) {
-            return Err(ProtoError::Unexpected { stage, preview: frame::preview(reply) });
+            return Err(ProtoError::Unexpected {
+                stage,
+                preview: frame::preview(reply),
+            });
         }
         let caps = Capabilities::parse(reply)?;
         self.caps = caps;
         let mode = self.params.request.mode;
         if !caps.offers_mode(mode) {
-            return Err(ProtoError::TunnelModeNotOffered { requested: mode, offered: caps.describe() });
+            return Err(ProtoError::TunnelModeNotOffered {
+                requested: mode,
+                offered: caps.describe(),
+            });
         }
         let m = choose_mechanism(self.params.auth_method, self.params.allow_plain, caps.auths)?;
         self.mechanism = m;
@@ -291,21 +348,34 @@ impl ClientSession {
             Mechanism::DigestMd5 => State::DigestChallenge,
             Mechanism::Plain | Mechanism::PassDss3Des1 => State::AuthAck(m),
         };
-        Ok(Step::Send { bytes: m.authenticate_line().to_vec(), expect })
+        Ok(Step::Send {
+            bytes: m.authenticate_line().to_vec(),
+            expect,
+        })
     }
 
     /// PLAIN and PASSDSS follow their AUTHENTICATE line with a message of their own, without
     /// waiting for a broker reply (over UDP the broker only acknowledges).
-    fn after_auth_line<R: rand::RngCore + rand::CryptoRng>(&mut self, m: Mechanism, rng: &mut R) -> Result<Step, ProtoError> {
+    fn after_auth_line<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        m: Mechanism,
+        rng: &mut R,
+    ) -> Result<Step, ProtoError> {
         match m {
             Mechanism::Plain => {
                 self.state = State::Auth(m);
-                Ok(Step::Send { bytes: plain::client_message(&self.params.username, &self.params.password), expect: Expect::Line })
+                Ok(Step::Send {
+                    bytes: plain::client_message(&self.params.username, &self.params.password),
+                    expect: Expect::Line,
+                })
             }
             Mechanism::PassDss3Des1 => {
                 let (exchange, msg1) = passdss::ClientExchange::start(&self.params.username, rng);
                 self.state = State::PassDssServer(Box::new(exchange));
-                Ok(Step::Send { bytes: msg1, expect: Expect::PassDssServerMessage })
+                Ok(Step::Send {
+                    bytes: msg1,
+                    expect: Expect::PassDssServerMessage,
+                })
             }
             _ => Err(ProtoError::State("mechanism has no follow-up message")),
         }
@@ -322,8 +392,14 @@ impl ClientSession {
             // A `200` where SASL data belongs is not a refusal: let the mechanism's parser
             // say what is missing (e.g. no rspauth).
             StatusCode::Redirect(_) | StatusCode::Success => Ok(()),
-            StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed { mechanism: m.wire_name() }),
-            status => Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
+            StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed {
+                mechanism: m.wire_name(),
+            }),
+            status => Err(ProtoError::Status {
+                stage,
+                status,
+                text: st.text.to_owned(),
+            }),
         }
     }
 
@@ -340,18 +416,30 @@ impl ClientSession {
     fn on_auth_status(&mut self, m: Mechanism, reply: &[u8]) -> Result<Step, ProtoError> {
         let stage = Stage::Authentication;
         if !frame::looks_like_status(reply) {
-            return Err(ProtoError::Unexpected { stage, preview: frame::preview(reply) });
+            return Err(ProtoError::Unexpected {
+                stage,
+                preview: frame::preview(reply),
+            });
         }
         let st = frame::parse_status_line(first_line(reply)).map_err(ProtoError::frame(stage))?;
         match st.status {
             StatusCode::Success => {
                 self.state = State::Create;
                 let xml = xml::build_create(&self.params.request);
-                Ok(Step::Send { bytes: frame::frame_request(&xml), expect: Expect::Framed })
+                Ok(Step::Send {
+                    bytes: frame::frame_request(&xml),
+                    expect: Expect::Framed,
+                })
             }
-            StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed { mechanism: m.wire_name() }),
+            StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed {
+                mechanism: m.wire_name(),
+            }),
             StatusCode::Redirect(_) => self.redirect_from(reply),
-            status => Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
+            status => Err(ProtoError::Status {
+                stage,
+                status,
+                text: st.text.to_owned(),
+            }),
         }
     }
 
@@ -362,18 +450,27 @@ impl ClientSession {
             let st = frame::parse_status_line(first_line(reply)).map_err(ProtoError::frame(stage))?;
             return match st.status {
                 StatusCode::Redirect(_) => self.redirect_from(reply),
-                StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed { mechanism: self.mechanism.wire_name() }),
+                StatusCode::AuthenticationFailed => Err(ProtoError::AuthenticationFailed {
+                    mechanism: self.mechanism.wire_name(),
+                }),
                 StatusCode::Success => Err(ProtoError::Frame {
                     stage,
                     source: FrameError::MissingContentLength(frame::preview(reply)),
                 }),
-                status => Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
+                status => Err(ProtoError::Status {
+                    stage,
+                    status,
+                    text: st.text.to_owned(),
+                }),
             };
         }
         let body = match self.params.transport {
             Transport::Udp => frame::parse_framed_datagram(reply, true),
             Transport::Tcp => frame::take_framed(reply, true).and_then(|r| {
-                r.map(|(body, _)| body).ok_or(FrameError::Truncated { declared: 0, got: reply.len() })
+                r.map(|(body, _)| body).ok_or(FrameError::Truncated {
+                    declared: 0,
+                    got: reply.len(),
+                })
             }),
         }
         .map_err(ProtoError::frame(stage))?;
@@ -382,9 +479,17 @@ impl ClientSession {
             StatusCode::Success => {}
             StatusCode::Redirect(_) => return Ok(Step::Done(Outcome::Redirect(parse_redirect(xml_body)?))),
             StatusCode::AuthenticationFailed => {
-                return Err(ProtoError::AuthenticationFailed { mechanism: self.mechanism.wire_name() });
+                return Err(ProtoError::AuthenticationFailed {
+                    mechanism: self.mechanism.wire_name(),
+                });
             }
-            status => return Err(ProtoError::Status { stage, status, text: st.text.to_owned() }),
+            status => {
+                return Err(ProtoError::Status {
+                    stage,
+                    status,
+                    text: st.text.to_owned(),
+                });
+            }
         }
         let offer = xml::parse_info(xml_body)?;
         let requested = self.params.request.mode;
@@ -393,15 +498,24 @@ impl ClientSession {
             m => offer.mode == m,
         };
         if !acceptable {
-            return Err(ProtoError::WrongModeOffered { requested, offered: offer.mode });
+            return Err(ProtoError::WrongModeOffered {
+                requested,
+                offered: offer.mode,
+            });
         }
         // A v6udpv4 tunnel rides on the TSP socket: it cannot exist over TCP.
         if offer.mode == TunnelMode::V6UdpV4 && self.params.transport == Transport::Tcp {
-            return Err(ProtoError::WrongModeOffered { requested, offered: offer.mode });
+            return Err(ProtoError::WrongModeOffered {
+                requested,
+                offered: offer.mode,
+            });
         }
         if self.params.version.sends_accept() {
             self.state = State::Accept(Box::new(offer));
-            Ok(Step::Send { bytes: frame::frame_request(xml::ACCEPT), expect: Expect::Ack })
+            Ok(Step::Send {
+                bytes: frame::frame_request(xml::ACCEPT),
+                expect: Expect::Ack,
+            })
         } else {
             Ok(Step::Done(Outcome::Tunnel(Negotiated {
                 offer,
@@ -451,7 +565,9 @@ pub fn take_reply(buf: &[u8], expect: Expect) -> Result<Option<usize>, FrameErro
             Ok(frame::take_framed(buf, true)?.map(|(_, used)| used))
         }
         Expect::Line => {
-            let Some((line, used)) = frame::take_line(buf)? else { return Ok(None) };
+            let Some((line, used)) = frame::take_line(buf)? else {
+                return Ok(None);
+            };
             // A raw redirection carries its XML document after the status line.
             if let Ok(st) = frame::parse_status_line(line)
                 && matches!(st.status, StatusCode::Redirect(_))
@@ -491,14 +607,18 @@ fn find_tunnel_end(rest: &[u8]) -> Result<Option<usize>, FrameError> {
 /// terminator): the structure says how long it is once its length fields have arrived.
 fn passdss_server_message_len(buf: &[u8]) -> Option<usize> {
     use base64::Engine as _;
-    let b64_len = buf.iter().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).count();
+    let b64_len = buf
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        .count();
     if b64_len < buf.len() {
         // Something after the base64 (a CRLF a lenient broker added): the message is whole.
         return Some(buf.len().min(MAX_MESSAGE));
     }
     let quads = b64_len / 4 * 4;
     let raw = base64::engine::general_purpose::STANDARD.decode(&buf[..quads]).ok()?;
-    let read_u32 = |at: usize| -> Option<usize> { Some(u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize) };
+    let read_u32 =
+        |at: usize| -> Option<usize> { Some(u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize) };
     // A length pointing past the size limit cannot complete: hand the bytes over now so the
     // parser reports them instead of waiting for the reply timeout.
     let too_long = |at: usize| at > MAX_MESSAGE;
@@ -529,15 +649,39 @@ mod tests {
     #[test]
     fn mechanism_choice() {
         let all = AUTH_PASSDSS | AUTH_DIGEST_MD5 | AUTH_PLAIN | AUTH_ANONYMOUS;
-        assert_eq!(choose_mechanism(AuthMethod::Any, false, all).unwrap(), Mechanism::PassDss3Des1);
-        assert_eq!(choose_mechanism(AuthMethod::Any, false, AUTH_DIGEST_MD5 | AUTH_PLAIN).unwrap(), Mechanism::DigestMd5);
-        assert_eq!(choose_mechanism(AuthMethod::Any, false, AUTH_PLAIN), Err(ProtoError::PlainNotAllowed));
-        assert_eq!(choose_mechanism(AuthMethod::Any, true, AUTH_PLAIN | AUTH_ANONYMOUS).unwrap(), Mechanism::Plain);
-        assert_eq!(choose_mechanism(AuthMethod::Plain, false, AUTH_PLAIN).unwrap(), Mechanism::Plain);
+        assert_eq!(
+            choose_mechanism(AuthMethod::Any, false, all).unwrap(),
+            Mechanism::PassDss3Des1
+        );
+        assert_eq!(
+            choose_mechanism(AuthMethod::Any, false, AUTH_DIGEST_MD5 | AUTH_PLAIN).unwrap(),
+            Mechanism::DigestMd5
+        );
+        assert_eq!(
+            choose_mechanism(AuthMethod::Any, false, AUTH_PLAIN),
+            Err(ProtoError::PlainNotAllowed)
+        );
+        assert_eq!(
+            choose_mechanism(AuthMethod::Any, true, AUTH_PLAIN | AUTH_ANONYMOUS).unwrap(),
+            Mechanism::Plain
+        );
+        assert_eq!(
+            choose_mechanism(AuthMethod::Plain, false, AUTH_PLAIN).unwrap(),
+            Mechanism::Plain
+        );
         // `any` never falls back to ANONYMOUS; `anonymous` never tries anything else.
-        assert!(matches!(choose_mechanism(AuthMethod::Any, true, AUTH_ANONYMOUS), Err(ProtoError::NoCommonAuth { .. })));
-        assert!(matches!(choose_mechanism(AuthMethod::Anonymous, true, AUTH_PLAIN), Err(ProtoError::NoCommonAuth { .. })));
-        assert!(matches!(choose_mechanism(AuthMethod::DigestMd5, true, AUTH_PASSDSS), Err(ProtoError::NoCommonAuth { .. })));
+        assert!(matches!(
+            choose_mechanism(AuthMethod::Any, true, AUTH_ANONYMOUS),
+            Err(ProtoError::NoCommonAuth { .. })
+        ));
+        assert!(matches!(
+            choose_mechanism(AuthMethod::Anonymous, true, AUTH_PLAIN),
+            Err(ProtoError::NoCommonAuth { .. })
+        ));
+        assert!(matches!(
+            choose_mechanism(AuthMethod::DigestMd5, true, AUTH_PASSDSS),
+            Err(ProtoError::NoCommonAuth { .. })
+        ));
     }
 
     #[test]
@@ -562,7 +706,10 @@ mod tests {
         }
         assert_eq!(take_reply(doc, Expect::Line).unwrap(), Some(doc.len()));
         // A bare status where a frame was expected is handed over whole, to name the status.
-        assert_eq!(take_reply(b"310 Server side error\r\n", Expect::Framed).unwrap(), Some(23));
+        assert_eq!(
+            take_reply(b"310 Server side error\r\n", Expect::Framed).unwrap(),
+            Some(23)
+        );
     }
 
     #[test]
@@ -586,7 +733,14 @@ mod tests {
         });
         let mut rng = rand::rngs::OsRng;
         s.start().unwrap();
-        assert_eq!(s.on_reply(b"530 Server too busy\r\n", &mut rng), Err(ProtoError::ServerTooBusy));
-        assert!(s.on_reply(b"CAPABILITY TUNNEL=V6UDPV4 AUTH=ANONYMOUS\r\n", &mut rng).is_err(), "finished sessions stay finished");
+        assert_eq!(
+            s.on_reply(b"530 Server too busy\r\n", &mut rng),
+            Err(ProtoError::ServerTooBusy)
+        );
+        assert!(
+            s.on_reply(b"CAPABILITY TUNNEL=V6UDPV4 AUTH=ANONYMOUS\r\n", &mut rng)
+                .is_err(),
+            "finished sessions stay finished"
+        );
     }
 }

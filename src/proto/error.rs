@@ -45,18 +45,26 @@ pub enum ProtoError {
     #[error("the broker is too busy (530); try again later")]
     ServerTooBusy,
     #[error("the broker refused the {stage}: {status}{}", if text.is_empty() { String::new() } else { format!(" — \"{text}\"") })]
-    Status { stage: Stage, status: StatusCode, text: String },
+    Status {
+        stage: Stage,
+        status: StatusCode,
+        text: String,
+    },
     #[error("the broker does not offer tunnel mode {requested} (it offers {offered})")]
     TunnelModeNotOffered { requested: TunnelMode, offered: String },
     #[error("TSP {version} cannot carry tunnel mode {mode}")]
     ModeNeedsNewerVersion { version: Version, mode: TunnelMode },
     #[error("no authentication method in common: wanted {wanted}, broker offers {offered}")]
     NoCommonAuth { wanted: String, offered: String },
-    #[error("the broker offers only PLAIN authentication, which sends the password unencrypted; set auth_method=plain or allow-plain to permit it")]
+    #[error(
+        "the broker offers only PLAIN authentication, which sends the password unencrypted; set auth_method=plain or allow-plain to permit it"
+    )]
     PlainNotAllowed,
     #[error("the broker's host key for {host} is not trusted (unknown key, not accepted)")]
     HostKeyNotTrusted { host: String },
-    #[error("the broker's host key for {host} does not match the stored key — NOT CONNECTING (possible impersonation; remove the old key only if the broker's key was really changed)")]
+    #[error(
+        "the broker's host key for {host} does not match the stored key — NOT CONNECTING (possible impersonation; remove the old key only if the broker's key was really changed)"
+    )]
     HostKeyMismatch { host: String },
     #[error("the broker offered a tunnel of mode {offered} but {requested} was requested")]
     WrongModeOffered { requested: TunnelMode, offered: TunnelMode },
@@ -74,7 +82,10 @@ impl ProtoError {
     }
 
     pub(crate) fn sasl(mechanism: Mechanism) -> impl FnOnce(SaslError) -> ProtoError {
-        move |source| ProtoError::Sasl { mechanism: mechanism.wire_name(), source }
+        move |source| ProtoError::Sasl {
+            mechanism: mechanism.wire_name(),
+            source,
+        }
     }
 
     /// True when the credentials (or the broker's proof of them) were wrong: NetworkManager
@@ -82,7 +93,10 @@ impl ProtoError {
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,
-            Self::AuthenticationFailed { .. } | Self::Sasl { .. } | Self::HostKeyMismatch { .. } | Self::HostKeyNotTrusted { .. }
+            Self::AuthenticationFailed { .. }
+                | Self::Sasl { .. }
+                | Self::HostKeyMismatch { .. }
+                | Self::HostKeyNotTrusted { .. }
         )
     }
 }

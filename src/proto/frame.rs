@@ -71,7 +71,10 @@ pub fn parse_status_line(line: &[u8]) -> Result<StatusLine<'_>, FrameError> {
         return Err(FrameError::NonNumericStatus(preview(line)));
     }
     let text = std::str::from_utf8(rest).unwrap_or("").trim();
-    Ok(StatusLine { status: StatusCode::from_code(code), text })
+    Ok(StatusLine {
+        status: StatusCode::from_code(code),
+        text,
+    })
 }
 
 /// A status line as the broker writes it: `200 Success\r\n`.
@@ -137,7 +140,9 @@ pub fn take_framed(buf: &[u8], exact_header: bool) -> Result<Option<(&[u8], usiz
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(FrameError::BadContentLength(preview(value.as_bytes())));
     }
-    let declared: u64 = value.parse().map_err(|_| FrameError::BadContentLength(preview(value.as_bytes())))?;
+    let declared: u64 = value
+        .parse()
+        .map_err(|_| FrameError::BadContentLength(preview(value.as_bytes())))?;
     if declared > MAX_MESSAGE as u64 {
         return Err(FrameError::ContentLengthTooLarge(declared));
     }
@@ -154,7 +159,10 @@ pub fn take_framed(buf: &[u8], exact_header: bool) -> Result<Option<(&[u8], usiz
 pub fn parse_framed_datagram(msg: &[u8], exact_header: bool) -> Result<&[u8], FrameError> {
     match take_framed(msg, exact_header)? {
         Some((body, used)) if used == msg.len() => Ok(body),
-        Some((body, used)) => Err(FrameError::Overlong { declared: body.len(), got: body.len() + msg.len() - used }),
+        Some((body, used)) => Err(FrameError::Overlong {
+            declared: body.len(),
+            got: body.len() + msg.len() - used,
+        }),
         None => {
             let (declared, got) = declared_and_present(msg);
             Err(FrameError::Truncated { declared, got })
@@ -192,10 +200,22 @@ mod tests {
         let s = parse_status_line(b"200 Success\r\n").unwrap();
         assert_eq!(s.status, StatusCode::Success);
         assert_eq!(s.text, "Success");
-        assert_eq!(parse_status_line(b"1200 Redirection").unwrap().status, StatusCode::Redirect(1200));
-        assert_eq!(parse_status_line(b"300\r\n").unwrap().status, StatusCode::AuthenticationFailed);
-        assert!(matches!(parse_status_line(b"OK fine\r\n"), Err(FrameError::NonNumericStatus(_))));
-        assert!(matches!(parse_status_line(b"20O Success\r\n"), Err(FrameError::NonNumericStatus(_))));
+        assert_eq!(
+            parse_status_line(b"1200 Redirection").unwrap().status,
+            StatusCode::Redirect(1200)
+        );
+        assert_eq!(
+            parse_status_line(b"300\r\n").unwrap().status,
+            StatusCode::AuthenticationFailed
+        );
+        assert!(matches!(
+            parse_status_line(b"OK fine\r\n"),
+            Err(FrameError::NonNumericStatus(_))
+        ));
+        assert!(matches!(
+            parse_status_line(b"20O Success\r\n"),
+            Err(FrameError::NonNumericStatus(_))
+        ));
         assert!(parse_status_line(b"99999999999 x").is_err());
         assert_eq!(status_line(StatusCode::Success), b"200 Success\r\n");
     }
@@ -225,12 +245,27 @@ mod tests {
 
     #[test]
     fn framed_errors() {
-        assert!(matches!(take_framed(b"content-length: 3\r\nabc", true), Err(FrameError::MissingContentLength(_))));
+        assert!(matches!(
+            take_framed(b"content-length: 3\r\nabc", true),
+            Err(FrameError::MissingContentLength(_))
+        ));
         assert!(take_framed(b"content-length: 3\r\nabc", false).unwrap().is_some());
-        assert!(matches!(take_framed(b"Content-length: 4097\r\n", true), Err(FrameError::ContentLengthTooLarge(4097))));
-        assert!(matches!(take_framed(b"Content-length: -1\r\n", true), Err(FrameError::BadContentLength(_))));
-        assert!(matches!(take_framed(b"Content-length: 99999999999999999999999\r\n", true), Err(FrameError::BadContentLength(_))));
-        assert!(matches!(take_framed(b"310 Server side error\r\n", true), Err(FrameError::MissingContentLength(_))));
+        assert!(matches!(
+            take_framed(b"Content-length: 4097\r\n", true),
+            Err(FrameError::ContentLengthTooLarge(4097))
+        ));
+        assert!(matches!(
+            take_framed(b"Content-length: -1\r\n", true),
+            Err(FrameError::BadContentLength(_))
+        ));
+        assert!(matches!(
+            take_framed(b"Content-length: 99999999999999999999999\r\n", true),
+            Err(FrameError::BadContentLength(_))
+        ));
+        assert!(matches!(
+            take_framed(b"310 Server side error\r\n", true),
+            Err(FrameError::MissingContentLength(_))
+        ));
         assert_eq!(
             parse_framed_datagram(b"Content-length: 10\r\nabc", true),
             Err(FrameError::Truncated { declared: 10, got: 3 })

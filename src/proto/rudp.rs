@@ -42,7 +42,13 @@ impl Header {
         if word & CONTROL_MARK != CONTROL_MARK {
             return None;
         }
-        Some((Header { seq: word & SEQ_MASK, timestamp: u32::from_be_bytes(ts) }, &datagram[HEADER_LEN..]))
+        Some((
+            Header {
+                seq: word & SEQ_MASK,
+                timestamp: u32::from_be_bytes(ts),
+            },
+            &datagram[HEADER_LEN..],
+        ))
     }
 }
 
@@ -139,8 +145,19 @@ impl RudpClient {
     pub fn send(&mut self, payload: &[u8], now: Instant) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq = (self.next_seq + 1) & SEQ_MASK;
-        self.pending = Some(Pending { seq, payload: payload.to_vec(), deadline: now + self.rto, tries: 1 });
-        datagram(Header { seq, timestamp: self.now_ms(now) }, payload)
+        self.pending = Some(Pending {
+            seq,
+            payload: payload.to_vec(),
+            deadline: now + self.rto,
+            tries: 1,
+        });
+        datagram(
+            Header {
+                seq,
+                timestamp: self.now_ms(now),
+            },
+            payload,
+        )
     }
 
     /// When the pending message must be retransmitted, if any.
@@ -151,7 +168,9 @@ impl RudpClient {
     /// Call at or after [`deadline`](Self::deadline): the datagram to retransmit, or the
     /// reason to give up.
     pub fn on_timeout(&mut self, now: Instant) -> Result<Option<Vec<u8>>, RudpError> {
-        let Some(p) = self.pending.as_ref() else { return Ok(None) };
+        let Some(p) = self.pending.as_ref() else {
+            return Ok(None);
+        };
         if now < p.deadline {
             return Ok(None);
         }
@@ -200,7 +219,8 @@ impl RudpClient {
         let delta = rtt - self.srtt;
         self.srtt += delta / 8.0;
         self.rttvar += delta.abs() / 4.0;
-        let rto = (self.srtt + 4.0 * self.rttvar).clamp(self.params.rto_min.as_secs_f64(), self.params.rto_max.as_secs_f64());
+        let rto =
+            (self.srtt + 4.0 * self.rttvar).clamp(self.params.rto_min.as_secs_f64(), self.params.rto_max.as_secs_f64());
         if !self.backoff {
             self.rto = Duration::from_secs_f64(rto);
         }
@@ -218,7 +238,10 @@ mod tests {
         let d = c.send(b"VERSION=2.0.2\r\n", now + Duration::from_millis(771));
         assert_eq!(
             d,
-            [0xf0, 0, 0, 0xf0, 0, 0, 3, 3, b'V', b'E', b'R', b'S', b'I', b'O', b'N', b'=', b'2', b'.', b'0', b'.', b'2', 13, 10]
+            [
+                0xf0, 0, 0, 0xf0, 0, 0, 3, 3, b'V', b'E', b'R', b'S', b'I', b'O', b'N', b'=', b'2', b'.', b'0', b'.',
+                b'2', 13, 10
+            ]
         );
         let d2 = c.send(b"AUTHENTICATE ANONYMOUS\r\n\0", now + Duration::from_millis(771));
         assert_eq!(&d2[..8], &[0xf0, 0, 0, 0xf1, 0, 0, 3, 3]);
@@ -228,7 +251,13 @@ mod tests {
     #[test]
     fn capture_header_decodes() {
         let (h, p) = Header::decode(&[0xf0, 0, 0, 0xf2, 0, 0, 3, 0xc2, b'x']).unwrap();
-        assert_eq!(h, Header { seq: 0xf2, timestamp: 0x3c2 });
+        assert_eq!(
+            h,
+            Header {
+                seq: 0xf2,
+                timestamp: 0x3c2
+            }
+        );
         assert_eq!(p, b"x");
         assert!(Header::decode(&[0x60, 0, 0, 0, 0, 8, 0x3a, 0xff]).is_none());
         assert!(is_control(&[0xf0]) && !is_control(&[0x60]) && !is_control(&[]));

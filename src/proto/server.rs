@@ -106,14 +106,30 @@ pub struct ServerSession {
 
 impl std::fmt::Debug for ServerSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerSession").field("info", &self.info).field("state", &self.state).finish()
+        f.debug_struct("ServerSession")
+            .field("info", &self.info)
+            .field("state", &self.state)
+            .finish()
     }
 }
 
 impl ServerSession {
     pub fn new(cfg: Arc<ServerConfig>, peer: SocketAddr, local: SocketAddr, transport: Transport) -> Self {
-        let info = SessionInfo { peer, local, transport, user: None, version: Version::V2_0_2 };
-        Self { cfg, info, state: State::Version, buf: Vec::new(), skip_nul: false, out: VecDeque::new() }
+        let info = SessionInfo {
+            peer,
+            local,
+            transport,
+            user: None,
+            version: Version::V2_0_2,
+        };
+        Self {
+            cfg,
+            info,
+            state: State::Version,
+            buf: Vec::new(),
+            skip_nul: false,
+            out: VecDeque::new(),
+        }
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -193,7 +209,10 @@ impl ServerSession {
 
     fn auth_failed(&mut self, m: Mechanism, e: impl ToString) -> ServerError {
         self.status(StatusCode::AuthenticationFailed);
-        ServerError::AuthFailed { mechanism: m.wire_name(), reason: e.to_string() }
+        ServerError::AuthFailed {
+            mechanism: m.wire_name(),
+            reason: e.to_string(),
+        }
     }
 
     /// One message: `Ok(None)` = incomplete, else the next state, bytes consumed and progress.
@@ -206,12 +225,18 @@ impl ServerSession {
     ) -> Result<Option<(State, usize, Option<Progress>)>, ServerError> {
         match state {
             State::Version => {
-                let Some((line, used)) = frame::take_line(&self.buf)? else { return self.wait(State::Version) };
+                let Some((line, used)) = frame::take_line(&self.buf)? else {
+                    return self.wait(State::Version);
+                };
                 let line = String::from_utf8_lossy(frame::trim_crlf(line)).into_owned();
                 let Some(v) = line.strip_prefix("VERSION=") else {
                     return Err(ServerError::Unexpected(frame::preview(line.as_bytes())));
                 };
-                let version = v.trim().parse::<Version>().ok().filter(|v| self.cfg.versions.contains(v));
+                let version = v
+                    .trim()
+                    .parse::<Version>()
+                    .ok()
+                    .filter(|v| self.cfg.versions.contains(v));
                 // 1.0.1 predates RUDP.
                 let version = version.filter(|v| *v != Version::V1_0_1 || self.info.transport == Transport::Tcp);
                 let Some(version) = version else {
@@ -230,7 +255,9 @@ impl ServerSession {
                 Ok(Some((State::Authenticate, used, None)))
             }
             State::Authenticate => {
-                let Some((line, used)) = frame::take_line(&self.buf)? else { return self.wait(State::Authenticate) };
+                let Some((line, used)) = frame::take_line(&self.buf)? else {
+                    return self.wait(State::Authenticate);
+                };
                 let text = String::from_utf8_lossy(frame::trim_crlf(line)).into_owned();
                 let Some(name) = text.strip_prefix("AUTHENTICATE ") else {
                     return Err(ServerError::Unexpected(frame::preview(text.as_bytes())));
@@ -263,7 +290,9 @@ impl ServerSession {
                 Ok(Some((next, used, None)))
             }
             State::PlainCredentials => {
-                let Some((line, used)) = frame::take_line(&self.buf)? else { return self.wait(State::PlainCredentials) };
+                let Some((line, used)) = frame::take_line(&self.buf)? else {
+                    return self.wait(State::PlainCredentials);
+                };
                 let line = line.to_vec();
                 let (user, password) =
                     plain::parse_client_message(&line).map_err(|e| self.auth_failed(Mechanism::Plain, e))?;
@@ -296,8 +325,8 @@ impl ServerSession {
                     return Err(self.auth_failed(m, "no host key"));
                 };
                 let msg1 = self.buf[..used].to_vec();
-                let (exchange, user, msg) = passdss::ServerExchange::respond(&msg1, key, rng)
-                    .map_err(|e: SaslError| self.auth_failed(m, e))?;
+                let (exchange, user, msg) =
+                    passdss::ServerExchange::respond(&msg1, key, rng).map_err(|e: SaslError| self.auth_failed(m, e))?;
                 self.reply(msg);
                 Ok(Some((State::PassDssMsg2(Box::new(exchange), user), used, None)))
             }
@@ -386,7 +415,11 @@ impl ServerSession {
         let ok = backend
             .account_ha1(user)
             .is_some_and(|stored| constant_eq(&digest_md5::ha1(user, &self.cfg.realm, password), &stored));
-        if ok { Ok(()) } else { Err(self.auth_failed(m, format!("bad credentials for user {user:?}"))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(self.auth_failed(m, format!("bad credentials for user {user:?}")))
+        }
     }
 }
 
@@ -403,7 +436,9 @@ mod tests {
     use crate::proto::caps;
 
     fn setup(extra: &str) -> (Arc<ServerConfig>, Broker) {
-        let toml = format!("realm = \"hexos\"\naccounts_file = \"/dev/null\"\nauth = [\"anonymous\", \"plain\", \"digest-md5\"]\n{extra}");
+        let toml = format!(
+            "realm = \"hexos\"\naccounts_file = \"/dev/null\"\nauth = [\"anonymous\", \"plain\", \"digest-md5\"]\n{extra}"
+        );
         let cfg = BrokerConfig::parse(&toml, std::path::Path::new("t.toml")).unwrap();
         let line = Accounts::line("user1", "hexos", &Secret::new("pass1")).unwrap();
         let accounts = Accounts::parse(&line, "hexos", "acc").unwrap();
@@ -412,7 +447,12 @@ mod tests {
     }
 
     fn session(cfg: &Arc<ServerConfig>, transport: Transport) -> ServerSession {
-        ServerSession::new(cfg.clone(), "192.168.1.10:5000".parse().unwrap(), "192.0.2.1:3653".parse().unwrap(), transport)
+        ServerSession::new(
+            cfg.clone(),
+            "192.168.1.10:5000".parse().unwrap(),
+            "192.0.2.1:3653".parse().unwrap(),
+            transport,
+        )
     }
 
     /// The client's whole anonymous TCP stream, as gogoc writes it (stray NUL included).
@@ -434,13 +474,22 @@ mod tests {
     fn tcp_stream_split_anywhere() {
         let (cfg, mut broker) = setup("");
         let stream = gogoc_anonymous_stream();
-        assert!(stream.windows(21).any(|w| w == b"Content-length: 217\r\n"), "§11.3 create length");
+        assert!(
+            stream.windows(21).any(|w| w == b"Content-length: 217\r\n"),
+            "§11.3 create length"
+        );
         for cut in 0..stream.len() {
             let mut s = session(&cfg, Transport::Tcp);
             let mut rng = rand::rngs::OsRng;
             let a = s.on_bytes(&stream[..cut], &mut broker, &mut rng).unwrap();
             let b = s.on_bytes(&stream[cut..], &mut broker, &mut rng).unwrap();
-            assert!(matches!((a, b), (Progress::Continue, Progress::Established(_)) | (Progress::Established(_), Progress::Continue)), "cut {cut}");
+            assert!(
+                matches!(
+                    (a, b),
+                    (Progress::Continue, Progress::Established(_)) | (Progress::Established(_), Progress::Continue)
+                ),
+                "cut {cut}"
+            );
             let replies: Vec<_> = std::iter::from_fn(|| s.next_reply()).collect();
             assert_eq!(replies.len(), 3, "CAPABILITY, 200, offer (cut {cut})");
             assert!(caps::Capabilities::is_capability_line(&replies[0]));
@@ -455,7 +504,12 @@ mod tests {
         let mut s = session(&cfg, Transport::Tcp);
         let mut rng = rand::rngs::OsRng;
         // §3.3: the stream holds `...PLAIN\r\n\0\0user1\0pass1\r\n`.
-        s.on_bytes(b"VERSION=2.0.2\r\nAUTHENTICATE PLAIN\r\n\0\0user1\0pass1\r\n", &mut broker, &mut rng).unwrap();
+        s.on_bytes(
+            b"VERSION=2.0.2\r\nAUTHENTICATE PLAIN\r\n\0\0user1\0pass1\r\n",
+            &mut broker,
+            &mut rng,
+        )
+        .unwrap();
         let replies: Vec<_> = std::iter::from_fn(|| s.next_reply()).collect();
         assert_eq!(replies.len(), 2);
         assert_eq!(replies[1], b"200 Success\r\n");
@@ -483,14 +537,20 @@ mod tests {
         let (cfg, mut broker) = setup("");
         let mut s = session(&cfg, Transport::Tcp);
         let mut rng = rand::rngs::OsRng;
-        s.on_bytes(b"VERSION=2.0.1\r\nAUTHENTICATE DIGEST-MD5\r\n\0", &mut broker, &mut rng).unwrap();
+        s.on_bytes(b"VERSION=2.0.1\r\nAUTHENTICATE DIGEST-MD5\r\n\0", &mut broker, &mut rng)
+            .unwrap();
         s.next_reply();
         let challenge = s.next_reply().unwrap();
         let ch = digest_md5::parse_challenge(&challenge).unwrap();
         assert_eq!(ch.realm.as_deref(), Some("hexos"));
-        let (resp, expected) = digest_md5::client_response(&ch, "user1", &Secret::new("pass1"), "broker.freenet6.net", "1113923787");
+        let (resp, expected) =
+            digest_md5::client_response(&ch, "user1", &Secret::new("pass1"), "broker.freenet6.net", "1113923787");
         s.on_bytes(&resp, &mut broker, &mut rng).unwrap();
-        assert_eq!(s.pending_replies(), 2, "rspauth and 200 are two messages, written apart");
+        assert_eq!(
+            s.pending_replies(),
+            2,
+            "rspauth and 200 are two messages, written apart"
+        );
         digest_md5::check_rspauth(&s.next_reply().unwrap(), &expected).unwrap();
         assert_eq!(s.next_reply().as_deref(), Some(&b"200 Success\r\n"[..]));
     }
@@ -500,19 +560,33 @@ mod tests {
         let (cfg, mut broker) = setup("versions = [\"2.0.0\", \"1.0.1\"]");
         let mut rng = rand::rngs::OsRng;
         let mut s = session(&cfg, Transport::Udp);
-        assert!(matches!(s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng), Err(ServerError::Version(_))));
-        assert_eq!(s.next_reply().as_deref(), Some(&b"302 Unsupported client version\r\n"[..]));
+        assert!(matches!(
+            s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng),
+            Err(ServerError::Version(_))
+        ));
+        assert_eq!(
+            s.next_reply().as_deref(),
+            Some(&b"302 Unsupported client version\r\n"[..])
+        );
         // 1.0.1 exists only over TCP.
         let mut s = session(&cfg, Transport::Udp);
         assert!(s.on_bytes(b"VERSION=1.0.1\r\n", &mut broker, &mut rng).is_err());
         let mut s = session(&cfg, Transport::Tcp);
         assert!(s.on_bytes(b"VERSION=1.0.1\r\n", &mut broker, &mut rng).is_ok());
 
-        let (cfg, mut broker) = setup("redirect = [\"192.0.2.10\", \"192.0.2.11\", \"anon-montreal.broker.example.net\"]");
+        let (cfg, mut broker) =
+            setup("redirect = [\"192.0.2.10\", \"192.0.2.11\", \"anon-montreal.broker.example.net\"]");
         let mut s = session(&cfg, Transport::Tcp);
-        assert!(matches!(s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng), Err(ServerError::Redirected)));
+        assert!(matches!(
+            s.on_bytes(b"VERSION=2.0.2\r\n", &mut broker, &mut rng),
+            Err(ServerError::Redirected)
+        ));
         let r = s.next_reply().unwrap();
-        assert!(r.starts_with(b"1200 Redirection\r\n<tunnel"), "{}", String::from_utf8_lossy(&r));
+        assert!(
+            r.starts_with(b"1200 Redirection\r\n<tunnel"),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
         assert_eq!(r.len(), 262, "the §4.4 document");
     }
 
@@ -521,13 +595,20 @@ mod tests {
         let (cfg, mut broker) = setup("");
         let mut rng = rand::rngs::OsRng;
         let mut s = session(&cfg, Transport::Tcp);
-        assert!(matches!(s.on_bytes(b"HELLO\r\n", &mut broker, &mut rng), Err(ServerError::Unexpected(_))));
+        assert!(matches!(
+            s.on_bytes(b"HELLO\r\n", &mut broker, &mut rng),
+            Err(ServerError::Unexpected(_))
+        ));
         let mut s = session(&cfg, Transport::Tcp);
         let flood = vec![b'A'; 3000];
         assert!(s.on_bytes(&flood, &mut broker, &mut rng).is_ok());
-        assert!(s.on_bytes(&flood, &mut broker, &mut rng).is_err(), "no line end after 6000 bytes");
+        assert!(
+            s.on_bytes(&flood, &mut broker, &mut rng).is_err(),
+            "no line end after 6000 bytes"
+        );
         let mut s = session(&cfg, Transport::Tcp);
-        s.on_bytes(b"VERSION=2.0.2\r\nAUTHENTICATE ANONYMOUS\r\n\0", &mut broker, &mut rng).unwrap();
+        s.on_bytes(b"VERSION=2.0.2\r\nAUTHENTICATE ANONYMOUS\r\n\0", &mut broker, &mut rng)
+            .unwrap();
         assert!(s.on_bytes(b"Content-length: 99999\r\n", &mut broker, &mut rng).is_err());
     }
 }

@@ -140,7 +140,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [200, 300, 301, 302, 303, 310, 500, 501, 502, 506, 507, 509, 518, 520, 521, 522, 530, 1200, 404] {
+        for c in [
+            200, 300, 301, 302, 303, 310, 500, 501, 502, 506, 507, 509, 518, 520, 521, 522, 530, 1200, 404,
+        ] {
             assert_eq!(StatusCode::from_code(c).code(), c);
         }
         assert_eq!(StatusCode::from_code(1200), StatusCode::Redirect(1200));

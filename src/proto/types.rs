@@ -110,7 +110,11 @@ impl FromStr for HostType {
         match s.to_ascii_lowercase().as_str() {
             "host" => Ok(Self::Host),
             "router" => Ok(Self::Router),
-            _ => Err(UnknownKeyword { what: "host type", value: s.to_owned(), expected: "host, router" }),
+            _ => Err(UnknownKeyword {
+                what: "host type",
+                value: s.to_owned(),
+                expected: "host, router",
+            }),
         }
     }
 }
@@ -128,8 +132,13 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    pub const ALL: [AuthMethod; 5] =
-        [Self::Anonymous, Self::Any, Self::PassDss3Des1, Self::DigestMd5, Self::Plain];
+    pub const ALL: [AuthMethod; 5] = [
+        Self::Anonymous,
+        Self::Any,
+        Self::PassDss3Des1,
+        Self::DigestMd5,
+        Self::Plain,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -218,11 +227,14 @@ impl fmt::Display for Version {
 impl FromStr for Version {
     type Err = UnknownKeyword;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::FALLBACK.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownKeyword {
-            what: "TSP version",
-            value: s.to_owned(),
-            expected: "2.0.2, 2.0.1, 2.0.0, 1.0.1",
-        })
+        Self::FALLBACK
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownKeyword {
+                what: "TSP version",
+                value: s.to_owned(),
+                expected: "2.0.2, 2.0.1, 2.0.0, 1.0.1",
+            })
     }
 }
 
@@ -243,8 +255,7 @@ mod tests {
 
     #[test]
     fn version_fallback_chain() {
-        let chain: Vec<_> =
-            std::iter::successors(Some(Version::V2_0_2), |v| v.older()).collect();
+        let chain: Vec<_> = std::iter::successors(Some(Version::V2_0_2), |v| v.older()).collect();
         assert_eq!(chain, Version::FALLBACK);
         assert!(!Version::V1_0_1.sends_accept());
         assert!(!Version::V1_0_1.supports_mode(TunnelMode::V6UdpV4));

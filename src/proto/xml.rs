@@ -261,19 +261,12 @@ pub fn build_create(req: &CreateRequest) -> String {
         };
         push_all(
             &mut out,
-            &[
-                "  <router>\r\n   <prefix length=\"",
-                &len.to_string(),
-                "\"/>\r\n",
-            ],
+            &["  <router>\r\n   <prefix length=\"", &len.to_string(), "\"/>\r\n"],
         );
         if !router.dns_names.is_empty() {
             out.push_str("   <dns_server>\r\n");
             for name in &router.dns_names {
-                push_all(
-                    &mut out,
-                    &["     <address type=\"dn\">", name, "</address>\r\n"],
-                );
+                push_all(&mut out, &["     <address type=\"dn\">", name, "</address>\r\n"]);
             }
             out.push_str("   </dns_server>\r\n");
         }
@@ -305,10 +298,7 @@ pub fn build_info(offer: &Offer) -> String {
     push_address(&mut out, "  ", IpAddr::V4(offer.client_v4), true);
     push_address(&mut out, "  ", IpAddr::V6(offer.client_v6), true);
     if let Some(name) = &offer.client_dns_name {
-        push_all(
-            &mut out,
-            &["  <address type=\"dn\">", name, "</address>\r\n"],
-        );
+        push_all(&mut out, &["  <address type=\"dn\">", name, "</address>\r\n"]);
     }
     if let Some(dns) = offer.client_dns_server {
         out.push_str("  <dns_server>\r\n");
@@ -330,11 +320,7 @@ pub fn build_info(offer: &Offer) -> String {
     if let Some(ka) = offer.keepalive {
         push_all(
             &mut out,
-            &[
-                "  <keepalive interval=\"",
-                &ka.interval.to_string(),
-                "\">\r\n",
-            ],
+            &["  <keepalive interval=\"", &ka.interval.to_string(), "\">\r\n"],
         );
         push_address(&mut out, "   ", ka.address, true);
         out.push_str("  </keepalive>\r\n");
@@ -354,9 +340,7 @@ pub fn build_redirect(brokers: &[BrokerAddr]) -> String {
         match broker {
             BrokerAddr::V4(a) => push_address(&mut out, "  ", IpAddr::V4(*a), false),
             BrokerAddr::V6(a) => push_address(&mut out, "  ", IpAddr::V6(*a), false),
-            BrokerAddr::Name(n) => {
-                push_all(&mut out, &["  <address type=\"dn\">", n, "</address>\r\n"])
-            }
+            BrokerAddr::Name(n) => push_all(&mut out, &["  <address type=\"dn\">", n, "</address>\r\n"]),
         }
     }
     out.push_str(" </broker>\r\n</tunnel>\r\n");
@@ -456,11 +440,7 @@ pub fn redirect_try_order(document_order: &[BrokerAddr]) -> Vec<BrokerAddr> {
             kind == want
         })
     };
-    of_kind(0)
-        .chain(of_kind(1))
-        .chain(of_kind(2))
-        .cloned()
-        .collect()
+    of_kind(0).chain(of_kind(1)).chain(of_kind(2)).cloned().collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,12 +485,7 @@ pub fn parse_create(xml: &[u8]) -> Result<CreateRequest, XmlError> {
     };
     let keepalive = match client.child("keepalive") {
         None => None,
-        Some(ka) => Some(number_attr(
-            ka,
-            "keepalive",
-            "interval",
-            "keepalive interval",
-        )?),
+        Some(ka) => Some(number_attr(ka, "keepalive", "interval", "keepalive interval")?),
     };
     let router = match client.child("router") {
         None => None,
@@ -533,10 +508,7 @@ pub fn parse_create(xml: &[u8]) -> Result<CreateRequest, XmlError> {
                     dns_names.push(name.to_owned());
                 }
             }
-            Some(RouterRequest {
-                prefix_len,
-                dns_names,
-            })
+            Some(RouterRequest { prefix_len, dns_names })
         }
     };
     Ok(CreateRequest {
@@ -589,9 +561,7 @@ pub fn parse_info(body: &[u8]) -> Result<Offer, XmlError> {
         }
     };
     let client_dns_server = match client.child("dns_server") {
-        Some(dns) if dns.addresses("ipv6").next().is_some() => {
-            Some(v6_address(dns, "<client><dns_server>")?)
-        }
+        Some(dns) if dns.addresses("ipv6").next().is_some() => Some(v6_address(dns, "<client><dns_server>")?),
         _ => None,
     };
 
@@ -600,25 +570,21 @@ pub fn parse_info(body: &[u8]) -> Result<Offer, XmlError> {
         Some(p) => {
             let text = p.text("<prefix>")?;
             let (addr, max) = if mode == TunnelMode::V4V6 {
-                let a = text
-                    .parse::<Ipv4Addr>()
-                    .map_err(|_| XmlError::InvalidAddress {
-                        element: "<prefix>",
-                        family: "IPv4",
-                        value: text.to_owned(),
-                    })?;
+                let a = text.parse::<Ipv4Addr>().map_err(|_| XmlError::InvalidAddress {
+                    element: "<prefix>",
+                    family: "IPv4",
+                    value: text.to_owned(),
+                })?;
                 (IpAddr::V4(a), 32)
             } else {
                 if !is_fully_expanded(text) {
                     return Err(XmlError::PrefixNotExpanded(text.to_owned()));
                 }
-                let a = text
-                    .parse::<Ipv6Addr>()
-                    .map_err(|_| XmlError::InvalidAddress {
-                        element: "<prefix>",
-                        family: "IPv6",
-                        value: text.to_owned(),
-                    })?;
+                let a = text.parse::<Ipv6Addr>().map_err(|_| XmlError::InvalidAddress {
+                    element: "<prefix>",
+                    family: "IPv6",
+                    value: text.to_owned(),
+                })?;
                 (IpAddr::V6(a), 128)
             };
             Some(OfferedPrefix {
@@ -638,22 +604,14 @@ pub fn parse_info(body: &[u8]) -> Result<Offer, XmlError> {
                 .iter()
                 .find(|c| {
                     c.name == "address"
-                        && c.attr("type").is_some_and(|t| {
-                            t.eq_ignore_ascii_case("ipv6") || t.eq_ignore_ascii_case("ipv4")
-                        })
+                        && c.attr("type")
+                            .is_some_and(|t| t.eq_ignore_ascii_case("ipv6") || t.eq_ignore_ascii_case("ipv4"))
                 })
                 .ok_or(XmlError::MissingAddress {
                     element: "<keepalive>",
-                    family: if mode == TunnelMode::V4V6 {
-                        "IPv4"
-                    } else {
-                        "IPv6"
-                    },
+                    family: if mode == TunnelMode::V4V6 { "IPv4" } else { "IPv6" },
                 })?;
-            let address = if target
-                .attr("type")
-                .is_some_and(|t| t.eq_ignore_ascii_case("ipv4"))
-            {
+            let address = if target.attr("type").is_some_and(|t| t.eq_ignore_ascii_case("ipv4")) {
                 IpAddr::V4(parse_v4(target, "<keepalive>")?)
             } else {
                 IpAddr::V6(parse_v6(target, "<keepalive>")?)
@@ -734,32 +692,24 @@ fn tunnel_type(root: &Element) -> Result<TunnelMode, XmlError> {
         element: "tunnel",
         attribute: "type",
     })?;
-    value
-        .parse()
-        .map_err(|_| XmlError::UnknownMode(value.to_owned()))
+    value.parse().map_err(|_| XmlError::UnknownMode(value.to_owned()))
 }
 
 /// The first IPv4 `<address>` child of `parent`, which must exist.
 fn v4_address(parent: &Element, label: &'static str) -> Result<Ipv4Addr, XmlError> {
-    let el = parent
-        .addresses("ipv4")
-        .next()
-        .ok_or(XmlError::MissingAddress {
-            element: label,
-            family: "IPv4",
-        })?;
+    let el = parent.addresses("ipv4").next().ok_or(XmlError::MissingAddress {
+        element: label,
+        family: "IPv4",
+    })?;
     parse_v4(el, label)
 }
 
 /// The first IPv6 `<address>` child of `parent`, which must exist.
 fn v6_address(parent: &Element, label: &'static str) -> Result<Ipv6Addr, XmlError> {
-    let el = parent
-        .addresses("ipv6")
-        .next()
-        .ok_or(XmlError::MissingAddress {
-            element: label,
-            family: "IPv6",
-        })?;
+    let el = parent.addresses("ipv6").next().ok_or(XmlError::MissingAddress {
+        element: label,
+        family: "IPv6",
+    })?;
     parse_v6(el, label)
 }
 
@@ -859,10 +809,7 @@ impl Element {
     }
 
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     fn child(&self, name: &str) -> Option<&Element> {
@@ -871,11 +818,9 @@ impl Element {
 
     /// `<address>` children whose `type` is `family` (case-insensitive), in order.
     fn addresses<'a>(&'a self, family: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
-        self.children.iter().filter(move |c| {
-            c.name == "address"
-                && c.attr("type")
-                    .is_some_and(|t| t.eq_ignore_ascii_case(family))
-        })
+        self.children
+            .iter()
+            .filter(move |c| c.name == "address" && c.attr("type").is_some_and(|t| t.eq_ignore_ascii_case(family)))
     }
 
     /// The text of a leaf element.
@@ -889,8 +834,7 @@ impl Element {
 }
 
 fn is_blank(text: &str) -> bool {
-    text.bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// Parses a whole document into its root element, which must be `<tunnel>`. Work is bounded
@@ -1070,10 +1014,7 @@ mod tests {
             xml,
             "<tunnel action=\"create\" type=\"v6anyv4\" proxy=\"no\">\r\n <client>\r\n  <address type=\"ipv4\">192.168.1.10</address>\r\n  <keepalive interval=\"30\">\r\n    <address type=\"ipv6\">::</address>\r\n  </keepalive>\r\n </client>\r\n</tunnel>\r\n"
         );
-        assert_eq!(
-            build_create(&host_create("192.0.2.1", TunnelMode::V6AnyV4)).len(),
-            214
-        );
+        assert_eq!(build_create(&host_create("192.0.2.1", TunnelMode::V6AnyV4)).len(), 214);
     }
 
     #[test]
@@ -1173,10 +1114,7 @@ mod tests {
                 attribute: "action"
             })
         );
-        assert_eq!(
-            with("v6udpv4", "v6v5"),
-            Err(XmlError::UnknownMode("v6v5".into()))
-        );
+        assert_eq!(with("v6udpv4", "v6v5"), Err(XmlError::UnknownMode("v6v5".into())));
         assert!(matches!(
             with("\"no\"", "\"maybe\""),
             Err(XmlError::InvalidAttribute { .. })
@@ -1213,18 +1151,13 @@ mod tests {
                 &format!("  </keepalive>\r\n  <router>{body}</router>\r\n"),
             )
         };
-        assert_eq!(
-            router(""),
-            Err(XmlError::MissingElement("<prefix> inside <router>"))
-        );
+        assert_eq!(router(""), Err(XmlError::MissingElement("<prefix> inside <router>")));
         assert!(matches!(
             router("<prefix length=\"129\"/>"),
             Err(XmlError::InvalidPrefixLength { .. })
         ));
         assert!(matches!(
-            router(
-                "<prefix length=\"64\"/><dns_server><address type=\"dn\">bad name</address></dns_server>"
-            ),
+            router("<prefix length=\"64\"/><dns_server><address type=\"dn\">bad name</address></dns_server>"),
             Err(XmlError::InvalidHostname { .. })
         ));
     }
@@ -1239,14 +1172,8 @@ mod tests {
         let router = format!("200 Success\r\n{}", build_info(&offer_router()));
         assert_eq!(router.len(), 747);
         assert_eq!(router, OFFER_ROUTER);
-        assert_eq!(
-            parse_info(info_body(OFFER_HOST).as_bytes()),
-            Ok(offer_host())
-        );
-        assert_eq!(
-            parse_info(info_body(OFFER_ROUTER).as_bytes()),
-            Ok(offer_router())
-        );
+        assert_eq!(parse_info(info_body(OFFER_HOST).as_bytes()), Ok(offer_host()));
+        assert_eq!(parse_info(info_body(OFFER_ROUTER).as_bytes()), Ok(offer_router()));
     }
 
     #[test]
@@ -1306,10 +1233,7 @@ mod tests {
                 "<address type=\"ipv4\">192.0.2.6</address>\r\n  </keepalive>",
             );
         let offer = parse_info(info_body(&xml).as_bytes()).unwrap();
-        assert_eq!(
-            offer.client_dns_name.as_deref(),
-            Some("johnsmith.broker.example.net")
-        );
+        assert_eq!(offer.client_dns_name.as_deref(), Some("johnsmith.broker.example.net"));
         assert_eq!(
             offer.prefix,
             Some(OfferedPrefix {
@@ -1317,10 +1241,7 @@ mod tests {
                 len: 24
             })
         );
-        assert_eq!(
-            offer.keepalive.unwrap().address,
-            IpAddr::V4(v4("192.0.2.6"))
-        );
+        assert_eq!(offer.keepalive.unwrap().address, IpAddr::V4(v4("192.0.2.6")));
     }
 
     #[test]
@@ -1333,18 +1254,9 @@ mod tests {
         let p = |s: &str| parse_info(s.as_bytes());
         assert_eq!(p(""), Err(XmlError::NoRoot));
         assert_eq!(p(" \r\n"), Err(XmlError::NoRoot));
-        assert_eq!(
-            p("<info type=\"v6v4\"/>"),
-            Err(XmlError::WrongRoot("info".into()))
-        );
-        assert_eq!(
-            with("v6v4", "v6anyv4"),
-            Err(XmlError::NotConcrete(TunnelMode::V6AnyV4))
-        );
-        assert_eq!(
-            with("v6v4", "ipip"),
-            Err(XmlError::UnknownMode("ipip".into()))
-        );
+        assert_eq!(p("<info type=\"v6v4\"/>"), Err(XmlError::WrongRoot("info".into())));
+        assert_eq!(with("v6v4", "v6anyv4"), Err(XmlError::NotConcrete(TunnelMode::V6AnyV4)));
+        assert_eq!(with("v6v4", "ipip"), Err(XmlError::UnknownMode("ipip".into())));
         assert_eq!(
             with(" type=\"v6v4\"", ""),
             Err(XmlError::MissingAttribute {
@@ -1352,10 +1264,7 @@ mod tests {
                 attribute: "type"
             })
         );
-        assert!(matches!(
-            with("604800", "1 week"),
-            Err(XmlError::InvalidNumber { .. })
-        ));
+        assert!(matches!(with("604800", "1 week"), Err(XmlError::InvalidNumber { .. })));
         // Each endpoint address missing or malformed.
         assert_eq!(
             with("  <address type=\"ipv4\">192.0.2.6</address>\r\n", ""),
@@ -1373,10 +1282,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            with(
-                ">2001:0db8:4000:0000:0000:0000:0000:0004<",
-                ">2001:db8::4 <"
-            ),
+            with(">2001:0db8:4000:0000:0000:0000:0000:0004<", ">2001:db8::4 <"),
             Err(XmlError::InvalidAddress {
                 element: "<server>",
                 family: "IPv6",
@@ -1392,10 +1298,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            with(
-                ">2001:0db8:4000:0000:0000:0000:0000:0005<",
-                ">fe80::1%eth0<"
-            ),
+            with(">2001:0db8:4000:0000:0000:0000:0000:0005<", ">fe80::1%eth0<"),
             Err(XmlError::InvalidAddress {
                 element: "<client>",
                 family: "IPv6",
@@ -1416,16 +1319,10 @@ mod tests {
             with(">192.0.2.1<", "><b>192.0.2.1</b><"),
             Err(XmlError::NotText("<client>"))
         );
-        assert!(matches!(
-            with("<server>", "<srv>"),
-            Err(XmlError::Malformed { .. })
-        ));
+        assert!(matches!(with("<server>", "<srv>"), Err(XmlError::Malformed { .. })));
         // Prefix: compressed, bad length.
         assert_eq!(
-            with(
-                "2001:0db8:4000:1200:0000:0000:0000:0000",
-                "2001:db8:4000:1200::"
-            ),
+            with("2001:0db8:4000:1200:0000:0000:0000:0000", "2001:db8:4000:1200::"),
             Err(XmlError::PrefixNotExpanded("2001:db8:4000:1200::".into()))
         );
         for bad in ["0", "129", "x", "", "+56", "00000000000000000056"] {
@@ -1484,10 +1381,7 @@ mod tests {
     fn forbidden_markup_and_limits() {
         let body = info_body(OFFER_HOST);
         let inject = |what: &str| parse_info(body.replacen(" <server>", what, 1).as_bytes());
-        assert_eq!(
-            inject("<!-- hi --> <server>"),
-            Err(XmlError::Forbidden("comments"))
-        );
+        assert_eq!(inject("<!-- hi --> <server>"), Err(XmlError::Forbidden("comments")));
         assert_eq!(
             inject(" <server><![CDATA[x]]>"),
             Err(XmlError::Forbidden("CDATA sections"))
@@ -1505,10 +1399,7 @@ mod tests {
             Err(XmlError::Forbidden("entity or character references"))
         );
         assert_eq!(
-            parse_info(
-                body.replacen("type=\"v6udpv4\"", "type=\"v6&amp;v4\"", 1)
-                    .as_bytes()
-            ),
+            parse_info(body.replacen("type=\"v6udpv4\"", "type=\"v6&amp;v4\"", 1).as_bytes()),
             Err(XmlError::Forbidden("entity or character references"))
         );
         let with_prefix = |p: &str| parse_info(format!("{p}{body}").as_bytes());
@@ -1541,17 +1432,11 @@ mod tests {
             Err(XmlError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_info(
-                body.replacen("type=\"v6udpv4\"", "type=v6udpv4", 1)
-                    .as_bytes()
-            ),
+            parse_info(body.replacen("type=\"v6udpv4\"", "type=v6udpv4", 1).as_bytes()),
             Err(XmlError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_info(
-                body.replacen("type=\"v6udpv4\"", "type=\"a\" type=\"b\"", 1)
-                    .as_bytes()
-            ),
+            parse_info(body.replacen("type=\"v6udpv4\"", "type=\"a\" type=\"b\"", 1).as_bytes()),
             Err(XmlError::Malformed { .. })
         ));
         assert_eq!(parse_info(b"<tunnel \xff/>"), Err(XmlError::NotUtf8));
@@ -1567,10 +1452,7 @@ mod tests {
         assert_eq!(nest(9), Err(XmlError::TooDeep { max: MAX_DEPTH }));
         // A deeply nested bomb fails on the depth limit, not after building anything big.
         let bomb = "<tunnel>".to_string() + &"<a>".repeat(1000);
-        assert_eq!(
-            parse_info(bomb.as_bytes()),
-            Err(XmlError::TooDeep { max: MAX_DEPTH })
-        );
+        assert_eq!(parse_info(bomb.as_bytes()), Err(XmlError::TooDeep { max: MAX_DEPTH }));
         // Element count.
         let many = |n: usize| format!("<tunnel>{}</tunnel>", "<a/>".repeat(n));
         assert_eq!(
@@ -1640,10 +1522,7 @@ mod tests {
         let doc = |entries: &str| format!("<tunnel><broker>{entries}</broker></tunnel>");
         let p = |entries: &str| parse_redirect(doc(entries).as_bytes());
         assert_eq!(p(""), Err(XmlError::NoBrokers));
-        assert_eq!(
-            p("<address type=\"ns\">x.example</address>"),
-            Err(XmlError::NoBrokers)
-        );
+        assert_eq!(p("<address type=\"ns\">x.example</address>"), Err(XmlError::NoBrokers));
         assert_eq!(parse_redirect(b"<tunnel/>"), Err(XmlError::NoBrokers));
         let entry = "<address type=\"ipv4\">192.0.2.1</address>";
         assert_eq!(p(&entry.repeat(50)).map(|l| l.len()), Ok(50));
@@ -1693,18 +1572,12 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            parse_redirect(b"<broker/>"),
-            Err(XmlError::WrongRoot("broker".into()))
-        );
+        assert_eq!(parse_redirect(b"<broker/>"), Err(XmlError::WrongRoot("broker".into())));
     }
 
     #[test]
     fn helpers() {
-        assert_eq!(
-            expand_v6(v6("2001:db8::1")),
-            "2001:0db8:0000:0000:0000:0000:0000:0001"
-        );
+        assert_eq!(expand_v6(v6("2001:db8::1")), "2001:0db8:0000:0000:0000:0000:0000:0001");
         assert_eq!(
             expand_v6(Ipv6Addr::UNSPECIFIED),
             "0000:0000:0000:0000:0000:0000:0000:0000"
@@ -1712,12 +1585,8 @@ mod tests {
         assert!(is_fully_expanded("2001:0DB8:0000:0000:0000:0000:0000:0001"));
         assert!(!is_fully_expanded("2001:db8:0000:0000:0000:0000:0000:0001"));
         assert!(!is_fully_expanded("2001:0db8:0000:0000:0000:0000:0000"));
-        assert!(!is_fully_expanded(
-            "2001:0db8:0000:0000:0000:0000:0000:0001:0000"
-        ));
-        assert!(!is_fully_expanded(
-            "0000:0000:0000:0000:0000:ffff:192.0.2.1"
-        ));
+        assert!(!is_fully_expanded("2001:0db8:0000:0000:0000:0000:0000:0001:0000"));
+        assert!(!is_fully_expanded("0000:0000:0000:0000:0000:ffff:192.0.2.1"));
         assert!(!is_fully_expanded(""));
         assert!(is_valid_hostname("broker.example.net."));
         assert!(is_valid_hostname("localhost"));
@@ -1751,13 +1620,8 @@ mod tests {
             Just(TunnelMode::V6UdpV4),
             Just(TunnelMode::V4V6)
         ];
-        (
-            mode,
-            any::<bool>(),
-            (1u8..=128, any_v6()),
-            (1u8..=32, any_v4()),
-        )
-            .prop_flat_map(|(mode, with_prefix, p6, p4)| {
+        (mode, any::<bool>(), (1u8..=128, any_v6()), (1u8..=32, any_v4())).prop_flat_map(
+            |(mode, with_prefix, p6, p4)| {
                 let prefix = with_prefix.then(|| {
                     if mode == TunnelMode::V4V6 {
                         OfferedPrefix {
@@ -1783,22 +1647,20 @@ mod tests {
                     proptest::option::of(any_v6()),
                     proptest::option::of((any::<u32>(), any_ip())),
                 )
-                    .prop_map(
-                        move |((lifetime, sv4, sv6, cv4, cv6), dn, dns, ka)| Offer {
-                            mode,
-                            lifetime,
-                            server_v4: sv4,
-                            server_v6: sv6,
-                            client_v4: cv4,
-                            client_v6: cv6,
-                            client_dns_name: dn,
-                            client_dns_server: dns,
-                            prefix,
-                            keepalive: ka
-                                .map(|(interval, address)| Keepalive { interval, address }),
-                        },
-                    )
-            })
+                    .prop_map(move |((lifetime, sv4, sv6, cv4, cv6), dn, dns, ka)| Offer {
+                        mode,
+                        lifetime,
+                        server_v4: sv4,
+                        server_v6: sv6,
+                        client_v4: cv4,
+                        client_v6: cv6,
+                        client_dns_name: dn,
+                        client_dns_server: dns,
+                        prefix,
+                        keepalive: ka.map(|(interval, address)| Keepalive { interval, address }),
+                    })
+            },
+        )
     }
 
     fn any_create() -> impl Strategy<Value = CreateRequest> {
@@ -1813,18 +1675,15 @@ mod tests {
             .prop_flat_map(|(mode, proxy, a4, a6, keepalive)| {
                 let v4v6 = mode == TunnelMode::V4V6;
                 let max = if v4v6 { 32 } else { 128 };
-                proptest::option::of((1u8..=max, prop::collection::vec(hostname(), 0..4))).prop_map(
-                    move |router| CreateRequest {
+                proptest::option::of((1u8..=max, prop::collection::vec(hostname(), 0..4))).prop_map(move |router| {
+                    CreateRequest {
                         mode,
                         proxy,
                         client_addr: if v4v6 { IpAddr::V6(a6) } else { IpAddr::V4(a4) },
                         keepalive,
-                        router: router.map(|(prefix_len, dns_names)| RouterRequest {
-                            prefix_len,
-                            dns_names,
-                        }),
-                    },
-                )
+                        router: router.map(|(prefix_len, dns_names)| RouterRequest { prefix_len, dns_names }),
+                    }
+                })
             })
     }
 

@@ -26,7 +26,10 @@ impl HostSettings {
     pub fn default_routes(mode: TunnelMode) -> Vec<(IpAddr, u8)> {
         match mode {
             TunnelMode::V4V6 => vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)],
-            _ => vec![(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), (IpAddr::V6(Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0)), 3)],
+            _ => vec![
+                (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+                (IpAddr::V6(Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0)), 3),
+            ],
         }
     }
 }
@@ -47,7 +50,12 @@ pub fn lan_prefix(offer: &Offer) -> Option<Ipv6Addr> {
 }
 
 /// Configures the tunnel interface `ifindex` for `offer` and, in router mode, the LAN.
-pub async fn configure(nl: &Netlink, ifindex: u32, offer: &Offer, settings: &HostSettings) -> Result<Configured, NetlinkError> {
+pub async fn configure(
+    nl: &Netlink,
+    ifindex: u32,
+    offer: &Offer,
+    settings: &HostSettings,
+) -> Result<Configured, NetlinkError> {
     let mut applied = Applied::default();
     let result = apply(nl, &mut applied, ifindex, offer, settings).await;
     match result {
@@ -70,13 +78,29 @@ async fn apply(
     settings: &HostSettings,
 ) -> Result<Option<(watch::Sender<bool>, JoinHandle<()>)>, NetlinkError> {
     match offer.mode {
-        TunnelMode::V4V6 => applied.apply_address(nl, ifindex, IpAddr::V4(offer.client_v4), 32).await?,
-        _ => applied.apply_address(nl, ifindex, IpAddr::V6(offer.client_v6), 128).await?,
+        TunnelMode::V4V6 => {
+            applied
+                .apply_address(nl, ifindex, IpAddr::V4(offer.client_v4), 32)
+                .await?
+        }
+        _ => {
+            applied
+                .apply_address(nl, ifindex, IpAddr::V6(offer.client_v6), 128)
+                .await?
+        }
     }
     // The broker's tunnel address is reached through the tunnel even without a default route.
     match offer.mode {
-        TunnelMode::V4V6 => applied.apply_route(nl, IpAddr::V4(offer.server_v4), 32, ifindex).await?,
-        _ => applied.apply_route(nl, IpAddr::V6(offer.server_v6), 128, ifindex).await?,
+        TunnelMode::V4V6 => {
+            applied
+                .apply_route(nl, IpAddr::V4(offer.server_v4), 32, ifindex)
+                .await?
+        }
+        _ => {
+            applied
+                .apply_route(nl, IpAddr::V6(offer.server_v6), 128, ifindex)
+                .await?
+        }
     }
     for (dst, len) in &settings.routes {
         applied.apply_route(nl, *dst, *len, ifindex).await?;

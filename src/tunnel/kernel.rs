@@ -45,7 +45,12 @@ pub fn keepalive_only(ifname: &str, keepalive: Keepalive) -> io::Result<Datapath
     sock.bind_device(ifname)?;
     let (stop, stopped) = watch::channel(false);
     let task = Some(tokio::spawn(run(Arc::new(sock), keepalive, stopped)));
-    Ok(Datapath { stop, task, counters: Arc::new(Counters::default()), ifname: ifname.to_owned() })
+    Ok(Datapath {
+        stop,
+        task,
+        counters: Arc::new(Counters::default()),
+        ifname: ifname.to_owned(),
+    })
 }
 
 async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, mut stop: watch::Receiver<bool>) -> Exit {

@@ -6,12 +6,12 @@
 //! is configured (NetworkManager configures them after we report the tunnel) and its replies
 //! never reach the host's stack.
 
+pub mod host;
 pub mod icmp;
 pub mod keepalive;
 pub mod kernel;
 pub mod netlink;
 pub mod ra;
-pub mod host;
 pub mod raw;
 pub mod tundev;
 
@@ -122,7 +122,12 @@ impl Datapath {
         let counters = Arc::new(Counters::default());
         let ifname = tun.name().to_owned();
         let task = Some(tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone())));
-        Self { stop, task, counters, ifname }
+        Self {
+            stop,
+            task,
+            counters,
+            ifname,
+        }
     }
 
     /// A datapath with nothing to do (a kernel link without keepalive): ends when stopped.
@@ -132,13 +137,20 @@ impl Datapath {
             let _ = stopped.changed().await;
             Exit::Stopped
         }));
-        Self { stop, task, counters: Arc::new(Counters::default()), ifname: ifname.to_owned() }
+        Self {
+            stop,
+            task,
+            counters: Arc::new(Counters::default()),
+            ifname: ifname.to_owned(),
+        }
     }
 
     /// Waits until the datapath ends by itself (keepalive death, device failure).
     /// Cancel-safe (usable in `select!`); once it returned, it never resolves again.
     pub async fn finished(&mut self) -> Exit {
-        let Some(task) = self.task.as_mut() else { return std::future::pending().await };
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
         let exit = match task.await {
             Ok(exit) => exit,
             Err(e) => Exit::Failed(io::Error::other(format!("datapath task ended abnormally: {e}"))),
@@ -204,7 +216,9 @@ async fn run(
     let mut down = vec![0u8; BUF];
     let mut ka_out = Vec::with_capacity(128);
     loop {
-        let deadline = keepalive.as_ref().map(|k| tokio::time::Instant::from_std(k.next_deadline()));
+        let deadline = keepalive
+            .as_ref()
+            .map(|k| tokio::time::Instant::from_std(k.next_deadline()));
         tokio::select! {
             r = tun.recv(&mut up) => match r {
                 Ok(n) if valid_inner(&up[..n], v6) => match encap.send(&up[..n]).await {
@@ -269,14 +283,24 @@ pub struct KeepaliveSpec {
 impl KeepaliveSpec {
     pub fn start(&self) -> Keepalive {
         // gogoc used its pid as the echo identifier.
-        Keepalive::new(self.interval, self.target, self.source, std::process::id() as u16, std::time::Instant::now())
+        Keepalive::new(
+            self.interval,
+            self.target,
+            self.source,
+            std::process::id() as u16,
+            std::time::Instant::now(),
+        )
     }
 }
 
 /// A raw encapsulation toward the broker's tunnel endpoint (`remote`: the offer's server
 /// IPv4 address for v6v4, its IPv6 address for v4v6).
 pub fn raw_encap(mode: TunnelMode, remote: IpAddr) -> io::Result<Encap> {
-    let proto = if mode == TunnelMode::V4V6 { raw::IPPROTO_IPV4_IN_IPV6 } else { raw::IPPROTO_IPV6_IN_IPV4 };
+    let proto = if mode == TunnelMode::V4V6 {
+        raw::IPPROTO_IPV4_IN_IPV6
+    } else {
+        raw::IPPROTO_IPV6_IN_IPV4
+    };
     Ok(Encap::Raw(Arc::new(RawSocket::connect(proto, remote)?)))
 }
 
@@ -290,7 +314,12 @@ mod tests {
     async fn stop_after_finished() {
         let (stop, _rx) = watch::channel(false);
         let task = Some(tokio::spawn(async { Exit::KeepaliveDead { misses: 3 } }));
-        let mut dp = Datapath { stop, task, counters: Arc::default(), ifname: "t".into() };
+        let mut dp = Datapath {
+            stop,
+            task,
+            counters: Arc::default(),
+            ifname: "t".into(),
+        };
         assert!(matches!(dp.finished().await, Exit::KeepaliveDead { misses: 3 }));
         assert!(matches!(dp.stop().await, Exit::Stopped));
     }

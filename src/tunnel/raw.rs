@@ -28,7 +28,9 @@ fn sockaddr(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: 0,
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage, which is suitably aligned.
@@ -40,7 +42,9 @@ fn sockaddr(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: 0,
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: as above, for sockaddr_in6.
@@ -74,7 +78,13 @@ impl RawSocket {
         let v6 = peer.is_ipv6();
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol) };
+        let fd = unsafe {
+            libc::socket(
+                family,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -92,7 +102,13 @@ impl RawSocket {
     pub fn open(protocol: i32, v6: bool) -> io::Result<Self> {
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol) };
+        let fd = unsafe {
+            libc::socket(
+                family,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -133,7 +149,11 @@ impl RawSocket {
             .async_io(Interest::WRITABLE, |fd| {
                 // SAFETY: the buffer is valid for pkt.len() bytes.
                 let n = unsafe { libc::send(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
             })
             .await
     }
@@ -145,9 +165,20 @@ impl RawSocket {
             .async_io(Interest::WRITABLE, |fd| {
                 // SAFETY: the buffer is valid for pkt.len() bytes; sa/len form a valid address.
                 let n = unsafe {
-                    libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, &sa as *const _ as *const libc::sockaddr, len)
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        &sa as *const _ as *const libc::sockaddr,
+                        len,
+                    )
                 };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
             })
             .await
     }
@@ -172,16 +203,24 @@ impl RawSocket {
                         &mut len,
                     )
                 };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok((n as usize, from_sockaddr(&storage))) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok((n as usize, from_sockaddr(&storage)))
+                }
             })
             .await?;
-        let from = from.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "raw socket: unknown address family"))?;
+        let from =
+            from.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "raw socket: unknown address family"))?;
         if self.v6 {
             return Ok((0..n, from));
         }
         let ihl = buf.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
         if ihl < 20 || ihl > n {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "raw socket: truncated IPv4 header"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "raw socket: truncated IPv4 header",
+            ));
         }
         Ok((ihl..n, from))
     }

@@ -75,13 +75,24 @@ pub async fn start_broker(toml: &str, key: Option<HostKeyPair>) -> TestBroker {
     };
     let protocol = Broker::server_config(&cfg, key.or_else(|| Some(host_key())));
     let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts), protocol);
-    let running = serve::start(shared, &cfg)
-        .await
-        .expect("broker listens");
-    let addr = running.tcp.first().or(running.udp.first()).copied().expect("a listener");
+    let running = serve::start(shared, &cfg).await.expect("broker listens");
+    let addr = running
+        .tcp
+        .first()
+        .or(running.udp.first())
+        .copied()
+        .expect("a listener");
     // Silent, never read: datagrams to it vanish as behind a filtering firewall.
-    let _udp_hole = if cfg.udp { None } else { std::net::UdpSocket::bind(addr).ok() };
-    TestBroker { running, addr, _udp_hole }
+    let _udp_hole = if cfg.udp {
+        None
+    } else {
+        std::net::UdpSocket::bind(addr).ok()
+    };
+    TestBroker {
+        running,
+        addr,
+        _udp_hole,
+    }
 }
 
 /// Client options with short timers so failing cases end quickly.

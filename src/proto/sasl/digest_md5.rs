@@ -48,10 +48,7 @@ pub fn parse_challenge(line: &[u8]) -> Result<Challenge, SaslError> {
         return Err(SaslError::MalformedChallenge("empty nonce"));
     }
     let qop = find(&dirs, "qop");
-    let offers_auth = |q: &str| {
-        q.split(',')
-            .any(|v| v.trim().eq_ignore_ascii_case(QOP_AUTH))
-    };
+    let offers_auth = |q: &str| q.split(',').any(|v| v.trim().eq_ignore_ascii_case(QOP_AUTH));
     if qop.is_some_and(|q| !offers_auth(q)) {
         return Err(SaslError::UnsupportedQop);
     }
@@ -71,25 +68,11 @@ pub fn parse_challenge(line: &[u8]) -> Result<Challenge, SaslError> {
 /// user wrote them): the digest-uri is `tsp/<server>`. `cnonce` is gogoc's decimal Unix time;
 /// any string without `"` works. When the challenge has no `charset`, the directive is left
 /// out (gogoc would print `charset=(null)`).
-pub fn client_response(
-    ch: &Challenge,
-    user: &str,
-    password: &Secret,
-    server: &str,
-    cnonce: &str,
-) -> (Vec<u8>, String) {
+pub fn client_response(ch: &Challenge, user: &str, password: &Secret, server: &str, cnonce: &str) -> (Vec<u8>, String) {
     let realm = ch.realm.as_deref().unwrap_or("");
     let digest_uri = format!("tsp/{server}");
     let h = ha1(user, realm, password);
-    let response = digest(
-        &h,
-        &ch.nonce,
-        cnonce,
-        NC,
-        QOP_AUTH,
-        METHOD_AUTHENTICATE,
-        &digest_uri,
-    );
+    let response = digest(&h, &ch.nonce, cnonce, NC, QOP_AUTH, METHOD_AUTHENTICATE, &digest_uri);
     let rspauth = digest(&h, &ch.nonce, cnonce, NC, QOP_AUTH, "", &digest_uri);
     let mut text = String::new();
     if let Some(cs) = &ch.charset {
@@ -291,10 +274,7 @@ pub fn verify_response(
         METHOD_AUTHENTICATE,
         &resp.digest_uri,
     );
-    if !ct_eq(
-        resp.response.to_ascii_lowercase().as_bytes(),
-        expected.as_bytes(),
-    ) {
+    if !ct_eq(resp.response.to_ascii_lowercase().as_bytes(), expected.as_bytes()) {
         return Err(SaslError::WrongPassword);
     }
     let rspauth = digest(
@@ -408,9 +388,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn b64(s: &str) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .encode(s)
-            .into_bytes()
+        base64::engine::general_purpose::STANDARD.encode(s).into_bytes()
     }
 
     #[test]
@@ -443,7 +421,8 @@ mod tests {
         );
     }
 
-    const CHALLENGE_B64: &str = "cmVhbG09ImhleG9zIixub25jZT0iMTExMzkwODk2OCIscW9wPSJhdXRoIixhbGdvcml0aG09bWQ1LXNlc3MsY2hhcnNldD11dGY4";
+    const CHALLENGE_B64: &str =
+        "cmVhbG09ImhleG9zIixub25jZT0iMTExMzkwODk2OCIscW9wPSJhdXRoIixhbGdvcml0aG09bWQ1LXNlc3MsY2hhcnNldD11dGY4";
     const RESPONSE_B64: &str = "Y2hhcnNldD11dGY4LHVzZXJuYW1lPSJ1c2VyMSIscmVhbG09ImhleG9zIixub25jZT0iMTExMzkwODk2OCIsbmM9MDAwMDAwMDEsY25vbmNlPSIxMTEzOTIzNzg3IixkaWdlc3QtdXJpPSJ0c3AvYnJva2VyLmZyZWVuZXQ2Lm5ldCIscmVzcG9uc2U9ZTdkNDFiYTY1Yzk0ZWY2M2ViMTU4MTdhODQ4MjgxZGEscW9wPWF1dGg=";
     const RSPAUTH_B64: &str = "cnNwYXV0aD00MWYzMzg0YmNkODI0ZDExODk3NDNiNTBlM2JjYjc4Ng==";
 
@@ -511,10 +490,7 @@ mod tests {
             parse_challenge(&b64("nonce=\"1")),
             Err(SaslError::MalformedChallenge("unterminated quoted value"))
         );
-        assert_eq!(
-            parse_challenge(b"not base64!\r\n"),
-            Err(SaslError::BadBase64)
-        );
+        assert_eq!(parse_challenge(b"not base64!\r\n"), Err(SaslError::BadBase64));
         assert!(matches!(
             parse_challenge(b"300 Authentication failed\r\n"),
             Err(SaslError::Refused(s)) if s == "300 Authentication failed"
@@ -538,10 +514,7 @@ mod tests {
             check_rspauth(&b64("rspauth=41f3384bcd824d1189743b50e3bcb787"), expected),
             Err(SaslError::WrongRspauth)
         );
-        assert_eq!(
-            check_rspauth(&b64("foo=bar"), expected),
-            Err(SaslError::MissingRspauth)
-        );
+        assert_eq!(check_rspauth(&b64("foo=bar"), expected), Err(SaslError::MissingRspauth));
         assert_eq!(
             check_rspauth(b"200 Success\r\n", expected),
             Err(SaslError::MissingRspauth)
@@ -590,9 +563,7 @@ mod tests {
     fn response_errors() {
         assert_eq!(
             parse_response(&b64("nonce=\"1\"")),
-            Err(SaslError::MalformedResponse(
-                "DIGEST-MD5 response has no username"
-            ))
+            Err(SaslError::MalformedResponse("DIGEST-MD5 response has no username"))
         );
         let long = format!(
             "username=\"{}\",nonce=\"1\",cnonce=\"2\",nc=00000001,digest-uri=\"tsp/x\",response=00",

@@ -50,14 +50,9 @@ impl Mechanism {
 
     /// Parses a mechanism name; case-insensitive like gogoc's `AUTH=` comparison.
     pub fn from_wire(name: &str) -> Option<Self> {
-        [
-            Self::Anonymous,
-            Self::Plain,
-            Self::DigestMd5,
-            Self::PassDss3Des1,
-        ]
-        .into_iter()
-        .find(|m| m.wire_name().eq_ignore_ascii_case(name))
+        [Self::Anonymous, Self::Plain, Self::DigestMd5, Self::PassDss3Des1]
+            .into_iter()
+            .find(|m| m.wire_name().eq_ignore_ascii_case(name))
     }
 
     /// The exact `AUTHENTICATE <NAME>\r\n\0` bytes gogoc sends; the trailing NUL is part of
@@ -104,9 +99,7 @@ pub enum SaslError {
     #[error("the broker's DIGEST-MD5 reply carries no rspauth value")]
     MissingRspauth,
     /// `rspauth` differs from the value computed from our password.
-    #[error(
-        "the broker could not prove it knows the password (wrong rspauth): wrong password or an impostor"
-    )]
+    #[error("the broker could not prove it knows the password (wrong rspauth): wrong password or an impostor")]
     WrongRspauth,
     /// A client message (PLAIN, DIGEST-MD5 response, PASSDSS message) is malformed.
     #[error("malformed authentication message from the client: {0}")]
@@ -136,9 +129,7 @@ pub enum SaslError {
     #[error("the broker's host key is invalid: {0}")]
     BadHostKey(&'static str),
     /// PASSDSS: the DSA signature over the exchange hash does not verify.
-    #[error(
-        "the broker's signature does not verify: the message was altered or the broker is an impostor"
-    )]
+    #[error("the broker's signature does not verify: the message was altered or the broker is an impostor")]
     BadSignature,
     /// PASSDSS: a Diffie-Hellman public value is outside `(1, p-1)`.
     #[error("Diffie-Hellman value out of range")]
@@ -283,10 +274,7 @@ mod tests {
         ] {
             let line = m.authenticate_line();
             assert!(line.ends_with(b"\r\n\0"));
-            assert_eq!(
-                line,
-                format!("AUTHENTICATE {}\r\n\0", m.wire_name()).as_bytes()
-            );
+            assert_eq!(line, format!("AUTHENTICATE {}\r\n\0", m.wire_name()).as_bytes());
             assert_eq!(Mechanism::from_wire(&m.wire_name().to_lowercase()), Some(m));
         }
         assert_eq!(Mechanism::from_wire("CRAM-MD5"), None);

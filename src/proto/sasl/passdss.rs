@@ -32,8 +32,7 @@ use crate::secret::Secret;
 
 /// RFC 2409 Oakley group 2 (1024-bit MODP) prime; the generator is 2.
 const DH_P_HEX: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7EDEE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF";
-static DH_P: LazyLock<BigUint> =
-    LazyLock::new(|| BigUint::parse_bytes(DH_P_HEX.as_bytes(), 16).unwrap_or_default());
+static DH_P: LazyLock<BigUint> = LazyLock::new(|| BigUint::parse_bytes(DH_P_HEX.as_bytes(), 16).unwrap_or_default());
 const DH_G: u32 = 2;
 /// Private DH exponents: 256 random bits, twice the ~80-bit strength of the group.
 const DH_SECRET_BYTES: usize = 32;
@@ -75,11 +74,7 @@ pub fn put_bn(out: &mut Vec<u8>, n: &BigUint) {
 }
 
 fn bn_magnitude(n: &BigUint) -> Vec<u8> {
-    if n.is_zero() {
-        Vec::new()
-    } else {
-        n.to_bytes_be()
-    }
+    if n.is_zero() { Vec::new() } else { n.to_bytes_be() }
 }
 
 /// `u32 width ‖ n left-padded with zeros to width` (the broker's r and s).
@@ -115,10 +110,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SaslError> {
-        let (head, tail) = self
-            .buf
-            .split_at_checked(n)
-            .ok_or_else(|| (self.err)(what))?;
+        let (head, tail) = self.buf.split_at_checked(n).ok_or_else(|| (self.err)(what))?;
         self.buf = tail;
         Ok(head)
     }
@@ -254,14 +246,10 @@ impl PublicHostKey {
         let one = BigUint::one();
         let (p, q, g, y) = (&self.p, &self.q, &self.g, &self.y);
         if !(1024..=3072).contains(&p.bits()) || !p.bit(0) {
-            return Err(SaslError::BadHostKey(
-                "prime p must be odd and have 1024 to 3072 bits",
-            ));
+            return Err(SaslError::BadHostKey("prime p must be odd and have 1024 to 3072 bits"));
         }
         if !(160..=256).contains(&q.bits()) {
-            return Err(SaslError::BadHostKey(
-                "subgroup order q must have 160 to 256 bits",
-            ));
+            return Err(SaslError::BadHostKey("subgroup order q must have 160 to 256 bits"));
         }
         if !((p - 1u32) % q).is_zero() {
             return Err(SaslError::BadHostKey("q does not divide p-1"));
@@ -270,9 +258,7 @@ impl PublicHostKey {
             return Err(SaslError::BadHostKey("generator g is not of order q"));
         }
         if *y <= one || y >= p || !y.modpow(q, p).is_one() {
-            return Err(SaslError::BadHostKey(
-                "public value y is not in the subgroup",
-            ));
+            return Err(SaslError::BadHostKey("public value y is not in the subgroup"));
         }
         Ok(())
     }
@@ -341,11 +327,7 @@ pub fn check_known_hosts(text: &str, host: &str, key: &PublicHostKey) -> Trust {
         let Ok(stored) = PublicHostKey::from_blob(&blob) else {
             continue;
         };
-        verdict = if stored == *key {
-            Trust::Known
-        } else {
-            Trust::Mismatch
-        };
+        verdict = if stored == *key { Trust::Known } else { Trust::Mismatch };
     }
     verdict
 }
@@ -397,10 +379,7 @@ impl HostKeyPair {
         for _ in 0..4 {
             #[allow(deprecated)] // 1024/160 is weak, but it is what gogoc speaks.
             let size = dsa::KeySize::DSA_1024_160;
-            let Ok(c) = dsa::Components::try_generate_from_rng_with_key_size(
-                &mut RngBridge(&mut *rng),
-                size,
-            );
+            let Ok(c) = dsa::Components::try_generate_from_rng_with_key_size(&mut RngBridge(&mut *rng), size);
             let p = BigUint::from_bytes_be(&c.p().to_be_bytes());
             let q = BigUint::from_bytes_be(&c.q().to_be_bytes());
             let g = BigUint::from_bytes_be(&c.g().to_be_bytes());
@@ -472,17 +451,12 @@ impl HostKeyPair {
                 _ => return Err(SaslError::BadKeyFile("unknown label")),
             };
             let hex = hex.trim();
-            if hex.is_empty()
-                || hex.len() > MAX_DSA_BYTES * 2
-                || !hex.bytes().all(|b| b.is_ascii_hexdigit())
-            {
+            if hex.is_empty() || hex.len() > MAX_DSA_BYTES * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(SaslError::BadKeyFile("value is not a hex number"));
             }
-            let n = BigUint::parse_bytes(hex.as_bytes(), 16)
-                .ok_or(SaslError::BadKeyFile("value is not a hex number"))?;
-            let entry = vals
-                .get_mut(slot)
-                .ok_or(SaslError::BadKeyFile("unknown label"))?;
+            let n =
+                BigUint::parse_bytes(hex.as_bytes(), 16).ok_or(SaslError::BadKeyFile("value is not a hex number"))?;
+            let entry = vals.get_mut(slot).ok_or(SaslError::BadKeyFile("unknown label"))?;
             if entry.replace(n).is_some() {
                 return Err(SaslError::BadKeyFile("duplicate label"));
             }
@@ -660,10 +634,7 @@ fn is_b64_char(b: u8) -> bool {
 /// Decodes the whole 4-character groups among the valid base64 characters at the start of
 /// `buf`. Returns the decoded bytes and the number of valid characters.
 fn decode_prefix(buf: &[u8], max_chars: usize) -> Option<(Vec<u8>, usize)> {
-    let valid = buf
-        .iter()
-        .position(|&b| !is_b64_char(b))
-        .unwrap_or(buf.len());
+    let valid = buf.iter().position(|&b| !is_b64_char(b)).unwrap_or(buf.len());
     let quads = valid.min(max_chars) / 4 * 4;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(buf.get(..quads)?)
@@ -801,9 +772,7 @@ pub fn parse_server_message(b64: &[u8]) -> Result<ServerMessage, SaslError> {
     rd.finish("trailing bytes after the signature")?;
     let mut sr = Reader::new(sig, SaslError::MalformedServerMessage);
     if sr.string("truncated signature type")? != SSH_DSS {
-        return Err(SaslError::MalformedServerMessage(
-            "signature type is not ssh-dss",
-        ));
+        return Err(SaslError::MalformedServerMessage("signature type is not ssh-dss"));
     }
     let r = sr.bn(MAX_Q_BYTES, "signature value r")?;
     let s = sr.bn(MAX_Q_BYTES, "signature value s")?;
@@ -960,11 +929,7 @@ impl ServerExchange {
 
     /// Decrypts msg2 (base64, CRLF tolerated), checks the PKCS#7 padding, the HMAC and the
     /// security layer, then asks `check_password(user, password)`.
-    pub fn verify(
-        self,
-        msg2_b64: &[u8],
-        check_password: impl FnOnce(&str, &Secret) -> bool,
-    ) -> Result<(), SaslError> {
+    pub fn verify(self, msg2_b64: &[u8], check_password: impl FnOnce(&str, &Secret) -> bool) -> Result<(), SaslError> {
         let ct = decode_wire(msg2_b64)?;
         let plain = cbc_decrypt(&self.keys, &ct)?;
         let mut rd = Reader::new(&plain, SaslError::MalformedResponse);
@@ -1040,11 +1005,7 @@ impl Prepared {
         })
     }
 
-    fn into_reply(
-        self,
-        key: &HostKeyPair,
-        (r, s): &(BigUint, BigUint),
-    ) -> (ServerExchange, String, Vec<u8>) {
+    fn into_reply(self, key: &HostKeyPair, (r, s): &(BigUint, BigUint)) -> (ServerExchange, String, Vec<u8>) {
         let width = SIG_PART_MIN.max(usize::try_from(key.public.q.bits().div_ceil(8)).unwrap_or(0));
         let mut sig = Vec::with_capacity(4 + SSH_DSS.len() + 8 + 2 * width);
         put_string(&mut sig, SSH_DSS);
@@ -1126,12 +1087,7 @@ mod tests {
         put_string(&mut out, b"ab");
         put_bn(&mut out, &BigUint::from(0x80u32));
         put_bn(&mut out, &BigUint::zero());
-        assert_eq!(
-            out,
-            [
-                1, 2, 3, 4, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, 0x80, 0, 0, 0, 0
-            ]
-        );
+        assert_eq!(out, [1, 2, 3, 4, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, 0x80, 0, 0, 0, 0]);
         let mut padded = Vec::new();
         put_bn_padded(&mut padded, &BigUint::from(0x1234u32), 4);
         assert_eq!(padded, [0, 0, 0, 4, 0, 0, 0x12, 0x34]);
@@ -1153,8 +1109,7 @@ mod tests {
         assert_eq!(msg1, MSG1.as_bytes());
         assert_eq!(msg1_len(&msg1), Some(msg1.len()));
 
-        let (server, user, smsg) =
-            ServerExchange::respond_with(&msg1, &key, &hex(Y_DH), &hex(K_DSA)).unwrap();
+        let (server, user, smsg) = ServerExchange::respond_with(&msg1, &key, &hex(Y_DH), &hex(K_DSA)).unwrap();
         assert_eq!(user, "user1");
         assert_eq!(String::from_utf8(smsg.clone()).unwrap(), SERVER_MSG);
 
@@ -1173,21 +1128,12 @@ mod tests {
         let k = msg.dh_public.modpow(&hex(X_DH), &DH_P);
         assert_eq!(bn_magnitude(&k).len(), 128);
         let k_enc = bn_encoded(&k);
-        let hb = hbuf(
-            b64d(&msg1).as_slice(),
-            &msg.host_key.blob,
-            &msg.dh_public,
-            1,
-            0,
-        );
+        let hb = hbuf(b64d(&msg1).as_slice(), &msg.host_key.blob, &msg.dh_public, 1, 0);
         let h = exchange_hash(&hb, &k_enc);
         assert_eq!(hexb(&h), "051322a6aec80fc1c756788b5f87a1fb25d462d2");
         let keys = derive_keys(&k_enc, &h);
         assert_eq!(hexb(&keys.iv), "7ee03d581d43fdc1");
-        assert_eq!(
-            hexb(&keys.key),
-            "07654ab9a04e63ad90ae3d217c79f81480d7cd87f48e5483"
-        );
+        assert_eq!(hexb(&keys.key), "07654ab9a04e63ad90ae3d217c79f81480d7cd87f48e5483");
         assert_eq!(hexb(&keys.int), "b27ec5ea866ca69693677c3f8c00083f4ac5f05d");
         let j = build_j(1, &Secret::from("pass1"));
         assert_eq!(hexb(&j), "01000000000000057061737331");
@@ -1374,11 +1320,7 @@ mod tests {
             put_u32(&mut msg1, 0);
             put_string(&mut msg1, b"user1");
             put_bn(&mut msg1, &v);
-            let r = ServerExchange::respond(
-                b64_encode(&msg1).as_bytes(),
-                &key,
-                &mut rand::thread_rng(),
-            );
+            let r = ServerExchange::respond(b64_encode(&msg1).as_bytes(), &key, &mut rand::thread_rng());
             assert!(
                 matches!(r, Err(SaslError::BadDhValue | SaslError::OutOfBounds(_))),
                 "{r:?}"
@@ -1427,27 +1369,17 @@ mod tests {
             Trust::Unknown
         );
         assert_eq!(check_known_hosts(&line, host, key.public()), Trust::Known);
-        assert_eq!(
-            check_known_hosts(&other_line, host, key.public()),
-            Trust::Mismatch
-        );
+        assert_eq!(check_known_hosts(&other_line, host, key.public()), Trust::Mismatch);
         // the last line for the host decides
         let both = format!("{other_line}{line}");
         assert_eq!(check_known_hosts(&both, host, key.public()), Trust::Known);
         let both = format!("{line}{other_line}");
-        assert_eq!(
-            check_known_hosts(&both, host, key.public()),
-            Trust::Mismatch
-        );
+        assert_eq!(check_known_hosts(&both, host, key.public()), Trust::Mismatch);
         // malformed lines and other key types are skipped
-        let text = format!(
-            "{line}{host} ssh-dss AAAA!!!\n{host} ssh-rsa AAAA\n{host}\n\n{host} ssh-dss AAAAB3NzaC1kc3M=\n"
-        );
+        let text =
+            format!("{line}{host} ssh-dss AAAA!!!\n{host} ssh-rsa AAAA\n{host}\n\n{host} ssh-dss AAAAB3NzaC1kc3M=\n");
         assert_eq!(check_known_hosts(&text, host, key.public()), Trust::Known);
-        assert_eq!(
-            PublicHostKey::from_blob(&key.public().blob()).unwrap(),
-            *key.public()
-        );
+        assert_eq!(PublicHostKey::from_blob(&key.public().blob()).unwrap(), *key.public());
     }
 
     #[test]
@@ -1493,11 +1425,7 @@ mod tests {
         assert!(key.public().blob().len() >= MIN_PKLENGTH as usize);
         let key = HostKeyPair::from_text(&key.to_text()).unwrap();
 
-        for (user, pass) in [
-            ("alice", "s3cret"),
-            ("bob", ""),
-            ("c", &"p".repeat(128)[..]),
-        ] {
+        for (user, pass) in [("alice", "s3cret"), ("bob", ""), ("c", &"p".repeat(128)[..])] {
             let (client, msg1) = ClientExchange::start(user, &mut rng);
             assert_eq!(msg1_len(&msg1), Some(msg1.len()));
             let (server, claimed, smsg) = ServerExchange::respond(&msg1, &key, &mut rng).unwrap();
@@ -1505,18 +1433,12 @@ mod tests {
             assert_eq!(server.user(), user);
             let msg = parse_server_message(&smsg).unwrap();
             assert_eq!(
-                check_known_hosts(
-                    &known_hosts_line("h", key.public()),
-                    "h",
-                    &msg.host_key.public
-                ),
+                check_known_hosts(&known_hosts_line("h", key.public()), "h", &msg.host_key.public),
                 Trust::Known
             );
             let msg2 = client.finish(&msg, &Secret::from(pass)).unwrap();
             assert_eq!(server.msg2_complete(&msg2), Some(msg2.len()));
-            server
-                .verify(&msg2, |u, p| u == user && p.expose() == pass)
-                .unwrap();
+            server.verify(&msg2, |u, p| u == user && p.expose() == pass).unwrap();
         }
     }
 

@@ -43,9 +43,7 @@ pub fn parse_client_message(msg: &[u8]) -> Result<(String, Secret), SaslError> {
         None => msg,
     };
     let mut parts = body.split(|&b| b == 0);
-    let (Some(authz), Some(user), Some(pass), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(authz), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(SaslError::MalformedResponse(
             "PLAIN credentials must be three NUL-separated fields",
         ));
@@ -100,31 +98,19 @@ mod tests {
     fn rejects_bad_messages() {
         assert!(parse_client_message(b"u\0p\r\n").is_err());
         assert!(parse_client_message(b"\0u\0p\0x\r\n").is_err());
-        assert_eq!(
-            parse_client_message(b"\0\0p\r\n"),
-            Err(SaslError::BadUserLength)
-        );
+        assert_eq!(parse_client_message(b"\0\0p\r\n"), Err(SaslError::BadUserLength));
         assert!(parse_client_message(b"other\0u\0p\r\n").is_err());
         assert!(parse_client_message(b"u\0u\0p\r\n").is_ok());
         let long_user = [b"\0".as_slice(), &[b'a'; 254], b"\0p\r\n"].concat();
-        assert_eq!(
-            parse_client_message(&long_user),
-            Err(SaslError::BadUserLength)
-        );
+        assert_eq!(parse_client_message(&long_user), Err(SaslError::BadUserLength));
         let long_pass = [b"\0u\0".as_slice(), &[b'a'; 129], b"\r\n"].concat();
-        assert_eq!(
-            parse_client_message(&long_pass),
-            Err(SaslError::PasswordTooLong)
-        );
+        assert_eq!(parse_client_message(&long_pass), Err(SaslError::PasswordTooLong));
         assert_eq!(
             parse_client_message(b"\0u\0\xff\r\n"),
             Err(SaslError::NotUtf8("password"))
         );
         let big = vec![b'a'; MAX_MESSAGE + 1];
-        assert!(matches!(
-            parse_client_message(&big),
-            Err(SaslError::TooLarge(_))
-        ));
+        assert!(matches!(parse_client_message(&big), Err(SaslError::TooLarge(_))));
         assert_eq!(message_len(&big), Some(big.len()));
     }
 

@@ -75,27 +75,13 @@ impl RawSocket {
     /// Opens a raw socket for `protocol` (41 over IPv4, 4 over IPv6) and connects it to
     /// `peer`, so the kernel delivers only the peer's packets.
     pub fn connect(protocol: i32, peer: IpAddr) -> io::Result<Self> {
-        let v6 = peer.is_ipv6();
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = Self::open(protocol, peer.is_ipv6())?;
         let (sa, len) = sockaddr(peer);
         // SAFETY: sa/len describe a valid sockaddr of the socket's family.
-        if unsafe { libc::connect(owned.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) } < 0 {
+        if unsafe { libc::connect(sock.fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::register(owned, v6)
+        Ok(sock)
     }
 
     /// Opens an unconnected raw socket (the broker side: one socket, many peers).

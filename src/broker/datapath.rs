@@ -198,7 +198,6 @@ impl BrokerDatapath {
         let mut tasks = vec![
             tokio::spawn(dp.clone().tun_loop(true)),
             tokio::spawn(dp.clone().raw_loop(false)),
-            tokio::spawn(dp.clone().sweep_loop()),
         ];
         if dp.tun4.is_some() {
             tasks.push(tokio::spawn(dp.clone().tun_loop(false)));
@@ -385,23 +384,26 @@ impl BrokerDatapath {
         }
     }
 
-    /// Drops clients silent for five keepalive intervals (TSPS's rule).
-    async fn sweep_loop(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = Instant::now();
-            let mut t = lock(&self.table);
-            let dead: Vec<Endpoint> = t
-                .routes
-                .iter()
-                .filter(|(_, r)| now.duration_since(r.last_seen) > r.idle_limit)
-                .map(|(ep, _)| *ep)
-                .collect();
-            for ep in dead {
-                tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
-                t.remove(&ep);
+    /// Drops clients silent for five keepalive intervals (TSPS's rule); returns the inner
+    /// addresses of the tunnels dropped, so their sessions can end too.
+    pub fn sweep(&self) -> Vec<IpAddr> {
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        let dead: Vec<Endpoint> = t
+            .routes
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.last_seen) > r.idle_limit)
+            .map(|(ep, _)| *ep)
+            .collect();
+        let mut gone = Vec::new();
+        for ep in dead {
+            if let Some(r) = t.routes.get(&ep) {
+                gone.extend(r.inner_v6.map(IpAddr::V6).or(r.inner_v4.map(IpAddr::V4)));
             }
+            tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
+            t.remove(&ep);
         }
+        gone
     }
 }
 

@@ -142,6 +142,14 @@ impl Broker {
         }
     }
 
+    /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone.
+    pub fn end_tunnel(&mut self, inner: IpAddr) {
+        self.sessions.retain(|_, s| match inner {
+            IpAddr::V6(a) => !(s.offer.mode != TunnelMode::V4V6 && s.offer.client_v6 == a),
+            IpAddr::V4(a) => !(s.offer.mode == TunnelMode::V4V6 && s.offer.client_v4 == a),
+        });
+    }
+
     /// The client's TSP connection went away (TCP closed).
     pub fn end_session(&mut self, peer: SocketAddr) {
         self.sessions.retain(|_, s| s.peer != peer);
@@ -460,6 +468,25 @@ mod tests {
         assert_eq!(o.client_v4.to_string(), "198.51.100.2");
         assert_eq!(o.server_v6.to_string(), "2001:db8:1::1");
         assert_eq!(o.keepalive.map(|k| k.address), Some("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn silent_tunnels_free_their_slot() {
+        let mut b = broker("max_tunnels = 1");
+        let a = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, Some("a")),
+                &req(TunnelMode::V6V4, "192.0.2.2"),
+            )
+            .unwrap();
+        let other = (
+            info("192.0.2.3:4000", Transport::Udp, Some("b")),
+            req(TunnelMode::V6V4, "192.0.2.3"),
+        );
+        assert_eq!(b.offer(&other.0, &other.1), Err(StatusCode::NoMoreTunnels));
+        // The datapath reports `a`'s tunnel silent: the slot is free again.
+        b.end_tunnel(IpAddr::V6(a.client_v6));
+        assert!(b.offer(&other.0, &other.1).is_ok());
     }
 
     #[test]

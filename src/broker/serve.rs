@@ -137,6 +137,9 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         udp: Vec::new(),
         tasks: Vec::new(),
     };
+    if shared.datapath.is_some() {
+        running.tasks.push(tokio::spawn(sweep(shared.clone())));
+    }
     for t in tcp {
         running.tcp.push(t.local_addr()?);
         running.tasks.push(tokio::spawn(serve_tcp(t, shared.clone())));
@@ -146,6 +149,18 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         running.tasks.push(tokio::spawn(serve_udp(u, i, shared.clone())));
     }
     Ok(running)
+}
+
+/// Ends the sessions of tunnels that went silent, so they no longer count against
+/// `max_tunnels` (their addresses stay assigned to their owners).
+async fn sweep(shared: Shared) {
+    let Some(dp) = shared.datapath.clone() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for inner in dp.sweep() {
+            shared.lock().end_tunnel(inner);
+        }
+    }
 }
 
 /// Where the packets of a tunnel negotiated over TCP go: protocol 41 or 4 to the client.

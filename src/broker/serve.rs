@@ -26,7 +26,7 @@ use crate::proto::xml::Offer;
 const REPLY_GAP: Duration = Duration::from_millis(50);
 /// A client must finish negotiating within this time.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// UDP sessions that never got established are forgotten after this long.
+/// A UDP peer's control state is forgotten after this long without a control datagram.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 const MAX_UDP_PEERS: usize = 65_536;
 /// What a broker answers to a ranking probe (§7): the client checks for `200`.
@@ -308,9 +308,11 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
         }
         if last_sweep.elapsed() > Duration::from_secs(10) || peers.len() > MAX_UDP_PEERS {
             last_sweep = Instant::now();
-            peers.retain(|_, p| p.session.is_established() || p.touched.elapsed() < UDP_IDLE);
+            // The control state of a session matters only while it negotiates (and for a
+            // retransmitted accept just after); its tunnel lives in the datapath's table.
+            peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
             if peers.len() > MAX_UDP_PEERS {
-                // Still full of established sessions: drop the oldest negotiating ones first.
+                // A flood of fresh peers: keep the sessions that got somewhere.
                 peers.retain(|_, p| p.session.is_established());
             }
         }

@@ -13,6 +13,8 @@ pub mod kernel;
 pub mod netlink;
 pub mod ra;
 pub mod raw;
+#[cfg(test)]
+mod testutil;
 pub mod tundev;
 
 use std::io;

@@ -905,60 +905,9 @@ pub fn address_events() -> Result<AddressEvents, NetlinkError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{eventually, in_new_netns, must, sh};
     use super::*;
-    use std::future::Future;
-    use std::process::Command;
     use std::time::Duration;
-
-    /// Run `f` on a fresh thread inside a new, empty network namespace (with `lo` up) on a
-    /// current-thread runtime. Returns `false` (test skipped) when not root. The namespace dies
-    /// with the thread and its sockets, so nothing is left behind.
-    fn in_new_netns<F, Fut>(f: F) -> bool
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
-    {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root");
-            return false;
-        }
-        let t = std::thread::spawn(move || {
-            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-                panic!("unshare(CLONE_NEWNET): {e}");
-            }
-            sh("ip link set lo up");
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => panic!("tokio runtime: {e}"),
-            };
-            rt.block_on(f());
-        });
-        if let Err(p) = t.join() {
-            std::panic::resume_unwind(p);
-        }
-        true
-    }
-
-    /// Run a shell command in the calling thread's netns; panic with its stderr on failure.
-    #[track_caller]
-    fn sh(cmd: &str) -> String {
-        let out = match Command::new("sh").arg("-c").arg(cmd).output() {
-            Ok(o) => o,
-            Err(e) => panic!("{cmd}: {e}"),
-        };
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The test's assertion that a kernel call succeeded, failing with the error's message.
-    #[track_caller]
-    fn must<T, E: fmt::Display>(r: Result<T, E>) -> T {
-        match r {
-            Ok(v) => v,
-            Err(e) => panic!("{e}"),
-        }
-    }
 
     fn nl() -> Netlink {
         must(Netlink::new())
@@ -974,17 +923,6 @@ mod tests {
             Ok(Some(i)) => i,
             other => panic!("veth {a}: {other:?}"),
         }
-    }
-
-    /// Poll `cond` every 10 ms for up to 5 s.
-    async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-        for _ in 0..500 {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -1005,7 +943,7 @@ mod tests {
 
     #[test]
     fn address_and_route_on_a_link() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             assert_eq!(nl.link_kind(idx).await.ok().flatten().as_deref(), Some("veth"));
@@ -1062,7 +1000,7 @@ mod tests {
 
     #[test]
     fn tun_addresses_are_usable_at_once() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let tun = must(super::super::tundev::TunDevice::open("nlttun0", 1280));
             let idx = must(tun.index());
@@ -1078,7 +1016,7 @@ mod tests {
 
     #[test]
     fn applied_undo_removes_exactly_what_it_added() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             // Pre-existing state that must survive: an address, and a route next to ours.
@@ -1131,7 +1069,7 @@ mod tests {
 
     #[test]
     fn undo_deletes_an_adopted_link_and_tolerates_what_went_with_it() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             let mut applied = Applied::new();
@@ -1147,7 +1085,7 @@ mod tests {
 
     #[test]
     fn route_get_picks_the_source_for_the_destination() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             for (a, p) in [
@@ -1187,7 +1125,7 @@ mod tests {
 
     #[test]
     fn kernel_tunnels_are_not_supported_here() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let sit = nl.create_sit(
                 "nltsit0",
@@ -1223,7 +1161,7 @@ mod tests {
 
     #[test]
     fn remove_stale_link_refuses_a_foreign_kind() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             match remove_stale_link(&nl, "nlta0", "sit").await {
@@ -1249,7 +1187,7 @@ mod tests {
 
     #[test]
     fn monitor_sees_an_address_added() {
-        in_new_netns(|| async {
+        in_new_netns(false, || async {
             let nl = nl();
             let idx = veth(&nl, "nlta0", "nltb0").await;
             let mut events = must(address_events());

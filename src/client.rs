@@ -90,6 +90,10 @@ pub struct Profile {
     pub retry: RetryPolicy,
     pub interfaces: InterfaceNames,
     pub sites: Option<SiteFiles>,
+    /// Keep the TUN interface between two negotiations (and after a crash, until the next
+    /// start deletes it): NetworkManager holds on to the interface it was given. The owner
+    /// deletes it at the end. tspc lets it vanish with its descriptor instead.
+    pub persist_device: bool,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -226,6 +230,15 @@ impl<H: Hooks> Supervisor<H> {
         }
     }
 
+    fn open_tun(&self, ifname: &str) -> Result<TunDevice, String> {
+        let tun = TunDevice::open(ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+        if self.profile.persist_device {
+            tun.set_persistent(true)
+                .map_err(|e| format!("cannot make {ifname} persistent: {e}"))?;
+        }
+        Ok(tun)
+    }
+
     /// Builds the datapath for a negotiated tunnel, hands it to the hooks, and waits for the
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
@@ -280,8 +293,7 @@ impl<H: Hooks> Supervisor<H> {
                 (dp, idx, Some(conn))
             }
             (None, TunnelMode::V6UdpV4, Conn::Udp(u)) => {
-                let tun = TunDevice::open(&ifname, TUNNEL_MTU)
-                    .map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let tun = self.open_tun(&ifname)?;
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
                 let sock = u.into_socket();
                 tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(&sock));
@@ -293,8 +305,7 @@ impl<H: Hooks> Supervisor<H> {
             }
             (None, TunnelMode::V6UdpV4, Conn::Tcp(_)) => return Err("v6udpv4 offered over TCP".into()),
             (None, _, conn) => {
-                let tun = TunDevice::open(&ifname, TUNNEL_MTU)
-                    .map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+                let tun = self.open_tun(&ifname)?;
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
                 let encap = tunnel::raw_encap(mode, remote)
                     .map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;

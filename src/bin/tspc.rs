@@ -202,6 +202,7 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         retry,
         interfaces,
         sites: Some(sites),
+        persist_device: false,
     };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {

@@ -140,6 +140,18 @@ impl TunDevice {
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("index of {}: {e}", self.name)))
     }
 
+    /// Makes the interface outlive this descriptor (`TUNSETPERSIST`), or not. A persistent
+    /// TUN keeps its index, addresses and routes while the datapath is rebuilt between two
+    /// negotiations (NetworkManager holds on to the interface it was told about); reopening
+    /// the same name attaches to it again. Its owner deletes it (rtnetlink) when done.
+    pub fn set_persistent(&self, on: bool) -> io::Result<()> {
+        nix::ioctl_write_int_bad!(tunsetpersist, nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>()));
+        // SAFETY: TUNSETPERSIST takes its argument by value; the descriptor is our open TUN.
+        unsafe { tunsetpersist(self.dev.as_raw_fd(), libc::c_int::from(on)) }
+            .map(|_| ())
+            .map_err(io::Error::from)
+    }
+
     /// The MTU the device was opened with.
     pub fn mtu(&self) -> u16 {
         self.mtu

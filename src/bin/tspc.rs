@@ -17,8 +17,7 @@ use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
 use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
 use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
 use nm_tsp::proto::client::{Negotiated, Transport};
-use nm_tsp::proto::types::{HostType, TunnelMode};
-use nm_tsp::proto::xml::RouterRequest;
+use nm_tsp::proto::types::HostType;
 use nm_tsp::template::{self, Operation, TemplateInputs};
 use nm_tsp::tunnel::host::{self, HostSettings};
 use nm_tsp::tunnel::netlink::{self, Netlink};
@@ -112,28 +111,7 @@ fn options(cfg: &GogocConfig, yes: bool) -> NegotiateOptions {
         Path::new(&cfg.gogoc_dir).join(key_file)
     };
     let mode = if yes { TrustMode::AutoAccept } else { TrustMode::Ask };
-    let mut o = NegotiateOptions::new(cfg.tunnel_mode, Arc::new(KnownHostsFile::new(key_path, mode)));
-    o.auth_method = cfg.auth_method;
-    o.allow_plain = cfg.plain_allowed();
-    o.username = cfg.userid.clone();
-    o.password = cfg.passwd.clone();
-    o.proxy = cfg.proxy_client;
-    o.keepalive = cfg.keepalive.then_some(cfg.keepalive_interval);
-    o.router = (cfg.host_type == HostType::Router).then(|| RouterRequest {
-        prefix_len: cfg.prefixlen,
-        dns_names: cfg.dns_server.clone(),
-    });
-    o.client_addr = match cfg.tunnel_mode {
-        TunnelMode::V4V6 => match cfg.client_v6 {
-            AutoAddr::Fixed(a) => Some(a.into()),
-            AutoAddr::Auto => None,
-        },
-        _ => match cfg.client_v4 {
-            AutoAddr::Fixed(a) => Some(a.into()),
-            AutoAddr::Auto => None,
-        },
-    };
-    o
+    NegotiateOptions::from_config(cfg, Arc::new(KnownHostsFile::new(key_path, mode)))
 }
 
 fn run(cli: &Cli) -> Result<(), String> {

@@ -963,6 +963,28 @@ fn apply(cfg: &mut GogocConfig, field: Field, v: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Sets the setting named by the gogoc.conf key `gogoc_key` from `value`, with the rules of
+/// the file (an empty value means the default); errors name `at` and `shown_key`. Used for
+/// NetworkManager's vpn.data, whose keys map onto gogoc.conf's.
+pub(crate) fn set_value(
+    cfg: &mut GogocConfig,
+    gogoc_key: &str,
+    value: &str,
+    at: Location,
+    shown_key: &str,
+) -> Result<(), ConfigError> {
+    match lookup(gogoc_key) {
+        Some((_, KeyKind::Current(field, _) | KeyKind::Legacy(field))) => {
+            apply(cfg, field, value).map_err(|p| p.into_error(at, shown_key))
+        }
+        _ => Err(ConfigError::UnknownKey {
+            at,
+            key: shown_name(shown_key),
+            hint: String::new(),
+        }),
+    }
+}
+
 fn or_default<T>(v: &str, default: T, parse: impl FnOnce(&str) -> Result<T, Problem>) -> Result<T, Problem> {
     if v.is_empty() { Ok(default) } else { parse(v) }
 }
@@ -1214,7 +1236,7 @@ fn suggestion(name: &str) -> String {
 }
 
 /// Levenshtein distance over bytes; the inputs are short (bounded by the caller).
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {

@@ -7,6 +7,7 @@
 mod error;
 mod gogoc;
 mod server;
+pub mod vpn_data;
 
 #[cfg(test)]
 mod tests;

@@ -14,12 +14,12 @@ use super::NetError;
 use super::conn::{Conn, TcpConn, UdpConn};
 use super::hostkeys::{Decision, HostKeyPolicy};
 use super::rank::{RankOptions, rank};
-use crate::config::{Host, split_server};
+use crate::config::{AutoAddr, GogocConfig, Host, split_server};
 use crate::proto::client::{ClientParams, ClientSession, Negotiated, Outcome, Step, Transport};
 use crate::proto::error::ProtoError;
 use crate::proto::rudp::RttParams;
 use crate::proto::sasl::Mechanism;
-use crate::proto::types::{AuthMethod, TSP_PORT, TunnelMode, Version};
+use crate::proto::types::{AuthMethod, HostType, TSP_PORT, TunnelMode, Version};
 use crate::proto::xml::{BrokerAddr, CreateRequest, RouterRequest};
 use crate::secret::Secret;
 
@@ -109,6 +109,33 @@ impl NegotiateOptions {
             host_keys,
             rank: Some(RankOptions::default()),
         }
+    }
+
+    /// What a gogoc.conf (or a NetworkManager profile read into one) asks for; where host
+    /// keys are kept is the caller's choice.
+    pub fn from_config(cfg: &GogocConfig, host_keys: Arc<dyn HostKeyPolicy>) -> Self {
+        let mut o = Self::new(cfg.tunnel_mode, host_keys);
+        o.auth_method = cfg.auth_method;
+        o.allow_plain = cfg.plain_allowed();
+        o.username = cfg.userid.clone();
+        o.password = cfg.passwd.clone();
+        o.proxy = cfg.proxy_client;
+        o.keepalive = cfg.keepalive.then_some(cfg.keepalive_interval);
+        o.router = (cfg.host_type == HostType::Router).then(|| RouterRequest {
+            prefix_len: cfg.prefixlen,
+            dns_names: cfg.dns_server.clone(),
+        });
+        o.client_addr = match cfg.tunnel_mode {
+            TunnelMode::V4V6 => match cfg.client_v6 {
+                AutoAddr::Fixed(a) => Some(a.into()),
+                AutoAddr::Auto => None,
+            },
+            _ => match cfg.client_v4 {
+                AutoAddr::Fixed(a) => Some(a.into()),
+                AutoAddr::Auto => None,
+            },
+        };
+        o
     }
 
     fn wants_v6_transport(&self) -> bool {

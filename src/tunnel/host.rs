@@ -105,13 +105,41 @@ async fn apply(
     for (dst, len) in &settings.routes {
         applied.apply_route(nl, *dst, *len, ifindex).await?;
     }
-    let (Some(lan), Some(prefix), Some(p)) = (&settings.lan_interface, lan_prefix(offer), offer.prefix) else {
+    match &settings.lan_interface {
+        Some(lan) => apply_lan(nl, applied, offer, lan).await,
+        None => Ok(None),
+    }
+}
+
+/// Router mode without the tunnel's own configuration (NetworkManager configures the tunnel
+/// interface; the delegated prefix's LAN side is ours): `<prefix>::1/64` on `lan`,
+/// forwarding, and router advertisements. Taken back by [`Configured::remove`].
+pub async fn configure_lan(nl: &Netlink, offer: &Offer, lan: &str) -> Result<Configured, NetlinkError> {
+    let mut applied = Applied::default();
+    match apply_lan(nl, &mut applied, offer, lan).await {
+        Ok(ra) => Ok(Configured { applied, ra }),
+        Err(e) => {
+            for e2 in applied.undo(nl).await {
+                tracing::warn!(error = %e2, "cleanup after a failed configuration");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn apply_lan(
+    nl: &Netlink,
+    applied: &mut Applied,
+    offer: &Offer,
+    lan: &str,
+) -> Result<Option<(watch::Sender<bool>, JoinHandle<()>)>, NetlinkError> {
+    let (Some(prefix), Some(p)) = (lan_prefix(offer), offer.prefix) else {
         return Ok(None);
     };
     let lan_idx = nl
         .link_index(lan)
         .await?
-        .ok_or_else(|| NetlinkError::NoSuchLink(lan.clone()))?;
+        .ok_or_else(|| NetlinkError::NoSuchLink(lan.to_owned()))?;
     applied.apply_forwarding(true)?;
     // A prefix larger than the /64 we advertise: the rest must not loop back into the tunnel.
     if p.len < 64 {
@@ -141,7 +169,7 @@ async fn apply(
         source_mac: None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ifname = lan.clone();
+    let ifname = lan.to_owned();
     let task = tokio::spawn(async move {
         if let Err(e) = RaSender::run(cfg, &ifname, stop_rx).await {
             tracing::error!(interface = %ifname, error = %e, "router advertisements stopped");

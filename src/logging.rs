@@ -58,7 +58,7 @@ pub fn init_stderr(verbose: u8) {
 /// The syslog socket of Linux (systemd-journald, rsyslog and syslog-ng all listen there).
 pub const SYSLOG_SOCKET: &str = "/dev/log";
 /// Targets whose level the gogoc levels set fully; every other crate gets less (see the table).
-const OUR_TARGETS: [&str; 3] = ["nm_tsp", "tspc", "tsp_broker"];
+const OUR_TARGETS: [&str; 5] = ["nm_tsp", "tspc", "tsp_broker", "nm_tsp_service", "nm_tsp_auth_dialog"];
 /// The highest stderr rank (`-vvvv`): everything at trace, dependencies included.
 const MAX_RANK: u8 = 4;
 /// Longest record kept for the file and syslog: a longer one is cut (bounded memory per event).

@@ -123,3 +123,203 @@ fn up_pings_and_down_cleanly_v6v4() {
     let routes = bed.c.routes_v6().unwrap();
     assert!(!routes.iter().any(|r| r.contains(&dev)), "routes left: {routes:?}");
 }
+
+/// Behind an nftables masquerade the broker picks v6udpv4; NetworkManager adds the host route
+/// to the broker through the base connection's gateway.
+#[test]
+fn nat_gives_v6udpv4() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let lab = Lab::new("nm_nat").unwrap();
+    let (n, r, b) = (lab.host("n").unwrap(), lab.host("r").unwrap(), lab.host("b").unwrap());
+    let (n_if, _) = lab.link(&n, &[], &r, &["198.51.100.1/24"]).unwrap();
+    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
+    r.masquerade(&r_out).unwrap();
+    let nm = Nm::start(&lab, &n).unwrap();
+    nm.base_connection(&n_if, Some("198.51.100.2/24"), Some("198.51.100.1"), None)
+        .unwrap();
+    let _broker = start_broker(&lab, &b, "broker", "");
+    nm.add_vpn("natted", "server=203.0.113.1, tunnel-mode=v6anyv4", None, &[])
+        .unwrap();
+    let out = nm.up("natted", &n_if);
+    nm.wait_vpn_state("natted", 5, 20 * SEC)
+        .unwrap_or_else(|e| panic!("{e}\n{}{}", out.stdout, out.stderr));
+    let banner = nm.con_field("natted", "VPN.BANNER");
+    assert!(banner.contains("TSP v6udpv4 tunnel"), "banner {banner:?}");
+    let routes = n.routes_v4().unwrap();
+    assert!(
+        routes.iter().any(|r| r.starts_with("203.0.113.1 via 198.51.100.1")),
+        "no host route to the broker: {routes:?}"
+    );
+    assert!(n.ping(BROKER_V6, 3, 2), "no IPv6 ping through the NATed tunnel");
+}
+
+/// IPv4 in IPv6: NetworkManager gets an Ip4Config with the broker's IPv4 address for us.
+#[test]
+fn v4v6_gives_ipv4() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_v4v6");
+    let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    bed.nm
+        .add_vpn("v4", "server=[2001:db8:1::1], tunnel-mode=v4v6", None, &["ipv6.method", "disabled"])
+        .unwrap();
+    let dev = up_and_connected(&bed, "v4");
+    let ip4 = bed.nm.con_field("v4", "IP4.ADDRESS");
+    assert!(ip4.contains("198.51.100."), "IP4.ADDRESS {ip4:?}");
+    let addrs = bed.c.addrs(&dev).unwrap();
+    assert!(addrs.iter().any(|a| a.starts_with("198.51.100.")), "{dev}: {addrs:?}");
+    assert!(bed.c.ping(BROKER_V4_INNER, 3, 2), "no IPv4 ping through the v4v6 tunnel");
+    down_and_gone(&bed, "v4", &dev);
+}
+
+/// DIGEST-MD5 with a password NetworkManager keeps (flags 0); then a wrong one: FAILED with
+/// reason login-failed, and neither password in any log.
+#[test]
+fn digest_md5_and_wrong_password() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_digest");
+    let broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    let data = "server=192.0.2.1, auth-method=digest-md5, username=alice, password-flags=0";
+    bed.nm
+        .add_vpn("good", data, Some(&format!("password={PASSWORD}")), &[])
+        .unwrap();
+    let dev = up_and_connected(&bed, "good");
+    assert!(bed.c.ping(BROKER_V6, 2, 2));
+    assert!(bed.nm.con_field("good", "VPN.BANNER").contains("DIGEST-MD5"));
+    down_and_gone(&bed, "good", &dev);
+
+    let wrong = "Wr0ng-Guess";
+    bed.nm
+        .add_vpn("bad", data, Some(&format!("password={wrong}")), &[])
+        .unwrap();
+    let out = bed.nm.up("bad", &bed.c_if);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    // nmcli's words for reason LOGIN_FAILED.
+    assert!(said.contains("Invalid secrets"), "nmcli said: {said}");
+    let log = bed.nm.log();
+    assert!(
+        log.contains("reason 'login-failed'") || log.contains("login-failed"),
+        "NetworkManager did not record login-failed:\n{}",
+        testbed::tail(&log, 40)
+    );
+    assert!(log.contains("login failed"), "the plugin's log does not name the cause");
+    for secret in [PASSWORD, wrong] {
+        assert!(!log.contains(secret), "a password is in NetworkManager's log");
+        assert!(!broker.output().contains(secret), "a password is in the broker's log");
+        assert!(!said.contains(secret), "a password is in nmcli's output");
+    }
+    assert!(wait_until(10 * SEC, || bed.nm.plugin_pids().is_empty()).is_ok());
+}
+
+/// `vpn.persistent yes`: the broker restarted ⇒ back to activated with the same address; the
+/// base IPv4 address changed ⇒ traffic back within 2 s.
+#[test]
+fn persistent_survives_broker_restart_and_roaming() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_persist");
+    let broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    bed.nm
+        .add_vpn(
+            "p",
+            "server=192.0.2.1, tunnel-mode=v6v4, keepalive-interval=1, retry-delay=1, retry-delay-max=2",
+            None,
+            &["vpn.persistent", "yes"],
+        )
+        .unwrap();
+    let dev = up_and_connected(&bed, "p");
+    // The broker's assignment (the link-local address changes with the device).
+    let global = |nm: &Nm| {
+        nm.con_field("p", "IP6.ADDRESS")
+            .split(", ")
+            .filter(|a| a.starts_with("2001:"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let before = global(&bed.nm);
+    assert!(!before.is_empty());
+    assert!(bed.c.ping(BROKER_V6, 1, 2));
+
+    broker.signal(Signal::Kill).unwrap();
+    broker.wait_exit(5 * SEC);
+    // Three missed keepalives: NetworkManager shows the VPN connecting again.
+    bed.nm.wait_vpn_state("p", 3, 15 * SEC).unwrap();
+    let _broker2 = start_broker(&bed.lab, &bed.b, "broker", "");
+    bed.nm.wait_vpn_state("p", 5, 20 * SEC).unwrap();
+    assert_eq!(global(&bed.nm), before, "a different address after the restart");
+    assert!(bed.c.ping_until(BROKER_V6, 5 * SEC).is_some(), "no traffic after the broker restart");
+
+    let t0 = std::time::Instant::now();
+    bed.nm
+        .nmcli(&["device", "modify", &bed.c_if, "ipv4.addresses", "192.0.2.3/24"])
+        .unwrap();
+    let back = bed.c.ping_until(BROKER_V6, 10 * SEC).map(|_| t0.elapsed());
+    eprintln!("traffic back {back:?} after the base address changed");
+    assert!(back.is_some_and(|e| e <= 2 * SEC), "traffic back only after {back:?}");
+    bed.nm.wait_vpn_state("p", 5, 5 * SEC).unwrap();
+    assert!(bed.c.link_exists(&dev));
+}
+
+/// Two tsp connections at once, one process each; NetworkManager killed ⇒ both plugins exit
+/// and remove their devices.
+#[test]
+fn two_connections_then_networkmanager_killed() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_two");
+    let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    for id in ["one", "two"] {
+        bed.nm
+            .add_vpn(id, "server=192.0.2.1, tunnel-mode=v6udpv4", None, &["ipv6.never-default", "yes"])
+            .unwrap();
+    }
+    let d1 = up_and_connected(&bed, "one");
+    let d2 = up_and_connected(&bed, "two");
+    assert_ne!(d1, d2);
+    assert_eq!(bed.nm.vpn_state("one"), 5, "the first VPN dropped when the second came up");
+    assert_eq!(bed.nm.plugin_pids().len(), 2, "one nm-tsp-service per connection");
+    assert!(bed.c.link_exists(&d1) && bed.c.link_exists(&d2));
+    let pids = bed.nm.plugin_pids();
+    bed.nm.daemon.signal(Signal::Kill).unwrap();
+    for d in [&d1, &d2] {
+        assert!(
+            wait_until(10 * SEC, || !bed.c.link_exists(d)).is_ok(),
+            "{d} outlived NetworkManager"
+        );
+    }
+    assert!(
+        wait_until(10 * SEC, || pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())).is_ok(),
+        "plugins outlived NetworkManager"
+    );
+}
+
+/// A plugin killed with SIGKILL leaves its (persistent) device; the next activation removes
+/// it and connects.
+#[test]
+fn killed_plugin_device_is_cleaned_by_the_next_activation() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_sigkill");
+    let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    bed.nm
+        .add_vpn("k", "server=192.0.2.1, tunnel-mode=v6v4", None, &[])
+        .unwrap();
+    let dev = up_and_connected(&bed, "k");
+    for pid in bed.nm.plugin_pids() {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    assert!(wait_until(10 * SEC, || bed.nm.vpn_state("k") != 5).is_ok(), "still connected");
+    assert!(bed.c.link_exists(&dev), "the killed plugin's device should be left behind");
+    let dev2 = up_and_connected(&bed, "k");
+    assert_eq!(dev, dev2);
+    assert!(bed.c.ping(BROKER_V6, 2, 2), "no ping after the stale device was replaced");
+    down_and_gone(&bed, "k", &dev2);
+}

@@ -63,7 +63,9 @@ fn log_levels(cli: &Cli) -> LogLevels {
         7.. => 2,
         _ => 1,
     };
-    let syslog = std::env::var("NM_VPN_LOG_SYSLOG").is_ok_and(|v| v.trim() == "1");
+    // Without a syslog daemon the messages would be lost; stderr reaches NetworkManager's log.
+    let syslog = std::env::var("NM_VPN_LOG_SYSLOG").is_ok_and(|v| v.trim() == "1")
+        && std::path::Path::new(nm_tsp::logging::SYSLOG_SOCKET).exists();
     LogLevels {
         console: 0,
         stderr: if syslog { 0 } else { rank },

@@ -640,6 +640,13 @@ impl Hooks for NmHooks {
                 // NetworkManager shows "connecting" and waits for the next Config.
                 self.shared.set_state(state::STARTING).await;
             }
+            // The next tunnel gets a fresh device (same name, new index). NetworkManager
+            // (1.42 at least) only leaves "connecting" after it committed a configuration
+            // that differs from the one applied; the same address on the same device would
+            // leave it waiting forever.
+            if let Some(nl) = &self.nl {
+                remove_device(nl, &info.ifname).await;
+            }
         }
     }
 

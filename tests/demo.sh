@@ -1,55 +1,53 @@
 #!/usr/bin/env bash
-# The demo: the bundled broker in a network namespace, and two tspc clients bringing tunnels
-# up to it — one on the broker's link, one behind an nftables masquerade NAT — then IPv6
-# pings through each tunnel. Installs what it needs, builds, runs, prints the status, tears
-# everything down and leaves nothing behind.
+# The demo: the bundled TSP broker in one network namespace; a real NetworkManager (on a private
+# system bus, in its own mount namespace) in another; `nmcli connection add type vpn vpn-type tsp`
+# and `nmcli connection up`; NetworkManager starts nm-tsp-service, which negotiates the tunnel;
+# then the status, the tunnel's addresses and routes, and IPv6 pings through the tunnel; then
+# `nmcli connection down` and a check that nothing is left. Installs what it needs, builds, and
+# leaves the host as it found it (NetworkManager's state lives in a temporary directory).
 # Run as root on Debian/Ubuntu:  sudo tests/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then echo "demo: run as root (it creates network namespaces)" >&2; exit 1; fi
-missing=()
-for p in iproute2 nftables iputils-ping procps; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ -z "${TSPDEMO_INNER:-}" ]; then
+  missing=()
+  for p in iproute2 nftables iputils-ping procps dbus network-manager; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || { echo "demo: needs a Rust toolchain (https://rustup.rs)" >&2; exit 1; }
+  echo "== building"
+  cargo build --locked --quiet --bins
+  # A private pid namespace: every process started below dies with the demo, whatever happens.
+  exec env TSPDEMO_INNER=1 unshare --pid --fork --kill-child --mount-proc bash "$0" "$@"
 fi
-command -v cargo >/dev/null || { echo "demo: needs a Rust toolchain (https://rustup.rs)" >&2; exit 1; }
 
-echo "== building"
-cargo build --locked --quiet --bins
 BIN=$PWD/target/debug
 P=tspdemo
 W=$(mktemp -d /tmp/tspdemo.XXXXXX)
+export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$W/bus/sock
 PIDS=()
-
 cleanup() {
   set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  for n in b c n r; do ip netns del $P$n 2>/dev/null; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for n in b c; do for q in $(ip netns pids $P$n 2>/dev/null); do kill -9 "$q" 2>/dev/null; done; ip netns del $P$n 2>/dev/null; done
   rm -rf "$W"
 }
 trap cleanup EXIT
-for n in b c n r; do ip netns del $P$n 2>/dev/null || true; done
+wait_for() { for _ in $(seq 1 200); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "== FAILED waiting for: $1"; return 1; }
+for n in b c; do ip netns del $P$n 2>/dev/null || true; done
+mkdir -p "$W"/{bus/system.d,bus/services,nm/etc/VPN,nm/etc/system-connections,nm/lib,state}
 
-echo "== network: broker 192.0.2.1; client 192.0.2.2; NATed client 198.51.100.2 behind 203.0.113.2"
-for n in b c n r; do ip netns add $P$n; ip -n $P$n link set lo up; done
+echo "== network: client ${P}c (192.0.2.2, managed by NetworkManager) <-> broker ${P}b (192.0.2.1)"
+for n in b c; do ip netns add $P$n; ip -n $P$n link set lo up; done
 ip link add ${P}c0 netns ${P}c type veth peer name ${P}b0 netns ${P}b
-ip link add ${P}n0 netns ${P}n type veth peer name ${P}r0 netns ${P}r
-ip link add ${P}r1 netns ${P}r type veth peer name ${P}b1 netns ${P}b
 ip -n ${P}b addr add 192.0.2.1/24 dev ${P}b0
-ip -n ${P}b addr add 203.0.113.1/24 dev ${P}b1
-ip -n ${P}c addr add 192.0.2.2/24 dev ${P}c0
-ip -n ${P}n addr add 198.51.100.2/24 dev ${P}n0
-ip -n ${P}r addr add 198.51.100.1/24 dev ${P}r0
-ip -n ${P}r addr add 203.0.113.2/24 dev ${P}r1
-for l in "b ${P}b0" "b ${P}b1" "c ${P}c0" "n ${P}n0" "r ${P}r0" "r ${P}r1"; do set -- $l; ip -n $P$1 link set "$2" up; done
-ip -n ${P}n route add default via 198.51.100.1
-ip netns exec ${P}r sysctl -qw net.ipv4.ip_forward=1
-ip netns exec ${P}r nft add table ip nat
-ip netns exec ${P}r nft add chain ip nat post '{ type nat hook postrouting priority srcnat; }'
-ip netns exec ${P}r nft add rule ip nat post oifname ${P}r1 masquerade
+ip -n ${P}b link set ${P}b0 up
+ip -n ${P}c link set ${P}c0 up
 
-echo "== broker"
+echo "== broker (tsp-broker, anonymous and DIGEST-MD5)"
 cat > "$W/broker.toml" <<EOF
 listen = ["[::]:3653"]
 auth = ["anonymous", "digest-md5"]
@@ -62,46 +60,72 @@ EOF
 : > "$W/accounts"
 printf '%s\n' demo-password | "$BIN/tsp-broker" -c "$W/broker.toml" add-user demo >/dev/null
 ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" > "$W/broker.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q "listening" "$W/broker.log" 2>/dev/null && break; sleep 0.05; done
-sed 's/^/   /' "$W/broker.log"
+PIDS+=($!); disown
+wait_for "grep -q listening $W/broker.log"
+sed -n '1,3s/^/   /p' "$W/broker.log" | grep -v INFO || true
 
-start_client() { # netns, name, title, gogoc.conf lines...
-  local ns=$1 name=$2 title=$3; shift 3
-  (umask 077; printf '%s\n' "$@" > "$W/$name.conf")
-  echo "== $title"
-  (cd "$W" && exec ip netns exec "$ns" "$BIN/tspc" -f "$W/$name.conf") > "$W/$name.out" 2> "$W/$name.err" &
-  PIDS+=($!)
-  for _ in $(seq 100); do grep -q "(up)" "$W/$name.out" 2>/dev/null && break; sleep 0.05; done
-  if ! grep -q "(up)" "$W/$name.out"; then cat "$W/$name.out" "$W/$name.err"; echo "== FAILED: $name did not come up"; exit 1; fi
-  sed 's/^/   /' "$W/$name.out"
-}
-ping_through() { # netns, interface
-  echo "   \$ ping -6 -c 3 2001:db8:b::1   (the broker, through $2)"
-  ip netns exec "$1" ping -6 -n -c 3 -i 0.2 -W 2 2001:db8:b::1 | sed -n 's/^/     /; /bytes from\|packet loss/p'
-}
-start_client ${P}c direct "client on the broker's link (anonymous, v6anyv4)" \
-  server=192.0.2.1 auth_method=anonymous tunnel_mode=v6anyv4
-ping_through ${P}c sit1
-start_client ${P}n natted "client behind NAT (DIGEST-MD5, v6anyv4)" \
-  server=203.0.113.1 auth_method=digest-md5 userid=demo passwd=demo-password tunnel_mode=v6anyv4
-ping_through ${P}n tun
-echo "== tunnel interfaces"
-ip -n ${P}c -br -6 addr show dev sit1 | sed 's/^/   client:  /'
-ip -n ${P}n -br -6 addr show dev tun | sed 's/^/   natted:  /'
+echo "== NetworkManager on a private system bus, nm-tsp-service installed in its private /etc/NetworkManager/VPN"
+sed -e "s|@SOCK@|$W/bus/sock|" -e "s|@EXTRA@|$W/bus|" tests/testbed/system-bus.conf.in > "$W/bus/system.conf"
+cp dbus/nm-tsp-service.conf "$W/bus/system.d/"
+dbus-daemon --config-file="$W/bus/system.conf" --nofork > "$W/bus/log" 2>&1 &
+PIDS+=($!); disown
+wait_for "test -S $W/bus/sock"
+cat > "$W/nm/etc/NetworkManager.conf" <<EOF
+[main]
+plugins=keyfile
+dns=none
+rc-manager=unmanaged
+hostname-mode=none
+auth-polkit=root-only
+no-auto-default=*
+[connectivity]
+enabled=false
+EOF
+sed "s|^program=.*|program=$BIN/nm-tsp-service|" nm-plugin/nm-tsp-service.name > "$W/nm/etc/VPN/nm-tsp-service.name"
+chmod 644 "$W/nm/etc/VPN/nm-tsp-service.name"
+ip netns exec ${P}c env NM_TSP_STATE_DIR="$W/state" unshare --mount --uts sh -c '
+  set -e
+  mount -t tmpfs -o mode=755 tmpfs /run
+  mount -o remount,bind,ro /sys
+  mkdir -p /run/NetworkManager /run/dbus
+  ln -s "$1/bus/sock" /run/dbus/system_bus_socket
+  mount --bind "$1/nm/etc" /etc/NetworkManager
+  mount --bind "$1/nm/lib" /var/lib/NetworkManager
+  exec NetworkManager --no-daemon' nm "$W" > "$W/nm.log" 2>&1 &
+PIDS+=($!); disown
+nm-online -s -q -t 20
+nmcli -t connection add type ethernet ifname ${P}c0 con-name wired ipv4.method manual ipv4.addresses 192.0.2.2/24 ipv6.method disabled >/dev/null
+nmcli -t --wait 20 connection up wired >/dev/null
+
+echo "== \$ nmcli connection add type vpn vpn-type tsp con-name demo-tsp vpn.data 'server=192.0.2.1, auth-method=digest-md5, username=demo, password-flags=0' vpn.secrets password=…"
+# (nmcli runs outside NetworkManager's private mount namespace, so it is given the full service name.)
+nmcli connection add type vpn vpn-type org.freedesktop.NetworkManager.tsp con-name demo-tsp ifname '*' \
+  vpn.data "server=192.0.2.1, auth-method=digest-md5, username=demo, password-flags=0" \
+  vpn.secrets "password=demo-password" >/dev/null
+echo "== \$ nmcli connection up demo-tsp"
+T0=$(date +%s%N)
+nmcli --wait 30 connection up demo-tsp ifname ${P}c0 | sed 's/^/   /'
+T1=$(date +%s%N)
+field() { nmcli -t connection show demo-tsp | sed -n "s/^$1:\(.*\)/\1/p" | paste -sd' ' -; }
+echo "== status ($(( (T1 - T0) / 1000000 )) ms to activate)"
+printf '   %-14s %s\n' "state:" "$(field GENERAL.STATE)" "vpn state:" "$(field VPN.VPN-STATE)" \
+  "banner:" "$(field VPN.BANNER)" "IPv6:" "$(field 'IP6.ADDRESS\[[0-9]*\]')"
+UUID=$(nmcli -g connection.uuid connection show demo-tsp)
+DEV=tsp-$(printf '%s' "$UUID" | tr -d '-' | cut -c1-8)
+echo "   tunnel device $DEV:"
+ip -n ${P}c -6 addr show dev "$DEV" scope global | sed 's/^/     /'
+ip -n ${P}c -6 route show dev "$DEV" | sed 's/^/     route: /'
+echo "   \$ ping -6 -c 3 2001:db8:b::1   (the broker, through the tunnel)"
+ip netns exec ${P}c ping -6 -n -c 3 -i 0.2 -W 2 2001:db8:b::1 | sed -n 's/^/     /; /bytes from\|packet loss/p'
 ok=1
-grep -q "mode: *v6v4" "$W/direct.out" || ok=0
-grep -q "mode: *v6udpv4" "$W/natted.out" && grep -q "IPv4 203.0.113.2" "$W/natted.out" || ok=0
-ip netns exec ${P}c ping -6 -n -c 1 -W 2 2001:db8:b::1 >/dev/null || ok=0
-ip netns exec ${P}n ping -6 -n -c 1 -W 2 2001:db8:b::1 >/dev/null || ok=0
-echo "== stopping the clients (SIGTERM)"
-kill -TERM "${PIDS[1]}" "${PIDS[2]}"
-wait "${PIDS[1]}" "${PIDS[2]}" 2>/dev/null || true
-PIDS=("${PIDS[0]}")
-ip -n ${P}c link show sit1 >/dev/null 2>&1 && { echo "   sit1 still exists"; ok=0; }
-ip -n ${P}n link show tun >/dev/null 2>&1 && { echo "   tun still exists"; ok=0; }
+[ "$(nmcli -t connection show demo-tsp | sed -n 's/^VPN.VPN-STATE://p')" = "5 - VPN connected" ] || { echo "   not connected"; ok=0; }
+ip netns exec ${P}c ping -6 -n -c 1 -W 2 2001:db8:b::1 >/dev/null || { echo "   no ping through the tunnel"; ok=0; }
+echo "== \$ nmcli connection down demo-tsp"
+nmcli connection down demo-tsp | sed 's/^/   /'
+wait_for "! ip -n ${P}c link show $DEV" || ok=0
+wait_for "! pgrep -x nm-tsp-service" || { echo "   nm-tsp-service still runs"; ok=0; }
 if [ $ok = 1 ]; then
-  echo "== OK: v6v4 for the direct client, v6udpv4 through the NAT (seen as 203.0.113.2), IPv6 pings through both, nothing left behind"
+  echo "== OK: NetworkManager brought the TSP tunnel up with nm-tsp-service, IPv6 went through it, and 'down' removed it"
 else
-  echo "== FAILED (see above)"; exit 1
+  echo "== FAILED (see above); NetworkManager's log:"; tail -30 "$W/nm.log"; exit 1
 fi

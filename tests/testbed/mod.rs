@@ -9,7 +9,7 @@
 //! it spawns plugins with its own environment, so `NM_TSP_STATE_DIR` set here reaches them;
 //! nmcli exits 0 on some failures, so tests assert on state, never on nmcli's status alone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::netns::{Host, Lab, Output, Proc, bin};
@@ -51,9 +51,9 @@ fn in_path(program: &str) -> bool {
 
 /// NetworkManager running in `host`, with its own bus.
 pub struct Nm {
-    pub dir: PathBuf,
     pub bus_addr: String,
-    pub bus: Proc,
+    /// The bus lives as long as this (the lab kills it at the end).
+    _bus: Proc,
     pub daemon: Proc,
 }
 
@@ -72,9 +72,8 @@ impl Nm {
         write(&dir.join("bus/system.conf"), &conf, 0o644)?;
         let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/nm-tsp-service.conf");
         std::fs::copy(&policy, dir.join("bus/system.d/nm-tsp-service.conf")).map_err(|e| format!("policy: {e}"))?;
-        let addr_file = dir.join("bus/addr");
         let bus_conf = dir.join("bus/system.conf");
-        // dbus-daemon writes its address to fd 3 (--print-address=3 needs an fd): use a file.
+        // Ready when the socket exists (it prints its address too, to the log).
         let bus = host.spawn(
             "dbus-daemon",
             &[
@@ -86,7 +85,6 @@ impl Nm {
         let bus_addr = format!("unix:path={}", sock.display());
         wait_until(Duration::from_secs(10), || sock.exists())
             .map_err(|_| format!("dbus-daemon did not create {}:\n{}", sock.display(), bus.output()))?;
-        let _ = addr_file;
 
         let nm_conf = "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
                        auth-polkit=root-only\nno-auto-default=*\n[keyfile]\nunmanaged-devices=interface-name:lo\n\
@@ -108,9 +106,8 @@ impl Nm {
             ],
         )?;
         let nm = Nm {
-            dir,
             bus_addr,
-            bus,
+            _bus: bus,
             daemon,
         };
         let online = nm.run("nm-online", &["-s", "-q", "-t", "20"])?;
@@ -124,11 +121,7 @@ impl Nm {
     pub fn run(&self, program: &str, args: &[&str]) -> Result<Output, String> {
         let mut c = std::process::Command::new(program);
         c.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus_addr);
-        let start = Instant::now();
-        let out = c
-            .output()
-            .map_err(|e| format!("cannot run {program}: {e}"))?;
-        let _ = start;
+        let out = c.output().map_err(|e| format!("cannot run {program}: {e}"))?;
         Ok(Output {
             command: format!("{program} {}", args.join(" ")),
             status: out.status,

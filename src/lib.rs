@@ -11,6 +11,7 @@ pub mod config;
 pub mod fsutil;
 pub mod logging;
 pub mod net;
+pub mod nm;
 pub mod proto;
 pub mod secret;
 pub mod sites;

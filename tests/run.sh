@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps)
+# gnome-keyring, libsecret-tools (secret-tool), dbus (dbus-run-session) and systemd (busctl):
+# tests/auth_dialog.rs runs nm-tsp-auth-dialog against a real headless keyring.
+need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps gnome-keyring libsecret-tools dbus systemd util-linux)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

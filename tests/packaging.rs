@@ -45,7 +45,8 @@ fn policy_is_xml_and_names_the_service() {
         }
     }
     for (k, list) in [("user=root", &allow), ("context=default", &deny)] {
-        for rule in ["own_prefix", "send_destination"] {
+        // send_destination alone would not reach the per-connection names (…tsp.Connection_N).
+        for rule in ["own_prefix", "send_destination", "send_destination_prefix"] {
             assert!(
                 list.iter()
                     .any(|(ctx, a)| ctx == k && a.iter().any(|(n, v)| n == rule && v == SERVICE)),

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps)
+need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps dbus)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,12 +1,14 @@
 //! The files NetworkManager and D-Bus read: the `.name` file and the system-bus policy must
 //! agree on the service name, and the policy must be well-formed XML; the `.name` file's auth
-//! dialog is the binary this package builds, in the same directory as the service.
+//! dialog is the binary this package builds, in the same directory as the service. The man page
+//! of nm-tsp-service documents every vpn.data key and every option the program has.
 
 use std::collections::BTreeMap;
 
 const NAME: &str = include_str!("../nm-plugin/nm-tsp-service.name");
 const POLICY: &str = include_str!("../dbus/nm-tsp-service.conf");
 const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
+const MAN: &str = include_str!("../data/man/nm-tsp-service.8");
 
 fn key(text: &str, k: &str) -> Option<String> {
     text.lines()
@@ -103,12 +105,88 @@ fn policy_is_xml_and_names_the_service() {
         }
     }
     for (k, list) in [("user=root", &allow), ("context=default", &deny)] {
-        for rule in ["own_prefix", "send_destination"] {
+        // send_destination alone would not reach the per-connection names (…tsp.Connection_N).
+        for rule in ["own_prefix", "send_destination", "send_destination_prefix"] {
             assert!(
                 list.iter()
                     .any(|(ctx, a)| ctx == k && a.iter().any(|(n, v)| n == rule && v == SERVICE)),
                 "{k}: no {rule}={SERVICE}"
             );
         }
+    }
+}
+
+/// The body of a man page section, from `.SH NAME` to the next `.SH`.
+fn man_section<'a>(page: &'a str, name: &str) -> &'a str {
+    let start = page
+        .find(&format!("\n.SH {name}\n"))
+        .unwrap_or_else(|| panic!("the man page has no section {name}"))
+        + name.len()
+        + 6;
+    let rest = &page[start..];
+    &rest[..rest.find("\n.SH ").unwrap_or(rest.len())]
+}
+
+/// roff's escaped hyphen.
+fn roff(s: &str) -> String {
+    s.replace('-', "\\-")
+}
+
+#[test]
+fn man_page_documents_every_vpn_data_key() {
+    use nm_tsp::config::vpn_data::{DATA_KEYS, KEY_MTU, KEY_PASSWORD_FLAGS, SECRET_PASSWORD};
+    let data = man_section(MAN, "VPN DATA");
+    let keys = DATA_KEYS.iter().map(|(k, _)| *k).chain([KEY_MTU, KEY_PASSWORD_FLAGS]);
+    for key in keys {
+        let entry = format!(".TP\n.B {}\n", roff(key));
+        assert!(
+            data.contains(&entry),
+            "vpn.data key {key} has no entry ({entry:?}) in nm-tsp-service.8"
+        );
+    }
+    let secrets = man_section(MAN, "SECRETS");
+    assert!(
+        secrets.contains(&format!(".TP\n.B {SECRET_PASSWORD}\n")),
+        "the password secret is not documented"
+    );
+}
+
+#[test]
+fn help_and_man_page_list_the_same_options() {
+    // `.TP` then `.B --opt` or `.BI --opt " ARG"`.
+    let section = man_section(MAN, "OPTIONS");
+    let lines: Vec<&str> = section.lines().collect();
+    let documented: Vec<String> = lines
+        .windows(2)
+        .filter(|w| w[0] == ".TP")
+        .filter_map(|w| w[1].strip_prefix(".BI ").or_else(|| w[1].strip_prefix(".B ")))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|opt| opt.replace("\\-", "-"))
+        .collect();
+    assert!(
+        documented.len() >= 4,
+        "no options found in the man page: {documented:?}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nm-tsp-service"))
+        .arg("--help")
+        .output()
+        .expect("run nm-tsp-service --help");
+    assert!(out.status.success(), "nm-tsp-service --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in &documented {
+        assert!(
+            help.contains(opt.as_str()),
+            "--help does not mention {opt}, which the man page lists:\n{help}"
+        );
+    }
+    let offered = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-')));
+    for opt in offered {
+        assert!(
+            documented.iter().any(|d| d == opt),
+            "--help offers {opt}, which nm-tsp-service.8 does not document"
+        );
     }
 }

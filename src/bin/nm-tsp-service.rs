@@ -112,14 +112,15 @@ async fn run(cli: &Cli) -> zbus::Result<()> {
             .or_else(|| std::env::var_os("NM_TSP_STATE_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
     });
-    // The object is exported before the name is requested: NetworkManager calls NeedSecrets
-    // as soon as the name appears.
+    // The object is exported, and the connection handed to it for signals, before the name
+    // is requested: NetworkManager calls NeedSecrets as soon as the name appears, and a
+    // Connect that came before `attach` would change the state without a StateChanged.
     let conn = zbus::connection::Builder::system()?
         .serve_at(PATH, Plugin::new(shared.clone()))?
-        .name(cli.bus_name.as_str())?
         .build()
         .await?;
     shared.attach(conn.clone());
+    conn.request_name(cli.bus_name.as_str()).await?;
     tracing::info!(bus_name = %cli.bus_name, "nm-tsp-service ready");
 
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;

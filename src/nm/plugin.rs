@@ -131,6 +131,10 @@ impl Request {
         let map = |key: &str| -> Result<BTreeMap<String, String>, VpnError> {
             let Some(v) = vpn.get(key) else { return Ok(BTreeMap::new()) };
             let bad = || VpnError::BadArguments(format!("vpn.{key} is not a dictionary of strings (a{{ss}})"));
+            // zvariant would also convert an a{sv} holding strings; NetworkManager sends a{ss}.
+            if *v.value_signature() != "a{ss}" {
+                return Err(bad());
+            }
             let m = HashMap::<String, String>::try_from(v.try_clone().map_err(|_| bad())?).map_err(|_| bad())?;
             if m.len() > MAX_ITEMS || m.iter().any(|(k, v)| k.len() > MAX_VALUE || v.len() > MAX_VALUE) {
                 return Err(VpnError::BadArguments(format!(
@@ -720,6 +724,12 @@ mod tests {
         c.get_mut("vpn")
             .unwrap()
             .insert("data".into(), OwnedValue::from(7u32));
+        assert!(matches!(Request::from_dbus(&c), Err(VpnError::BadArguments(_))));
+        let mut c = connection(&[("server", "192.0.2.1")], &[]);
+        let asv = HashMap::from([("server".to_owned(), Value::from("192.0.2.1"))]);
+        c.get_mut("vpn")
+            .unwrap()
+            .insert("data".into(), OwnedValue::try_from(Value::from(asv)).unwrap());
         assert!(matches!(Request::from_dbus(&c), Err(VpnError::BadArguments(_))));
         let mut c = connection(&[("server", "192.0.2.1")], &[]);
         c.get_mut("vpn")

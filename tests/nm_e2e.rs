@@ -57,9 +57,7 @@ struct Bed {
 fn direct(test: &str) -> Bed {
     let lab = Lab::new(test).unwrap();
     let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-    let (c_if, _) = lab
-        .link(&c, &[], &b, &["192.0.2.1/24", "2001:db8:1::1/64"])
-        .unwrap();
+    let (c_if, _) = lab.link(&c, &[], &b, &["192.0.2.1/24", "2001:db8:1::1/64"]).unwrap();
     let nm = Nm::start(&lab, &c).unwrap();
     nm.base_connection(&c_if, Some("192.0.2.2/24"), None, Some("2001:db8:1::2/64"))
         .unwrap();
@@ -70,7 +68,10 @@ fn direct(test: &str) -> Bed {
 /// profile, so a device left by a killed service is found again).
 fn tundev(nm: &Nm, id: &str) -> String {
     let uuid = nm.con_field(id, "connection.uuid");
-    format!("tsp-{}", uuid.chars().filter(char::is_ascii_hexdigit).take(8).collect::<String>())
+    format!(
+        "tsp-{}",
+        uuid.chars().filter(char::is_ascii_hexdigit).take(8).collect::<String>()
+    )
 }
 
 fn up_and_connected(bed: &Bed, id: &str) -> String {
@@ -115,7 +116,9 @@ fn up_pings_and_down_cleanly_v6v4() {
     assert!(banner.contains("TSP v6v4 tunnel with 192.0.2.1"), "banner {banner:?}");
     let routes = bed.c.routes_v6().unwrap();
     assert!(
-        routes.iter().any(|r| r.starts_with("default") && r.contains(&format!("dev {dev}"))),
+        routes
+            .iter()
+            .any(|r| r.starts_with("default") && r.contains(&format!("dev {dev}"))),
         "no default route through {dev}: {routes:?}"
     );
     assert!(bed.c.ping(BROKER_V6, 3, 2), "no IPv6 ping through the tunnel");
@@ -164,14 +167,22 @@ fn v4v6_gives_ipv4() {
     let bed = direct("nm_v4v6");
     let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
     bed.nm
-        .add_vpn("v4", "server=[2001:db8:1::1], tunnel-mode=v4v6", None, &["ipv6.method", "disabled"])
+        .add_vpn(
+            "v4",
+            "server=[2001:db8:1::1], tunnel-mode=v4v6",
+            None,
+            &["ipv6.method", "disabled"],
+        )
         .unwrap();
     let dev = up_and_connected(&bed, "v4");
     let ip4 = bed.nm.con_field("v4", "IP4.ADDRESS");
     assert!(ip4.contains("198.51.100."), "IP4.ADDRESS {ip4:?}");
     let addrs = bed.c.addrs(&dev).unwrap();
     assert!(addrs.iter().any(|a| a.starts_with("198.51.100.")), "{dev}: {addrs:?}");
-    assert!(bed.c.ping(BROKER_V4_INNER, 3, 2), "no IPv4 ping through the v4v6 tunnel");
+    assert!(
+        bed.c.ping(BROKER_V4_INNER, 3, 2),
+        "no IPv4 ping through the v4v6 tunnel"
+    );
     down_and_gone(&bed, "v4", &dev);
 }
 
@@ -253,7 +264,10 @@ fn persistent_survives_broker_restart_and_roaming() {
     let _broker2 = start_broker(&bed.lab, &bed.b, "broker", "");
     bed.nm.wait_vpn_state("p", 5, 20 * SEC).unwrap();
     assert_eq!(global(&bed.nm), before, "a different address after the restart");
-    assert!(bed.c.ping_until(BROKER_V6, 5 * SEC).is_some(), "no traffic after the broker restart");
+    assert!(
+        bed.c.ping_until(BROKER_V6, 5 * SEC).is_some(),
+        "no traffic after the broker restart"
+    );
 
     let t0 = std::time::Instant::now();
     bed.nm
@@ -277,13 +291,22 @@ fn two_connections_then_networkmanager_killed() {
     let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
     for id in ["one", "two"] {
         bed.nm
-            .add_vpn(id, "server=192.0.2.1, tunnel-mode=v6udpv4", None, &["ipv6.never-default", "yes"])
+            .add_vpn(
+                id,
+                "server=192.0.2.1, tunnel-mode=v6udpv4",
+                None,
+                &["ipv6.never-default", "yes"],
+            )
             .unwrap();
     }
     let d1 = up_and_connected(&bed, "one");
     let d2 = up_and_connected(&bed, "two");
     assert_ne!(d1, d2);
-    assert_eq!(bed.nm.vpn_state("one"), 5, "the first VPN dropped when the second came up");
+    assert_eq!(
+        bed.nm.vpn_state("one"),
+        5,
+        "the first VPN dropped when the second came up"
+    );
     assert_eq!(bed.nm.plugin_pids().len(), 2, "one nm-tsp-service per connection");
     assert!(bed.c.link_exists(&d1) && bed.c.link_exists(&d2));
     let pids = bed.nm.plugin_pids();
@@ -295,7 +318,10 @@ fn two_connections_then_networkmanager_killed() {
         );
     }
     assert!(
-        wait_until(10 * SEC, || pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())).is_ok(),
+        wait_until(10 * SEC, || pids
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()))
+        .is_ok(),
         "plugins outlived NetworkManager"
     );
 }
@@ -314,12 +340,23 @@ fn killed_plugin_device_is_cleaned_by_the_next_activation() {
         .unwrap();
     let dev = up_and_connected(&bed, "k");
     for pid in bed.nm.plugin_pids() {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
-    assert!(wait_until(10 * SEC, || bed.nm.vpn_state("k") != 5).is_ok(), "still connected");
-    assert!(bed.c.link_exists(&dev), "the killed plugin's device should be left behind");
+    assert!(
+        wait_until(10 * SEC, || bed.nm.vpn_state("k") != 5).is_ok(),
+        "still connected"
+    );
+    assert!(
+        bed.c.link_exists(&dev),
+        "the killed plugin's device should be left behind"
+    );
     let dev2 = up_and_connected(&bed, "k");
     assert_eq!(dev, dev2);
-    assert!(bed.c.ping(BROKER_V6, 2, 2), "no ping after the stale device was replaced");
+    assert!(
+        bed.c.ping(BROKER_V6, 2, 2),
+        "no ping after the stale device was replaced"
+    );
     down_and_gone(&bed, "k", &dev2);
 }

@@ -124,9 +124,7 @@ async fn run(cli: &Cli) -> zbus::Result<()> {
     tracing::info!(bus_name = %cli.bus_name, "nm-tsp-service ready");
 
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-    let mut nm_changes = dbus
-        .receive_name_owner_changed_with_args(&[(0, NM_BUS_NAME)])
-        .await?;
+    let mut nm_changes = dbus.receive_name_owner_changed_with_args(&[(0, NM_BUS_NAME)]).await?;
     let mut quit = shared.quit_requested();
     let idle = tokio::time::sleep(IDLE_QUIT);
     tokio::pin!(idle);
@@ -159,7 +157,10 @@ async fn run(cli: &Cli) -> zbus::Result<()> {
                 tracing::info!("signal received; disconnecting");
             }
             shared.shutdown().await;
-            if tokio::time::timeout(TEARDOWN_LIMIT, quit.wait_for(|q| *q)).await.is_err() {
+            if tokio::time::timeout(TEARDOWN_LIMIT, quit.wait_for(|q| *q))
+                .await
+                .is_err()
+            {
                 tracing::warn!("teardown did not finish in time");
             }
         }

@@ -92,17 +92,18 @@ fn conflict(keys: &[&str], message: String) -> ConfigError {
 }
 
 fn unknown(key: &str) -> ConfigError {
-    let known = DATA_KEYS
-        .iter()
-        .map(|(k, _)| *k)
-        .chain([KEY_MTU, KEY_PASSWORD_FLAGS]);
+    let known = DATA_KEYS.iter().map(|(k, _)| *k).chain([KEY_MTU, KEY_PASSWORD_FLAGS]);
     let best = known.min_by_key(|k| edit_distance(k, key));
     let hint = match best {
         Some(k) if edit_distance(k, key) <= 2 => format!(" (did you mean \"{k}\"?)"),
         _ => " (not a tsp setting)".to_owned(),
     };
     let shown: String = key.chars().take(64).flat_map(char::escape_default).collect();
-    ConfigError::UnknownKey { at: at(), key: shown, hint }
+    ConfigError::UnknownKey {
+        at: at(),
+        key: shown,
+        hint,
+    }
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -142,7 +143,12 @@ pub fn parse_vpn_data(data: &BTreeMap<String, String>) -> Result<VpnSettings, Co
         } else if key == KEY_PASSWORD_FLAGS {
             password_flags = match value.parse::<u32>() {
                 Ok(f) if f & !SecretFlags::ALL == 0 => SecretFlags(f),
-                _ => return Err(bad(key, "not NetworkManager secret flags (0, 1, 2 or 4, or a sum of them)")),
+                _ => {
+                    return Err(bad(
+                        key,
+                        "not NetworkManager secret flags (0, 1, 2 or 4, or a sum of them)",
+                    ));
+                }
             };
         } else {
             return Err(unknown(key));
@@ -189,7 +195,10 @@ impl VpnSettings {
             if self.needs_password() {
                 return Err(conflict(
                     &["auth-method", SECRET_PASSWORD],
-                    format!("auth-method {} needs a password and none was given", self.cfg.auth_method),
+                    format!(
+                        "auth-method {} needs a password and none was given",
+                        self.cfg.auth_method
+                    ),
                 ));
             }
             return Ok(self);
@@ -417,19 +426,50 @@ mod tests {
     fn errors_name_the_vpn_data_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("tunnel-mode", "v6v4")], "key \"server\" is not set"),
-            (&[("server", "192.0.2.1"), ("tunel-mode", "v6v4")], "did you mean \"tunnel-mode\""),
+            (
+                &[("server", "192.0.2.1"), ("tunel-mode", "v6v4")],
+                "did you mean \"tunnel-mode\"",
+            ),
             (&[("server", "192.0.2.1"), ("colour", "blue")], "not a tsp setting"),
-            (&[("server", "192.0.2.1"), ("tunnel-mode", "gre")], "key \"tunnel-mode\""),
-            (&[("server", "192.0.2.1"), ("prefix-length", "200")], "key \"prefix-length\": 200 is out of range"),
+            (
+                &[("server", "192.0.2.1"), ("tunnel-mode", "gre")],
+                "key \"tunnel-mode\"",
+            ),
+            (
+                &[("server", "192.0.2.1"), ("prefix-length", "200")],
+                "key \"prefix-length\": 200 is out of range",
+            ),
             (&[("server", "192.0.2.1"), ("keepalive", "maybe")], "key \"keepalive\""),
             (&[("server", "192.0.2.1"), ("mtu", "9000")], "key \"mtu\""),
-            (&[("server", "192.0.2.1"), ("mtu", "1480"), ("tunnel-mode", "v6udpv4")], "at most 1472"),
+            (
+                &[("server", "192.0.2.1"), ("mtu", "1480"), ("tunnel-mode", "v6udpv4")],
+                "at most 1472",
+            ),
             (&[("server", "192.0.2.1"), ("password-flags", "8")], "secret flags"),
-            (&[("server", "192.0.2.1"), ("host-type", "router")], "needs lan-interface"),
-            (&[("server", "192.0.2.1"), ("client-v4", "300.1.1.1")], "key \"client-v4\""),
-            (&[("server", "192.0.2.1"), ("lan-interface", "bad name")], "key \"lan-interface\""),
-            (&[("server", "[2001:db8::1"), ("auth-method", "anonymous")], "key \"server\""),
-            (&[("server", "192.0.2.1"), ("retry-delay", "100"), ("retry-delay-max", "50")], "retry-delay (100)"),
+            (
+                &[("server", "192.0.2.1"), ("host-type", "router")],
+                "needs lan-interface",
+            ),
+            (
+                &[("server", "192.0.2.1"), ("client-v4", "300.1.1.1")],
+                "key \"client-v4\"",
+            ),
+            (
+                &[("server", "192.0.2.1"), ("lan-interface", "bad name")],
+                "key \"lan-interface\"",
+            ),
+            (
+                &[("server", "[2001:db8::1"), ("auth-method", "anonymous")],
+                "key \"server\"",
+            ),
+            (
+                &[
+                    ("server", "192.0.2.1"),
+                    ("retry-delay", "100"),
+                    ("retry-delay-max", "50"),
+                ],
+                "retry-delay (100)",
+            ),
         ];
         for (pairs, want) in cases {
             let e = parse_vpn_data(&data(pairs)).expect_err(want).to_string();

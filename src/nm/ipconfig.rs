@@ -160,7 +160,9 @@ mod tests {
         let o = offer(TunnelMode::V6UdpV4);
         let c = report(&o, "203.0.113.1".parse().unwrap()).config();
         // The bytes of the integer, as NetworkManager copies them into an in_addr.
-        let Some(Value::U32(g)) = c.get("gateway") else { panic!("gateway is not u: {c:?}") };
+        let Some(Value::U32(g)) = c.get("gateway") else {
+            panic!("gateway is not u: {c:?}")
+        };
         assert_eq!(g.to_ne_bytes(), [203, 0, 113, 1]);
         assert_eq!(c.get("tundev"), Some(&Value::from("tsp-1234abcd")));
         assert_eq!(c.get("has-ip6"), Some(&Value::from(true)));

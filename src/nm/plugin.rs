@@ -20,7 +20,9 @@ use zbus::zvariant::{OwnedValue, Value};
 use zbus::{interface, names::InterfaceName};
 
 use super::ipconfig::TunnelReport;
-use crate::client::{DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo};
+use crate::client::{
+    DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
+};
 use crate::config::vpn_data::{self, VpnSettings};
 use crate::net::hostkeys::{KnownHostsFile, TrustMode};
 use crate::net::{NegotiateOptions, NetError};
@@ -109,14 +111,15 @@ impl Request {
         let vpn = c
             .get("vpn")
             .ok_or_else(|| VpnError::BadArguments("the connection has no \"vpn\" setting".into()))?;
-        let string = |setting: &HashMap<String, OwnedValue>, setting_name: &str, key: &str| {
-            match setting.get(key).map(|v| <&str>::try_from(&**v)) {
-                None => Ok(None),
-                Some(Ok(s)) if s.len() <= MAX_VALUE => Ok(Some(s.to_owned())),
-                Some(_) => Err(VpnError::BadArguments(format!(
-                    "{setting_name}.{key} is not a string of at most {MAX_VALUE} bytes"
-                ))),
-            }
+        let string = |setting: &HashMap<String, OwnedValue>, setting_name: &str, key: &str| match setting
+            .get(key)
+            .map(|v| <&str>::try_from(&**v))
+        {
+            None => Ok(None),
+            Some(Ok(s)) if s.len() <= MAX_VALUE => Ok(Some(s.to_owned())),
+            Some(_) => Err(VpnError::BadArguments(format!(
+                "{setting_name}.{key} is not a string of at most {MAX_VALUE} bytes"
+            ))),
         };
         match string(vpn, "vpn", "service-type")? {
             Some(s) if s == SERVICE => {}
@@ -129,7 +132,9 @@ impl Request {
             None => return Err(VpnError::InvalidConnection("vpn.service-type is missing".into())),
         }
         let map = |key: &str| -> Result<BTreeMap<String, String>, VpnError> {
-            let Some(v) = vpn.get(key) else { return Ok(BTreeMap::new()) };
+            let Some(v) = vpn.get(key) else {
+                return Ok(BTreeMap::new());
+            };
             let bad = || VpnError::BadArguments(format!("vpn.{key} is not a dictionary of strings (a{{ss}})"));
             // zvariant would also convert an a{sv} holding strings; NetworkManager sends a{ss}.
             if *v.value_signature() != "a{ss}" {
@@ -227,7 +232,9 @@ impl Shared {
     }
 
     fn emitter(&self) -> Option<SignalEmitter<'static>> {
-        SignalEmitter::new(self.conn.get()?, PATH).ok().map(SignalEmitter::into_owned)
+        SignalEmitter::new(self.conn.get()?, PATH)
+            .ok()
+            .map(SignalEmitter::into_owned)
     }
 
     /// Moves to `new` and tells NetworkManager (signal + property change).
@@ -332,7 +339,15 @@ impl Plugin {
         self.shared.set_state(state::STARTING).await;
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let failure = run_session(&shared, req, settings, need_secrets.then_some(secrets_rx), stop_tx, stop_rx).await;
+            let failure = run_session(
+                &shared,
+                req,
+                settings,
+                need_secrets.then_some(secrets_rx),
+                stop_tx,
+                stop_rx,
+            )
+            .await;
             shared.finish(failure).await;
         });
         Ok(())
@@ -502,7 +517,10 @@ async fn run_session(
     let mut negotiate = NegotiateOptions::from_config(
         cfg,
         // Trust on first use, pinned afterwards; a changed key fails the connection.
-        Arc::new(KnownHostsFile::new(state_dir.join("known_hosts"), TrustMode::AutoAccept)),
+        Arc::new(KnownHostsFile::new(
+            state_dir.join("known_hosts"),
+            TrustMode::AutoAccept,
+        )),
     );
     // NetworkManager's own connect timeout (60 s) is the budget for the first attempt.
     negotiate.connect_timeout = Duration::from_secs(10);
@@ -601,9 +619,13 @@ impl NmHooks {
         };
         Plugin::config(&em, report.config()).await.map_err(e("Config"))?;
         if offer.mode == TunnelMode::V4V6 {
-            Plugin::ip4_config(&em, report.ip4_config()).await.map_err(e("Ip4Config"))?;
+            Plugin::ip4_config(&em, report.ip4_config())
+                .await
+                .map_err(e("Ip4Config"))?;
         } else {
-            Plugin::ip6_config(&em, report.ip6_config()).await.map_err(e("Ip6Config"))?;
+            Plugin::ip6_config(&em, report.ip6_config())
+                .await
+                .map_err(e("Ip6Config"))?;
         }
         tracing::info!(banner = %report.banner(), "tunnel reported to NetworkManager");
         Ok(())
@@ -721,9 +743,7 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_tsp_connection() {
         let mut c = connection(&[("server", "192.0.2.1")], &[]);
-        c.get_mut("vpn")
-            .unwrap()
-            .insert("data".into(), OwnedValue::from(7u32));
+        c.get_mut("vpn").unwrap().insert("data".into(), OwnedValue::from(7u32));
         assert!(matches!(Request::from_dbus(&c), Err(VpnError::BadArguments(_))));
         let mut c = connection(&[("server", "192.0.2.1")], &[]);
         let asv = HashMap::from([("server".to_owned(), Value::from("192.0.2.1"))]);
@@ -732,9 +752,10 @@ mod tests {
             .insert("data".into(), OwnedValue::try_from(Value::from(asv)).unwrap());
         assert!(matches!(Request::from_dbus(&c), Err(VpnError::BadArguments(_))));
         let mut c = connection(&[("server", "192.0.2.1")], &[]);
-        c.get_mut("vpn")
-            .unwrap()
-            .insert("service-type".into(), OwnedValue::try_from(Value::from("org.example.other")).unwrap());
+        c.get_mut("vpn").unwrap().insert(
+            "service-type".into(),
+            OwnedValue::try_from(Value::from("org.example.other")).unwrap(),
+        );
         assert!(matches!(Request::from_dbus(&c), Err(VpnError::InvalidConnection(_))));
         let mut c = connection(&[], &[]);
         c.remove("vpn");

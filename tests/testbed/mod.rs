@@ -40,13 +40,15 @@ pub fn require_nm() -> bool {
         return true;
     }
     let test = std::thread::current().name().unwrap_or("this test").to_string();
-    println!("skipped: {test} needs {} (tests/run.sh installs them)", missing.join(", "));
+    println!(
+        "skipped: {test} needs {} (tests/run.sh installs them)",
+        missing.join(", ")
+    );
     false
 }
 
 fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// NetworkManager running in `host`, with its own bus.
@@ -62,7 +64,14 @@ impl Nm {
     /// `unmanaged` is an interface-name glob NetworkManager must leave alone.
     pub fn start(lab: &Lab, host: &Host) -> Result<Nm, String> {
         let dir = lab.dir().join(format!("nm-{}", host.name()));
-        for d in ["bus/system.d", "bus/services", "nm/etc/VPN", "nm/etc/system-connections", "nm/lib", "state"] {
+        for d in [
+            "bus/system.d",
+            "bus/services",
+            "nm/etc/VPN",
+            "nm/etc/system-connections",
+            "nm/lib",
+            "state",
+        ] {
             std::fs::create_dir_all(dir.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
         }
         let sock = dir.join("bus/sock");
@@ -99,7 +108,15 @@ impl Nm {
         let state = dir.join("state").display().to_string();
         let daemon = host.spawn_env(
             "unshare",
-            &["--mount", "--uts", "sh", "-c", NM_SCRIPT, "nm", &dir.display().to_string()],
+            &[
+                "--mount",
+                "--uts",
+                "sh",
+                "-c",
+                NM_SCRIPT,
+                "nm",
+                &dir.display().to_string(),
+            ],
             &[
                 ("DBUS_SYSTEM_BUS_ADDRESS", bus_addr.as_str()),
                 ("NM_TSP_STATE_DIR", state.as_str()),
@@ -165,10 +182,7 @@ impl Nm {
     /// The VPN state number of an active connection (`VPN.VPN-STATE`: 5 = connected), or 0.
     pub fn vpn_state(&self, id: &str) -> u32 {
         let s = self.con_field(id, "VPN.VPN-STATE");
-        s.split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        s.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
     }
 
     /// Waits until `VPN.VPN-STATE` of `id` is `want`; returns the time it took.
@@ -186,8 +200,23 @@ impl Nm {
 
     /// Adds an Ethernet profile for `ifname` with these addresses and brings it up (a VPN
     /// needs a base connection).
-    pub fn base_connection(&self, ifname: &str, v4: Option<&str>, v4_gw: Option<&str>, v6: Option<&str>) -> Result<(), String> {
-        let mut args = vec!["connection", "add", "type", "ethernet", "ifname", ifname, "con-name", ifname];
+    pub fn base_connection(
+        &self,
+        ifname: &str,
+        v4: Option<&str>,
+        v4_gw: Option<&str>,
+        v6: Option<&str>,
+    ) -> Result<(), String> {
+        let mut args = vec![
+            "connection",
+            "add",
+            "type",
+            "ethernet",
+            "ifname",
+            ifname,
+            "con-name",
+            ifname,
+        ];
         match v4 {
             Some(a) => args.extend(["ipv4.method", "manual", "ipv4.addresses", a]),
             None => args.extend(["ipv4.method", "disabled"]),
@@ -243,7 +272,9 @@ impl Nm {
 
     /// The pids of running `nm-tsp-service` processes (they run in NetworkManager's netns).
     pub fn plugin_pids(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {
                 std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "nm-tsp-service")

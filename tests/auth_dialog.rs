@@ -652,3 +652,123 @@ fn without_any_session_bus() {
     );
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// Runs the dialog with a pseudo-terminal as its controlling terminal (stdin/stdout stay the
+/// agent's pipes); `typed` is written to the terminal once the prompt is there. Returns the
+/// result and everything the terminal showed.
+fn run_on_pty(args: &[&str], stdin: &str, typed: &str) -> (Out, String) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, slave) = {
+        let (mut m, mut s) = (-1, -1);
+        // SAFETY: openpty writes two fds into the out-pointers; name/termios/winsize may be null.
+        let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds are fresh and owned by nobody else.
+        unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+    };
+    let slave_fd = std::os::fd::AsRawFd::as_raw_fd(&slave);
+    let home = scratch("auth-dialog-pty");
+    let mut cmd = Command::new(DIALOG);
+    session_env(&mut cmd, &home);
+    cmd.env(
+        "DBUS_SESSION_BUS_ADDRESS",
+        format!("unix:path={}", home.join("no-bus").display()),
+    );
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(slave_fd);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nm-tsp-auth-dialog");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().expect("dup master");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        // Ends with EIO once the slave side is closed everywhere.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    while !String::from_utf8_lossy(&shown).contains("Password: ") {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(chunk) => shown.extend(chunk),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no prompt on the terminal: {:?}", String::from_utf8_lossy(&shown));
+            }
+        }
+    }
+    master.write_all(format!("{typed}\n").as_bytes()).expect("type");
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let out = match done_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: pid is our child, not yet reaped (the waiting thread still waits for it).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!(
+                "nm-tsp-auth-dialog {args:?} hung; terminal: {:?}",
+                String::from_utf8_lossy(&shown)
+            );
+        }
+    };
+    // Held until now: with no slave fd open, reading the master fails at once (EIO).
+    drop(slave);
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(5)) {
+        shown.extend(chunk);
+    }
+    let _ = std::fs::remove_dir_all(&home);
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !o.stderr.contains(typed) || typed.is_empty(),
+        "typed password on stderr: {}",
+        o.stderr
+    );
+    (o, String::from_utf8_lossy(&shown).into_owned())
+}
+
+/// Legacy protocol with -i and nothing stored: the dialog asks on its terminal, echo off.
+#[test]
+fn asks_on_the_terminal() {
+    let digest = [("auth-method", "digest-md5"), ("password-flags", "1")];
+    let typed = "typed pw 5";
+    let (o, tty) = run_on_pty(&args(U_NONE, &["-i"]), &applet_input(&digest, &[]), typed);
+    expect_ok(&o, &legacy(typed));
+    assert!(tty.contains("“Home broker”") && tty.contains("Password: "), "{tty:?}");
+    assert!(!tty.contains(typed), "the password was echoed: {tty:?}");
+    // -r: the agent's password is not returned again; the new one is asked for.
+    let (o, _) = run_on_pty(
+        &args(U_NONE, &["-i", "-r"]),
+        &applet_input(&digest, &[("password", PW_AGENT)]),
+        typed,
+    );
+    expect_ok(&o, &legacy(typed));
+    // An empty answer cancels.
+    let (o, _) = run_on_pty(&args(U_NONE, &["-i"]), &applet_input(&digest, &[]), "");
+    expect_cancel(&o, "input was empty");
+}

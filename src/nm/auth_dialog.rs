@@ -592,12 +592,15 @@ pub fn prompt_terminal(req: &Request) -> Result<Option<Secret>, Error> {
     let mut msg = description(req);
     msg.push('\n');
     msg.push_str("Password: ");
-    tty.write_all(msg.as_bytes())?;
-    tty.flush()?;
-    let answer = {
-        let _echo = EchoOff::new(fd);
-        read_password_line(&mut tty)
-    };
+    // Echo off before the prompt shows: switching it flushes what was typed ahead, and the
+    // user may type as soon as the prompt is there.
+    let echo = EchoOff::new(fd);
+    let answer = tty
+        .write_all(msg.as_bytes())
+        .and_then(|()| tty.flush())
+        .map_err(Error::Io);
+    let answer = answer.and_then(|()| read_password_line(&mut tty));
+    drop(echo);
     let _ = tty.write_all(b"\n");
     answer
 }

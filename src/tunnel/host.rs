@@ -58,10 +58,20 @@ pub async fn configure(
 ) -> Result<Configured, NetlinkError> {
     let mut applied = Applied::default();
     let result = apply(nl, &mut applied, ifindex, offer, settings).await;
+    settle(nl, applied, result).await
+}
+
+type RaTask = Option<(watch::Sender<bool>, JoinHandle<()>)>;
+
+/// The configuration in force, or — after a failure — nothing half-done left behind.
+async fn settle(
+    nl: &Netlink,
+    applied: Applied,
+    result: Result<RaTask, NetlinkError>,
+) -> Result<Configured, NetlinkError> {
     match result {
         Ok(ra) => Ok(Configured { applied, ra }),
         Err(e) => {
-            // Leave nothing half-done behind.
             for e2 in applied.undo(nl).await {
                 tracing::warn!(error = %e2, "cleanup after a failed configuration");
             }
@@ -76,7 +86,7 @@ async fn apply(
     ifindex: u32,
     offer: &Offer,
     settings: &HostSettings,
-) -> Result<Option<(watch::Sender<bool>, JoinHandle<()>)>, NetlinkError> {
+) -> Result<RaTask, NetlinkError> {
     match offer.mode {
         TunnelMode::V4V6 => {
             applied
@@ -116,23 +126,11 @@ async fn apply(
 /// forwarding, and router advertisements. Taken back by [`Configured::remove`].
 pub async fn configure_lan(nl: &Netlink, offer: &Offer, lan: &str) -> Result<Configured, NetlinkError> {
     let mut applied = Applied::default();
-    match apply_lan(nl, &mut applied, offer, lan).await {
-        Ok(ra) => Ok(Configured { applied, ra }),
-        Err(e) => {
-            for e2 in applied.undo(nl).await {
-                tracing::warn!(error = %e2, "cleanup after a failed configuration");
-            }
-            Err(e)
-        }
-    }
+    let result = apply_lan(nl, &mut applied, offer, lan).await;
+    settle(nl, applied, result).await
 }
 
-async fn apply_lan(
-    nl: &Netlink,
-    applied: &mut Applied,
-    offer: &Offer,
-    lan: &str,
-) -> Result<Option<(watch::Sender<bool>, JoinHandle<()>)>, NetlinkError> {
+async fn apply_lan(nl: &Netlink, applied: &mut Applied, offer: &Offer, lan: &str) -> Result<RaTask, NetlinkError> {
     let (Some(prefix), Some(p)) = (lan_prefix(offer), offer.prefix) else {
         return Ok(None);
     };

@@ -41,6 +41,9 @@ pub const KEY_MTU: &str = "mtu";
 pub const KEY_PASSWORD_FLAGS: &str = "password-flags";
 /// The one secret.
 pub const SECRET_PASSWORD: &str = "password";
+/// What the auth dialog answers when no password is needed (agents want a non-empty reply);
+/// accepted and ignored.
+pub const SECRET_PLACEHOLDER: &str = "no-secret";
 
 pub const DEFAULT_MTU: u16 = 1280;
 /// Largest MTU per outer path of 1500 bytes: IPv4 header 20 (v6v4), + UDP 8 (v6udpv4), IPv6
@@ -178,7 +181,7 @@ impl VpnSettings {
     /// [`needs_password`](Self::needs_password).
     pub fn with_secrets(mut self, secrets: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         for key in secrets.keys() {
-            if key != SECRET_PASSWORD {
+            if key != SECRET_PASSWORD && key != SECRET_PLACEHOLDER {
                 let shown: String = key.chars().take(64).flat_map(char::escape_default).collect();
                 return Err(ConfigError::UnknownKey {
                     at: Location {
@@ -494,6 +497,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vpn.secrets") && !e.contains("bad"), "{e}");
+        let anon = parse_vpn_data(&data(&[("server", "b")])).unwrap();
+        assert!(anon.with_secrets(&data(&[("no-secret", "true")])).is_ok(), "the dialog's placeholder");
         let e = s.with_secrets(&data(&[("pin", "1")])).unwrap_err().to_string();
         assert!(e.contains("\"pin\""), "{e}");
         let nr = parse_vpn_data(&data(&[("server", "b"), ("username", "bob"), ("password-flags", "4")])).unwrap();

@@ -33,7 +33,7 @@ pub const AUTH_METHOD: &str = "auth-method";
 /// The dummy secret returned when no password is needed, so that the agent hands NM a
 /// non-empty answer (the convention of NetworkManager-openvpn's dialog). nm-tsp-service must
 /// ignore it.
-pub const NO_SECRET: &str = "no-secret";
+pub const NO_SECRET: &str = crate::config::vpn_data::SECRET_PLACEHOLDER;
 /// libsecret schema name NetworkManager's agents store connection secrets under.
 pub const KEYRING_SCHEMA: &str = "org.freedesktop.NetworkManager.Connection";
 /// Hint prefix that carries a message for the user rather than a secret name.

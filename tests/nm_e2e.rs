@@ -360,3 +360,79 @@ fn killed_plugin_device_is_cleaned_by_the_next_activation() {
     );
     down_and_gone(&bed, "k", &dev2);
 }
+
+/// Router mode under NetworkManager: the delegated prefix is advertised on the LAN interface
+/// (NetworkManager has no prefix delegation for VPNs), a LAN host autoconfigures from our RAs
+/// and reaches the broker through the tunnel; `down` withdraws the LAN side.
+#[test]
+fn router_mode_serves_the_lan() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let lab = Lab::new("nm_router").unwrap();
+    let [c, b, l] = ["c", "b", "l"].map(|h| lab.host(h).unwrap());
+    let (c_if, _) = lab.link(&c, &[], &b, &["192.0.2.1/24"]).unwrap();
+    let (l_if, c_lan) = lab.link(&l, &[], &c, &[]).unwrap();
+    l.sysctl(&format!("net.ipv6.conf.{l_if}.accept_ra"), "2").unwrap();
+    let nm = Nm::start_with(&lab, &c, &[&c_lan]).unwrap();
+    nm.base_connection(&c_if, Some("192.0.2.2/24"), None, None).unwrap();
+    let broker = start_broker(&lab, &b, "broker", "prefix_pool = \"2001:db8:c000::/36\"\nforwarding = true\n");
+    nm.add_vpn(
+        "router",
+        &format!(
+            "server=192.0.2.1, auth-method=digest-md5, username=alice, password-flags=0, host-type=router, \
+             prefix-length=56, lan-interface={c_lan}"
+        ),
+        Some(&format!("password={PASSWORD}")),
+        &[],
+    )
+    .unwrap();
+    let out = nm.up("router", &c_if);
+    nm.wait_vpn_state("router", 5, 20 * SEC)
+        .unwrap_or_else(|e| panic!("{e}\n{}{}", out.stdout, out.stderr));
+    let banner = nm.con_field("router", "VPN.BANNER");
+    let prefix = banner
+        .split("; ")
+        .find_map(|p| p.strip_prefix("delegated prefix "))
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_else(|| panic!("no delegated prefix in the banner {banner:?}"))
+        .to_owned();
+    assert!(banner.contains(&format!("advertised on {c_lan}")), "{banner}");
+    let net: std::net::Ipv6Addr = prefix.parse().unwrap();
+    let lan64 = u128::from(net) >> 64;
+    // Addresses (CIDR text) of `dev` on `host` inside the LAN /64.
+    let in_lan = |host: &Host, dev: &str| -> Vec<std::net::Ipv6Addr> {
+        host.addrs(dev)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.split('/').next()?.parse::<std::net::Ipv6Addr>().ok())
+            .filter(|a| u128::from(*a) >> 64 == lan64)
+            .collect()
+    };
+    assert!(
+        in_lan(&c, &c_lan).contains(&std::net::Ipv6Addr::from(u128::from(net) | 1)),
+        "no <prefix>::1 on {c_lan}: {:?}",
+        c.addrs(&c_lan)
+    );
+    // The LAN host's SLAAC address, from our advertisements.
+    assert!(
+        wait_until(15 * SEC, || !in_lan(&l, &l_if).is_empty()).is_ok(),
+        "no SLAAC address in {net}/64 on the LAN host: {:?}",
+        l.addrs(&l_if)
+    );
+    assert!(
+        l.ping_until(BROKER_V6, 10 * SEC).is_some(),
+        "the LAN host cannot reach the broker through the tunnel"
+    );
+    nm.nmcli(&["connection", "down", "router"]).unwrap();
+    assert!(
+        wait_until(10 * SEC, || in_lan(&c, &c_lan).is_empty()).is_ok(),
+        "the router address stayed on {c_lan}"
+    );
+    // The last advertisement (router lifetime 0) took the LAN host's default route away.
+    assert!(
+        wait_until(10 * SEC, || !l.ip(&["-6", "route", "show", "default"]).unwrap_or_default().contains("via")).is_ok(),
+        "the LAN host kept its default route"
+    );
+    assert!(!broker.output().contains(PASSWORD));
+}

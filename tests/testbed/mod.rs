@@ -61,8 +61,13 @@ pub struct Nm {
 
 impl Nm {
     /// Starts the bus and NetworkManager in `host` and waits until NetworkManager answers.
-    /// `unmanaged` is an interface-name glob NetworkManager must leave alone.
     pub fn start(lab: &Lab, host: &Host) -> Result<Nm, String> {
+        Self::start_with(lab, host, &[])
+    }
+
+    /// [`Nm::start`], with interfaces NetworkManager must leave alone (a LAN the plugin
+    /// configures in router mode).
+    pub fn start_with(lab: &Lab, host: &Host, unmanaged: &[&str]) -> Result<Nm, String> {
         let dir = lab.dir().join(format!("nm-{}", host.name()));
         for d in [
             "bus/system.d",
@@ -95,10 +100,17 @@ impl Nm {
         wait_until(Duration::from_secs(10), || sock.exists())
             .map_err(|_| format!("dbus-daemon did not create {}:\n{}", sock.display(), bus.output()))?;
 
-        let nm_conf = "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
-                       auth-polkit=root-only\nno-auto-default=*\n[keyfile]\nunmanaged-devices=interface-name:lo\n\
-                       [connectivity]\nenabled=false\n[logging]\nlevel=DEBUG\ndomains=VPN,VPN_PLUGIN,CORE,DEVICE\n";
-        write(&dir.join("nm/etc/NetworkManager.conf"), nm_conf, 0o644)?;
+        let unmanaged: Vec<String> = std::iter::once("lo")
+            .chain(unmanaged.iter().copied())
+            .map(|i| format!("interface-name:{i}"))
+            .collect();
+        let nm_conf = format!(
+            "[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=none\n\
+             auth-polkit=root-only\nno-auto-default=*\n[keyfile]\nunmanaged-devices={}\n\
+             [connectivity]\nenabled=false\n[logging]\nlevel=DEBUG\ndomains=VPN,VPN_PLUGIN,CORE,DEVICE\n",
+            unmanaged.join(";")
+        );
+        write(&dir.join("nm/etc/NetworkManager.conf"), &nm_conf, 0o644)?;
         let name = format!(
             "[VPN Connection]\nname=tsp\nservice=org.freedesktop.NetworkManager.tsp\nprogram={}\n\
              supports-multiple-connections=true\n",

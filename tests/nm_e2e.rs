@@ -18,9 +18,13 @@ const BROKER_V4_INNER: &str = "198.51.100.1";
 const PASSWORD: &str = "s3cret-Pa55";
 
 fn start_broker(lab: &Lab, b: &Host, name: &str, extra: &str) -> Proc {
+    start_broker_auth(lab, b, name, "\"anonymous\", \"digest-md5\"", extra)
+}
+
+fn start_broker_auth(lab: &Lab, b: &Host, name: &str, auth: &str, extra: &str) -> Proc {
     let accounts = lab.file(&format!("{name}.accounts"), "").unwrap();
     let toml = format!(
-        "listen = [\"[::]:3653\"]\nauth = [\"anonymous\", \"digest-md5\"]\nrealm = \"test\"\n\
+        "listen = [\"[::]:3653\"]\nauth = [{auth}]\nrealm = \"test\"\n\
          accounts_file = \"{}\"\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n\
          keepalive_min = 1\nstate_file = \"{}\"\n{extra}",
         accounts.display(),
@@ -376,7 +380,12 @@ fn router_mode_serves_the_lan() {
     l.sysctl(&format!("net.ipv6.conf.{l_if}.accept_ra"), "2").unwrap();
     let nm = Nm::start_with(&lab, &c, &[&c_lan]).unwrap();
     nm.base_connection(&c_if, Some("192.0.2.2/24"), None, None).unwrap();
-    let broker = start_broker(&lab, &b, "broker", "prefix_pool = \"2001:db8:c000::/36\"\nforwarding = true\n");
+    let broker = start_broker(
+        &lab,
+        &b,
+        "broker",
+        "prefix_pool = \"2001:db8:c000::/36\"\nforwarding = true\n",
+    );
     nm.add_vpn(
         "router",
         &format!(
@@ -431,8 +440,80 @@ fn router_mode_serves_the_lan() {
     );
     // The last advertisement (router lifetime 0) took the LAN host's default route away.
     assert!(
-        wait_until(10 * SEC, || !l.ip(&["-6", "route", "show", "default"]).unwrap_or_default().contains("via")).is_ok(),
+        wait_until(10 * SEC, || !l
+            .ip(&["-6", "route", "show", "default"])
+            .unwrap_or_default()
+            .contains("via"))
+        .is_ok(),
         "the LAN host kept its default route"
     );
     assert!(!broker.output().contains(PASSWORD));
+}
+
+/// PASSDSS: the broker's host key is pinned on first use in the service's state directory; a
+/// different key later fails the connection (login-failed) with a message that says so.
+#[test]
+fn passdss_host_key_pinned_and_mismatch_refused() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_passdss");
+    let keys: Vec<String> = ["k1", "k2"]
+        .iter()
+        .map(|k| {
+            let path = bed.lab.dir().join(k);
+            let out = std::process::Command::new(BROKER)
+                .args(["gen-host-key", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "gen-host-key: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            path.display().to_string()
+        })
+        .collect();
+    let auth = "\"passdss-3des-1\"";
+    let broker = start_broker_auth(
+        &bed.lab,
+        &bed.b,
+        "broker",
+        auth,
+        &format!("host_key_file = \"{}\"\n", keys[0]),
+    );
+    let data = "server=192.0.2.1, auth-method=passdss-3des-1, username=alice, password-flags=0";
+    bed.nm
+        .add_vpn("dss", data, Some(&format!("password={PASSWORD}")), &[])
+        .unwrap();
+    let dev = up_and_connected(&bed, "dss");
+    assert!(bed.nm.con_field("dss", "VPN.BANNER").contains("PASSDSS-3DES-1"));
+    let known = std::fs::read_to_string(bed.nm.state_dir().join("known_hosts")).unwrap_or_default();
+    assert!(known.contains("192.0.2.1 ssh-dss "), "key not pinned: {known:?}");
+    down_and_gone(&bed, "dss", &dev);
+
+    broker.signal(Signal::Kill).unwrap();
+    broker.wait_exit(5 * SEC);
+    let _impostor = start_broker_auth(
+        &bed.lab,
+        &bed.b,
+        "broker",
+        auth,
+        &format!("host_key_file = \"{}\"\n", keys[1]),
+    );
+    let out = bed.nm.up("dss", &bed.c_if);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("Invalid secrets"), "nmcli said: {said}");
+    let log = bed.nm.log();
+    assert!(
+        log.contains("does not match the stored key"),
+        "no mismatch message:\n{}",
+        testbed::tail(&log, 30)
+    );
+    assert_ne!(bed.nm.vpn_state("dss"), 5);
+    assert_eq!(
+        std::fs::read_to_string(bed.nm.state_dir().join("known_hosts")).unwrap_or_default(),
+        known,
+        "the pinned key changed"
+    );
 }

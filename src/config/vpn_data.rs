@@ -498,7 +498,10 @@ mod tests {
             .to_string();
         assert!(e.contains("vpn.secrets") && !e.contains("bad"), "{e}");
         let anon = parse_vpn_data(&data(&[("server", "b")])).unwrap();
-        assert!(anon.with_secrets(&data(&[("no-secret", "true")])).is_ok(), "the dialog's placeholder");
+        assert!(
+            anon.with_secrets(&data(&[("no-secret", "true")])).is_ok(),
+            "the dialog's placeholder"
+        );
         let e = s.with_secrets(&data(&[("pin", "1")])).unwrap_err().to_string();
         assert!(e.contains("\"pin\""), "{e}");
         let nr = parse_vpn_data(&data(&[("server", "b"), ("username", "bob"), ("password-flags", "4")])).unwrap();

@@ -54,6 +54,8 @@ fn in_path(program: &str) -> bool {
 /// NetworkManager running in `host`, with its own bus.
 pub struct Nm {
     pub bus_addr: String,
+    /// The plugin's `NM_TSP_STATE_DIR` (known host keys, multi-site files).
+    state: std::path::PathBuf,
     /// The bus lives as long as this (the lab kills it at the end).
     _bus: Proc,
     pub daemon: Proc,
@@ -135,6 +137,7 @@ impl Nm {
             ],
         )?;
         let nm = Nm {
+            state: dir.join("state"),
             bus_addr,
             _bus: bus,
             daemon,
@@ -294,6 +297,10 @@ impl Nm {
                         .is_ok_and(|env| env.contains(&self.bus_addr))
             })
             .collect()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state
     }
 
     /// NetworkManager's log so far (the plugin's stderr is part of it).

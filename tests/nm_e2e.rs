@@ -229,6 +229,32 @@ fn digest_md5_and_wrong_password() {
         assert!(!said.contains(secret), "a password is in nmcli's output");
     }
     assert!(wait_until(10 * SEC, || bed.nm.plugin_pids().is_empty()).is_ok());
+    // Nothing the plugin wrote (host keys, multi-site files) holds a password.
+    let written = files_below(bed.nm.state_dir());
+    assert!(!written.is_empty(), "the plugin recorded no last server");
+    for file in written {
+        let text = std::fs::read(&file).unwrap_or_default();
+        for secret in [PASSWORD, wrong] {
+            assert!(
+                !text.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a password",
+                file.display()
+            );
+        }
+    }
+}
+
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// `vpn.persistent yes`: the broker restarted ⇒ back to activated with the same address; the

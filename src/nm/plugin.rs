@@ -227,6 +227,20 @@ impl Shared {
         self.lock().state
     }
 
+    fn can_connect(inner: &Inner) -> Result<(), VpnError> {
+        if !matches!(inner.state, state::INIT | state::STOPPED) || inner.session.is_some() {
+            return Err(VpnError::WrongState(format!(
+                "cannot connect in state {} (one connection per process)",
+                inner.state
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_can_connect(&self) -> Result<(), VpnError> {
+        Self::can_connect(&self.lock())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -303,6 +317,8 @@ impl Plugin {
     }
 
     async fn start(&self, connection: ConnectionDict, interactive: bool) -> Result<(), VpnError> {
+        // The state first, as libnm's plugins answer: a busy service says so whatever it got.
+        self.shared.check_can_connect()?;
         let req = Request::from_dbus(&connection)?;
         let settings = req.settings()?;
         let need_secrets = settings.missing_password(&req.secrets);
@@ -324,12 +340,7 @@ impl Plugin {
         let (secrets_tx, secrets_rx) = oneshot::channel();
         {
             let mut inner = self.shared.lock();
-            if !matches!(inner.state, state::INIT | state::STOPPED) || inner.session.is_some() {
-                return Err(VpnError::WrongState(format!(
-                    "cannot connect in state {} (one connection per process)",
-                    inner.state
-                )));
-            }
+            Shared::can_connect(&inner)?;
             inner.session = Some(Session {
                 stop: stop_tx.clone(),
                 secrets: need_secrets.then_some(secrets_tx),

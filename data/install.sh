@@ -14,14 +14,19 @@
 #   LIBEXECDIR=$PREFIX/libexec  nm-tsp-service, nm-tsp-auth-dialog (the .name file is rewritten)
 #   SBINDIR=$PREFIX/sbin        tspc, tsp-broker: they configure the system and need root or
 #                               CAP_NET_ADMIN, like the units' ExecStart (rewritten to match)
+#   NMPLUGINDIR=<libnm plugindir>              libnm-vpn-plugin-tsp.so (nmcli import/export);
+#                               default: pkg-config --variable=plugindir libnm with /usr
+#                               replaced by PREFIX, else $PREFIX/lib/NetworkManager (the .name
+#                               file's [libnm] plugin= is rewritten)
 #   NMVPNDIR=$PREFIX/lib/NetworkManager/VPN      NetworkManager reads /usr/lib/NetworkManager/VPN
 #                                                and /etc/NetworkManager/VPN only
 #   DBUSPOLICYDIR=$PREFIX/share/dbus-1/system.d  dbus reads /usr/share/dbus-1/system.d and
 #                                                /etc/dbus-1/system.d only
 #   MANDIR=$PREFIX/share/man    DOCDIR=$PREFIX/share/doc/nm-tsp (samples in DOCDIR/examples)
 #   SYSTEMDUNITDIR=$PREFIX/lib/systemd/system
-#   BIN=                        directory with the built binaries; unset: `cargo build --release
-#                               --locked --bins` and use ${CARGO_TARGET_DIR:-target}/release
+#   BIN=                        directory with the built binaries and libnm_vpn_plugin_tsp.so;
+#                               unset: `cargo build --release --locked --workspace --bins --lib`
+#                               and use ${CARGO_TARGET_DIR:-target}/release
 set -euo pipefail
 umask 022
 
@@ -31,6 +36,13 @@ PREFIX=${PREFIX:-/usr}
 DESTDIR=${DESTDIR:-}
 LIBEXECDIR=${LIBEXECDIR:-$PREFIX/libexec}
 SBINDIR=${SBINDIR:-$PREFIX/sbin}
+if [ -z "${NMPLUGINDIR:-}" ]; then
+  NMPLUGINDIR=$(pkg-config --variable=plugindir libnm 2>/dev/null || true)
+  case "$NMPLUGINDIR" in
+    /usr/*) NMPLUGINDIR=$PREFIX${NMPLUGINDIR#/usr} ;;
+    *) NMPLUGINDIR=$PREFIX/lib/NetworkManager ;;
+  esac
+fi
 NMVPNDIR=${NMVPNDIR:-$PREFIX/lib/NetworkManager/VPN}
 DBUSPOLICYDIR=${DBUSPOLICYDIR:-$PREFIX/share/dbus-1/system.d}
 MANDIR=${MANDIR:-$PREFIX/share/man}
@@ -49,7 +61,7 @@ esac
 [ $# -le 1 ] || die "one argument at most"
 
 # The paths go into sed expressions and the .name file: keep them plain.
-for v in PREFIX LIBEXECDIR SBINDIR NMVPNDIR DBUSPOLICYDIR MANDIR DOCDIR SYSTEMDUNITDIR; do
+for v in PREFIX LIBEXECDIR SBINDIR NMPLUGINDIR NMVPNDIR DBUSPOLICYDIR MANDIR DOCDIR SYSTEMDUNITDIR; do
   case "${!v}" in
     /*) ;;
     *) die "$v must be an absolute path, not '${!v}'" ;;
@@ -64,6 +76,7 @@ files=(
   "0755 $LIBEXECDIR/nm-tsp-auth-dialog @BIN@/nm-tsp-auth-dialog"
   "0755 $SBINDIR/tspc @BIN@/tspc"
   "0755 $SBINDIR/tsp-broker @BIN@/tsp-broker"
+  "0644 $NMPLUGINDIR/libnm-vpn-plugin-tsp.so @BIN@/libnm_vpn_plugin_tsp.so"
   "0644 $NMVPNDIR/nm-tsp-service.name nm-plugin/nm-tsp-service.name"
   "0644 $DBUSPOLICYDIR/nm-tsp-service.conf dbus/nm-tsp-service.conf"
   "0644 $MANDIR/man8/tspc.8 data/man/tspc.8"
@@ -101,9 +114,9 @@ elif [ -z "$DESTDIR" ]; then
 fi
 
 if [ -z "${BIN:-}" ]; then
-  command -v cargo >/dev/null || die "cargo not found: build first (cargo build --release --locked --bins) and pass BIN=target/release"
-  echo "== cargo build --release --locked --bins"
-  (cd "$src" && cargo build --release --locked --bins)
+  command -v cargo >/dev/null || die "cargo not found: build first (cargo build --release --locked --workspace --bins --lib) and pass BIN=target/release"
+  echo "== cargo build --release --locked --workspace --bins --lib"
+  (cd "$src" && cargo build --release --locked --workspace --bins --lib)
   target=${CARGO_TARGET_DIR:-target}
   case "$target" in /*) ;; *) target=$src/$target ;; esac
   BIN=$target/release
@@ -112,6 +125,8 @@ fi
 for b in nm-tsp-auth-dialog tspc tsp-broker; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: build it first (cargo build --release --locked --bins)"
 done
+[ -f "$BIN/libnm_vpn_plugin_tsp.so" ] ||
+  die "$BIN/libnm_vpn_plugin_tsp.so is missing: build it first (cargo build --release --locked --workspace --lib)"
 
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
@@ -119,6 +134,7 @@ trap 'rm -rf -- "$tmp"' EXIT
 # The .name file names the programs NetworkManager and the agents run: point it at LIBEXECDIR.
 sed -e "s#^program=.*#program=$LIBEXECDIR/nm-tsp-service#" \
     -e "s#^auth-dialog=.*#auth-dialog=$LIBEXECDIR/nm-tsp-auth-dialog#" \
+    -e "s#^plugin=.*#plugin=$NMPLUGINDIR/libnm-vpn-plugin-tsp.so#" \
     "$src/nm-plugin/nm-tsp-service.name" >"$tmp/nm-tsp-service.name"
 # The units start the programs from SBINDIR.
 for u in tspc tsp-broker; do

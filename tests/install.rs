@@ -29,12 +29,22 @@ fn bin_dir(dir: &Path, with_service: bool) -> PathBuf {
     ] {
         std::os::unix::fs::symlink(built, bin.join(name)).expect("symlink");
     }
+    std::os::unix::fs::symlink(editor_plugin(), bin.join("libnm_vpn_plugin_tsp.so")).expect("symlink");
     if with_service {
         let s = bin.join("nm-tsp-service");
         std::fs::write(&s, STAND_IN_SERVICE).expect("stand-in");
         std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     bin
+}
+
+/// The built libnm editor plugin (a workspace member: target/<profile>/, next to deps/).
+fn editor_plugin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("libnm_vpn_plugin_tsp.so"))
+        .expect("target dir")
 }
 
 /// Runs the script with a clean set of its variables plus `vars`.
@@ -47,6 +57,7 @@ fn install(vars: &[(&str, &Path)], args: &[&str]) -> (bool, String) {
         "LIBEXECDIR",
         "SBINDIR",
         "NMVPNDIR",
+        "NMPLUGINDIR",
         "DBUSPOLICYDIR",
         "MANDIR",
         "DOCDIR",
@@ -100,8 +111,9 @@ fn key_of(text: &str, group: &str, key: &str) -> Option<String> {
     None
 }
 
-fn expected(prefix: &str, libexec: &str) -> BTreeMap<String, u32> {
+fn expected(prefix: &str, libexec: &str, plugin_so: &str) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
+    m.insert(plugin_so.to_owned(), 0o644);
     for f in ["nm-tsp-service", "nm-tsp-auth-dialog"] {
         m.insert(format!("{libexec}/{f}"), 0o755);
     }
@@ -128,9 +140,10 @@ fn read(root: &Path, path: &str) -> String {
     std::fs::read_to_string(root.join(path.trim_start_matches('/'))).expect(path)
 }
 
-fn check_tree(root: &Path, prefix: &str, libexec: &str) {
+/// `plugin_so`: where the editor plugin must be, as the .name file names it.
+fn check_tree(root: &Path, prefix: &str, libexec: &str, plugin_so: &str) {
     let got = tree(root);
-    let want = expected(prefix, libexec);
+    let want = expected(prefix, libexec, plugin_so);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -165,6 +178,7 @@ fn check_tree(root: &Path, prefix: &str, libexec: &str) {
         installed(&format!("{prefix}/sbin/tspc")),
         size(env!("CARGO_BIN_EXE_tspc"))
     );
+    assert_eq!(installed(plugin_so), size(&editor_plugin().display().to_string()));
 
     // The .name file parses and points at LIBEXECDIR; everything else is as in the tree.
     let name = read(root, &format!("{prefix}/lib/NetworkManager/VPN/nm-tsp-service.name"));
@@ -177,6 +191,7 @@ fn check_tree(root: &Path, prefix: &str, libexec: &str) {
         key_of(&name, "GNOME", "auth-dialog"),
         Some(format!("{libexec}/nm-tsp-auth-dialog"))
     );
+    assert_eq!(key_of(&name, "libnm", "plugin").as_deref(), Some(plugin_so));
     for (g, k) in [
         ("VPN Connection", "name"),
         ("VPN Connection", "service"),
@@ -215,7 +230,9 @@ fn install_and_uninstall_into_a_destdir() {
     let (ok, out) = install(&[("DESTDIR", &dest), ("BIN", &bin)], &[]);
     assert!(ok, "{out}");
     assert!(!out.contains("cargo build"), "{out}");
-    check_tree(&dest, "/usr", "/usr/libexec");
+    // The tree's .name names Debian's libnm plugindir (amd64), which pkg-config reports here.
+    let plugin_so = key_of(include_str!("../nm-plugin/nm-tsp-service.name"), "libnm", "plugin").expect("plugin=");
+    check_tree(&dest, "/usr", "/usr/libexec", &plugin_so);
     assert_eq!(
         read(&dest, "/usr/lib/NetworkManager/VPN/nm-tsp-service.name"),
         include_str!("../nm-plugin/nm-tsp-service.name")
@@ -249,7 +266,8 @@ fn install_and_uninstall_into_a_destdir() {
     ];
     let (ok, out) = install(&vars, &[]);
     assert!(ok, "{out}");
-    check_tree(&dest2, "/usr/local", "/usr/local/lib/nm-tsp");
+    let plugin_so = plugin_so.replacen("/usr/", "/usr/local/", 1);
+    check_tree(&dest2, "/usr/local", "/usr/local/lib/nm-tsp", &plugin_so);
     assert!(out.contains("NetworkManager reads .name files only from"), "{out}");
     let (ok, out) = install(&vars, &["--uninstall"]);
     assert!(ok, "{out}");

@@ -57,7 +57,14 @@ fn name_file_declares_the_auth_dialog() {
     let g = groups(NAME);
     assert_eq!(
         g.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["GNOME", "VPN Connection"]
+        ["GNOME", "VPN Connection", "libnm"]
+    );
+    // The libnm editor plugin: an absolute path to the library nm-plugin/libnm-plugin builds.
+    let plugin = std::path::Path::new(&g["libnm"]["plugin"]);
+    assert!(plugin.is_absolute(), "{plugin:?}");
+    assert_eq!(
+        plugin.file_name().and_then(|f| f.to_str()),
+        Some("libnm-vpn-plugin-tsp.so")
     );
     let gnome = &g["GNOME"];
     assert_eq!(
@@ -66,7 +73,7 @@ fn name_file_declares_the_auth_dialog() {
     );
     assert_eq!(gnome.get("supports-external-ui-mode").map(String::as_str), Some("true"));
     assert_eq!(gnome.get("supports-hints").map(String::as_str), Some("true"));
-    // No [libnm] editor plugin and no legacy `properties` yet: NM would look for files we do not ship.
+    // No legacy (pre-1.2) `properties` editor: NM would look for a file we do not ship.
     assert!(!gnome.contains_key("properties"));
     // The dialog named is the one built here, next to the service.
     let built = std::path::Path::new(env!("CARGO_BIN_EXE_nm-tsp-auth-dialog"));

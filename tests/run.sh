@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-# dbus + network-manager: the NetworkManager end-to-end tests and the D-Bus contract test;
+# libnm-dev, libglib2.0-dev, pkg-config: the libnm editor plugin (nm-plugin/libnm-plugin) links
+# libnm and GLib. dbus + network-manager: the NetworkManager end-to-end tests and the D-Bus contract test;
 # gnome-keyring, libsecret-tools (secret-tool), systemd (busctl): tests/auth_dialog.rs runs
 # nm-tsp-auth-dialog against a real headless keyring.
-need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux)
+need_pkgs=(libnm-dev libglib2.0-dev pkg-config iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

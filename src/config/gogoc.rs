@@ -415,7 +415,7 @@ impl GogocConfig {
                 field.key(self.dialect),
             )
         })?;
-        check_cross(self, &Seen::default(), &file)
+        check_cross(self, &Seen::default(), &file, true)
     }
 
     /// [`validate`](Self::validate), and that everything needed to connect is there (the
@@ -713,6 +713,17 @@ impl Seen {
 /// interface" (gogoc has no default for them either; the defaults apply when the key is
 /// absent). `server` may be absent; see [`GogocConfig::validate_for_connect`].
 pub fn parse(text: &str, origin: &Path) -> Result<GogocConfig, ConfigError> {
+    parse_with(text, origin, true)
+}
+
+/// [`parse`], except that an empty `passwd` is accepted whatever `auth_method` says: for
+/// importing a file into a NetworkManager profile, which asks for the password when it
+/// connects (an exported profile's file has `passwd=` left empty).
+pub fn parse_without_password(text: &str, origin: &Path) -> Result<GogocConfig, ConfigError> {
+    parse_with(text, origin, false)
+}
+
+fn parse_with(text: &str, origin: &Path, require_password: bool) -> Result<GogocConfig, ConfigError> {
     let file = origin.display().to_string();
     if text.len() > MAX_TEXT_LEN {
         return Err(ConfigError::TooLarge {
@@ -830,7 +841,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<GogocConfig, ConfigError> {
         // gw6c waits a fixed retry_delay between attempts: no doubling.
         cfg.retry_delay_max = cfg.retry_delay;
     }
-    check_cross(&cfg, &seen, &file)?;
+    check_cross(&cfg, &seen, &file, require_password)?;
     Ok(cfg)
 }
 
@@ -1354,7 +1365,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
 
 /// Rules that involve several keys (gogoc's configuration validator, in its order). Errors
 /// point at the last line that set one of the keys involved.
-fn check_cross(c: &GogocConfig, seen: &Seen, file: &str) -> Result<(), ConfigError> {
+fn check_cross(c: &GogocConfig, seen: &Seen, file: &str, require_password: bool) -> Result<(), ConfigError> {
     // Keys are named as spelled in the file (e.g. `if_tunnel` of an old tspc.conf).
     let name = |f: Field| seen.get(f).map_or_else(|| f.key(c.dialect), |(_, k)| k);
     let conflict = |fields: &[Field], message: String| ConfigError::Conflict {
@@ -1397,7 +1408,7 @@ fn check_cross(c: &GogocConfig, seen: &Seen, file: &str) -> Result<(), ConfigErr
             ),
         ));
     }
-    if c.auth_method.needs_password() && c.passwd.is_empty() {
+    if require_password && c.auth_method.needs_password() && c.passwd.is_empty() {
         let hint = if c.userid == "anonymous" {
             " (old tspc files used userid=anonymous: set auth_method=anonymous instead)"
         } else {

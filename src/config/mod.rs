@@ -22,7 +22,7 @@ pub use error::{ConfigError, Location};
 pub use gogoc::{
     AutoAddr, Dialect, GogocConfig, LogLevels, LogRotationSize, MAX_DIR_LEN, MAX_DNS_SERVER_LEN, MAX_FILENAME_LEN,
     MAX_IFNAME_LEN, MAX_KEEPALIVE_INTERVAL, MAX_LINE_LEN, MAX_LOG_LEVEL, MAX_PASSWD_LEN, MAX_RETRY_DELAY, MAX_TEXT_LEN,
-    MAX_USERID_LEN, SyslogFacility, parse, to_text, to_text_with,
+    MAX_USERID_LEN, SyslogFacility, parse, parse_without_password, to_text, to_text_with,
 };
 pub use server::{Host, MAX_SERVER_LEN, ServerError, split_server};
 
@@ -32,6 +32,16 @@ pub const MAX_FILE_SIZE: usize = MAX_TEXT_LEN;
 /// Reads and parses a gogoc.conf / gw6c.conf. Refuses files over 64 KiB and anything that is
 /// not a regular file; every error names `path`.
 pub fn load(path: &Path) -> Result<GogocConfig, ConfigError> {
+    load_with(path, true)
+}
+
+/// [`load`] with [`parse_without_password`]'s rule: an empty `passwd` is no error (import
+/// into a NetworkManager profile, which asks for the password when connecting).
+pub fn load_without_password(path: &Path) -> Result<GogocConfig, ConfigError> {
+    load_with(path, false)
+}
+
+fn load_with(path: &Path, require_password: bool) -> Result<GogocConfig, ConfigError> {
     let file = || path.display().to_string();
     let io_err = |source| ConfigError::Io { file: file(), source };
     // Checked before opening: opening a FIFO would block.
@@ -71,7 +81,11 @@ pub fn load(path: &Path) -> Result<GogocConfig, ConfigError> {
             },
         }
     })?;
-    parse(text, path)
+    if require_password {
+        parse(text, path)
+    } else {
+        parse_without_password(text, path)
+    }
 }
 
 /// Writes `cfg` to `path` (see [`to_text_with`]) after checking it with

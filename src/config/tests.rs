@@ -405,6 +405,11 @@ fn passwd_rules() {
     let e = parse_err("# nothing\n");
     assert_at(&e, None, &["passwd", "auth_method"]);
     assert!(parse_ok("auth_method=anonymous\npasswd=\n").passwd.is_empty());
+    // For import into a NetworkManager profile the password may be left empty; nothing else
+    // is relaxed.
+    let c = parse_without_password("auth_method=digest-md5\nuserid=u\npasswd=\n", Path::new("g.conf")).unwrap();
+    assert!(c.passwd.is_empty());
+    assert!(parse_without_password("auth_method=digest-md5\ntunnel_mode=gre\n", Path::new("g.conf")).is_err());
 }
 
 #[test]

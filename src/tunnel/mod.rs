@@ -11,6 +11,7 @@ pub mod icmp;
 pub mod keepalive;
 pub mod kernel;
 pub mod netlink;
+pub mod offload;
 pub mod ra;
 pub mod raw;
 #[cfg(test)]

@@ -145,7 +145,10 @@ impl TunDevice {
     /// negotiations (NetworkManager holds on to the interface it was told about); reopening
     /// the same name attaches to it again. Its owner deletes it (rtnetlink) when done.
     pub fn set_persistent(&self, on: bool) -> io::Result<()> {
-        nix::ioctl_write_int_bad!(tunsetpersist, nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>()));
+        nix::ioctl_write_int_bad!(
+            tunsetpersist,
+            nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
+        );
         // SAFETY: TUNSETPERSIST takes its argument by value; the descriptor is our open TUN.
         unsafe { tunsetpersist(self.dev.as_raw_fd(), libc::c_int::from(on)) }
             .map(|_| ())

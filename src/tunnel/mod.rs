@@ -10,6 +10,7 @@ pub mod host;
 pub mod icmp;
 pub mod keepalive;
 pub mod kernel;
+pub mod mmsg;
 pub mod netlink;
 pub mod offload;
 pub mod ra;

@@ -108,12 +108,14 @@ pub fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// One message to send: bytes of the caller's buffer, cut into datagrams of `seg` bytes by the
-/// kernel when `seg` is not 0, to `to` (or the connected peer).
+/// kernel when `seg` is not 0, to `to` (or the connected peer), through the caller's socket
+/// number `via` (a broker has several).
 #[derive(Debug, Clone)]
 pub struct Out {
     pub range: Range<usize>,
     pub seg: u16,
     pub to: Option<SocketAddr>,
+    pub via: usize,
 }
 
 /// Reusable state for `sendmmsg`.
@@ -152,10 +154,11 @@ impl SendBatch {
         }
     }
 
-    /// Sends `items[from..]` (some of them) from `buf` with one `sendmmsg`; returns how many
-    /// messages the kernel took. An error is the first message's.
-    pub fn send(&mut self, fd: RawFd, buf: &[u8], from: usize) -> io::Result<usize> {
-        let items = &self.items[from.min(self.items.len())..];
+    /// Sends `items[from..end]` (some of them) from `buf` with one `sendmmsg`; returns how
+    /// many messages the kernel took. An error is the first message's.
+    pub fn send(&mut self, fd: RawFd, buf: &[u8], from: usize, end: usize) -> io::Result<usize> {
+        let end = end.min(self.items.len());
+        let items = &self.items[from.min(end)..end];
         let items = &items[..items.len().min(MAX_MSGS)];
         if items.is_empty() {
             return Ok(0);
@@ -227,6 +230,7 @@ impl SendBatch {
             range: s..(s + seg).min(it.range.end),
             seg: 0,
             to: it.to,
+            via: it.via,
         });
         let rest: Vec<Out> = self.items.drain(i + 1..).collect();
         self.items.truncate(i);
@@ -393,7 +397,7 @@ mod tests {
     fn datagrams_of_a_gro_message() {
         assert_eq!(datagrams(0..10, 4).collect::<Vec<_>>(), [0..4, 4..8, 8..10]);
         assert_eq!(datagrams(100..108, 4).collect::<Vec<_>>(), [100..104, 104..108]);
-        assert_eq!(datagrams(5..9, 0).collect::<Vec<_>>(), [5..9]);
+        assert_eq!(datagrams(5..9, 0).collect::<Vec<_>>(), vec![5..9]);
         assert_eq!(datagrams(5..5, 0).count(), 0);
     }
 
@@ -413,16 +417,19 @@ mod tests {
             range: 0..5,
             seg: 0,
             to: None,
+            via: 0,
         });
         b.items.push(Out {
             range: 5..15,
             seg: 4,
             to: None,
+            via: 0,
         });
         b.items.push(Out {
             range: 15..16,
             seg: 0,
             to: None,
+            via: 0,
         });
         b.expand(1);
         let r: Vec<_> = b.items.iter().map(|o| (o.range.clone(), o.seg)).collect();
@@ -448,13 +455,15 @@ mod tests {
             range: 0..2500,
             seg: 1000,
             to: Some(to),
+            via: 0,
         });
         b.items.push(Out {
             range: 0..7,
             seg: 0,
             to: Some(to),
+            via: 0,
         });
-        assert_eq!(b.send(tx.as_raw_fd(), &data, 0).ok(), Some(2));
+        assert_eq!(b.send(tx.as_raw_fd(), &data, 0, 2).ok(), Some(2));
         rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut r = RecvBatch::new(8, 65_536);

@@ -294,11 +294,18 @@ pub fn split(hdr: &VnetHdr, pkt: &mut [u8], out: &mut Segments) -> Result<(), Sp
     Ok(())
 }
 
-/// Groups consecutive packets of `segs` for UDP GSO: each group is contiguous in the buffer,
-/// all its packets have the size of its first except a shorter last one, and it holds at most
-/// `max_segs` packets and `max_bytes` bytes. Calls `f(first_index, end_index, segment_size)`.
-pub fn gso_groups(segs: &Segments, max_bytes: usize, max_segs: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let mut i = 0;
+/// Groups consecutive packets of `segs` from index `first` on for UDP GSO: each group is
+/// contiguous in the buffer, all its packets have the size of its first except a shorter last
+/// one, and it holds at most `max_segs` packets and `max_bytes` bytes. Calls
+/// `f(first_index, end_index, segment_size)` for each.
+pub fn gso_groups(
+    segs: &Segments,
+    first: usize,
+    max_bytes: usize,
+    max_segs: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let mut i = first;
     while i < segs.ranges.len() {
         let size = segs.ranges[i].len();
         let mut end = i + 1;
@@ -436,7 +443,7 @@ impl Gro {
             csum_offset: 16,
         };
         self.parts.push(run.first.clone());
-        self.parts.extend(run.more.drain(..));
+        self.parts.append(&mut run.more);
         self.writes.push(TunWrite {
             hdr,
             parts: at..self.parts.len(),
@@ -756,14 +763,17 @@ mod tests {
             s.push(&vec![0; len]);
         }
         let mut g = Vec::new();
-        gso_groups(&s, 1000, 64, |a, b, n| g.push((a, b, n)));
+        gso_groups(&s, 0, 1000, 64, |a, b, n| g.push((a, b, n)));
         assert_eq!(g, [(0, 4, 100), (4, 7, 100), (7, 8, 100)]);
         g.clear();
-        gso_groups(&s, 250, 64, |a, b, n| g.push((a, b, n)));
+        gso_groups(&s, 0, 250, 64, |a, b, n| g.push((a, b, n)));
         assert_eq!(g, [(0, 2, 100), (2, 4, 100), (4, 7, 100), (7, 8, 100)]);
         g.clear();
-        gso_groups(&s, 1000, 2, |a, b, n| g.push((a, b, n)));
+        gso_groups(&s, 0, 1000, 2, |a, b, n| g.push((a, b, n)));
         assert_eq!(g, [(0, 2, 100), (2, 4, 100), (4, 6, 100), (6, 7, 20), (7, 8, 100)]);
+        g.clear();
+        gso_groups(&s, 5, 1000, 64, |a, b, n| g.push((a, b, n)));
+        assert_eq!(g, [(5, 7, 100), (7, 8, 100)]);
     }
 
     /// Runs `pkts` through GRO; returns each TUN write as (header, bytes).

@@ -195,7 +195,7 @@ impl BrokerDatapath {
         let udp_gso = !tundev::offload_disabled_by_env() && {
             use std::os::fd::AsRawFd;
             let ok = udp.iter().all(|s| mmsg::udp_gso_supported(s.as_raw_fd()));
-            if !ok {
+            if !ok && crate::tunnel::first_fallback(&crate::tunnel::fallback::UDP_GSO) {
                 tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
             }
             ok

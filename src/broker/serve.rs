@@ -289,7 +289,9 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
         && match mmsg::enable_udp_gro(std::os::fd::AsRawFd::as_raw_fd(&*socket)) {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+                if crate::tunnel::first_fallback(&crate::tunnel::fallback::UDP_GRO) {
+                    tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+                }
                 false
             }
         };

@@ -193,10 +193,10 @@ impl Outbox {
                     i += n;
                 }
                 Err(e) if self.batch.items[i].seg != 0 && mmsg::gso_refused(&e) => {
-                    if self.gso {
+                    if self.gso && super::first_fallback(&super::fallback::UDP_GSO) {
                         tracing::warn!(error = %e, "UDP GSO refused on this path: one datagram per message from now on");
-                        self.gso = false;
                     }
+                    self.gso = false;
                     self.batch.expand(i);
                 }
                 Err(e) if super::transient(&e) => {
@@ -284,5 +284,102 @@ impl Inbox {
         }
         self.gro.clear();
         Ok((written, failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn must<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    async fn pair() -> (UdpSocket, UdpSocket, SocketAddr) {
+        let rx = must(UdpSocket::bind("127.0.0.1:0").await);
+        let tx = must(UdpSocket::bind("127.0.0.1:0").await);
+        let to = must(rx.local_addr());
+        (tx, rx, to)
+    }
+
+    async fn sizes(rx: &UdpSocket, n: usize) -> Vec<usize> {
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv(&mut buf)).await;
+            got.push(must(must(r)));
+        }
+        got
+    }
+
+    fn fill(out: &mut Outbox) {
+        for len in [100, 100, 100, 50] {
+            out.segs.push(&vec![0x60; len]);
+        }
+    }
+
+    /// Equal-sized packets leave as one GSO message and arrive as separate datagrams.
+    #[tokio::test]
+    async fn flush_with_gso() {
+        let (tx, rx, to) = pair().await;
+        let mut out = Outbox::new(mmsg::udp_gso_supported(tx.as_raw_fd()));
+        fill(&mut out);
+        out.queue(0, Some(to), 0, true);
+        let expect_msgs = if out.gso { 1 } else { 4 };
+        assert_eq!(out.batch.items.len(), expect_msgs);
+        let f = must(out.flush(|_| Some(Sock::Udp(&tx))).await);
+        assert_eq!((f.sent, f.dropped), (4, 0));
+        assert_eq!(sizes(&rx, 4).await, [100, 100, 100, 50]);
+    }
+
+    /// A socket without UDP checksums cannot segment (the kernel answers EINVAL): the batch
+    /// is resent one datagram per message, and GSO stays off for this outbox.
+    #[tokio::test]
+    async fn gso_refused_at_run_time_falls_back() {
+        let (tx, rx, to) = pair().await;
+        if !mmsg::udp_gso_supported(tx.as_raw_fd()) {
+            eprintln!("skip: no UDP GSO here");
+            return;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: a c_int option value valid for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let mut out = Outbox::new(true);
+        fill(&mut out);
+        out.queue(0, Some(to), 0, true);
+        assert_eq!(out.batch.items.len(), 1, "one GSO message queued");
+        let f = must(out.flush(|_| Some(Sock::Udp(&tx))).await);
+        assert_eq!((f.sent, f.dropped), (4, 0));
+        assert!(!out.gso, "GSO left on after the kernel refused it");
+        assert_eq!(sizes(&rx, 4).await, [100, 100, 100, 50]);
+        fill(&mut out);
+        out.queue(4, Some(to), 0, true);
+        assert_eq!(out.batch.items.len(), 4, "no GSO after the refusal");
+    }
+
+    /// Messages for a socket that is gone are counted as dropped, the rest still go.
+    #[tokio::test]
+    async fn flush_routes_by_socket() {
+        let (tx, rx, to) = pair().await;
+        let mut out = Outbox::new(false);
+        fill(&mut out);
+        out.queue(0, Some(to), 7, true);
+        out.segs.push(&[0x60; 30]);
+        out.queue(4, Some(to), 0, true);
+        let f = must(out.flush(|via| (via == 0).then_some(Sock::Udp(&tx))).await);
+        assert_eq!((f.sent, f.dropped), (1, 4));
+        assert_eq!(sizes(&rx, 1).await, [30]);
     }
 }

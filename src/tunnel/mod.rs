@@ -189,6 +189,20 @@ pub(crate) fn transient(e: &io::Error) -> bool {
     )
 }
 
+/// A fallback the kernel forced (offload refused) is logged once per process, not at every
+/// reconnection: `first_fallback(&FLAG)` is true the first time only.
+pub(crate) fn first_fallback(flag: &std::sync::atomic::AtomicBool) -> bool {
+    !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One flag per fallback that is logged once.
+pub(crate) mod fallback {
+    use std::sync::atomic::AtomicBool;
+    pub static TUN_OFFLOAD: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GSO: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GRO: AtomicBool = AtomicBool::new(false);
+}
+
 /// Asks for a large receive buffer, so that bursts wait in the kernel instead of being
 /// dropped (and, on raw sockets, answered with ICMP errors). Root may exceed rmem_max.
 pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
@@ -209,13 +223,15 @@ fn udp_offloads(encap: &Encap) -> (bool, bool) {
     }
     let fd = s.as_raw_fd();
     let gso = mmsg::udp_gso_supported(fd);
-    if !gso {
+    if !gso && first_fallback(&fallback::UDP_GSO) {
         tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
     }
     let gro = match mmsg::enable_udp_gro(fd) {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+            if first_fallback(&fallback::UDP_GRO) {
+                tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+            }
             false
         }
     };

@@ -175,7 +175,9 @@ impl TunDevice {
                 Ok(()) => true,
                 Err(e) => {
                     // Reads still carry a (zero) virtio header; each is one packet.
-                    tracing::warn!(tun = name, error = %e, "TUNSETOFFLOAD refused: one packet per read");
+                    if super::first_fallback(&super::fallback::TUN_OFFLOAD) {
+                        tracing::warn!(tun = name, error = %e, "TUNSETOFFLOAD refused: one packet per read");
+                    }
                     false
                 }
             }

@@ -130,12 +130,13 @@ impl Outbox {
         let first = self.segs.len();
         match offload::split(&hdr, pkt, &mut self.segs) {
             Ok(()) => {
-                // Split packets are well-formed by construction; a single one is checked
-                // like any packet the kernel routes into the tunnel.
-                if self.segs.len() == first + 1 && !valid_inner(self.segs.get(first), v6) {
+                // Checked like any packet the kernel routes into the tunnel (family, lengths);
+                // the pieces of one super-segment share the first's header, so its check
+                // stands for all of them.
+                if self.segs.len() > first && !valid_inner(self.segs.get(first), v6) {
+                    self.dropped += (self.segs.len() - first) as u64;
                     self.segs.buf.truncate(self.segs.ranges[first].start);
                     self.segs.ranges.truncate(first);
-                    self.dropped += 1;
                 }
             }
             Err(e) => {
@@ -367,6 +368,26 @@ mod tests {
         fill(&mut out);
         out.queue(4, Some(to), 0, true);
         assert_eq!(out.batch.items.len(), 4, "no GSO after the refusal");
+    }
+
+    /// A TUN read is split, and dropped whole if its family is not the tunnel's.
+    #[test]
+    fn take_splits_and_checks_the_family() {
+        let (hdr, pkt) = offload::tests::super_segment(true, 9, 0x10, &[7; 3000], 1208);
+        let mut out = Outbox::new(true);
+        out.read[..VNET_HDR_LEN].copy_from_slice(&hdr.encode());
+        out.read[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(&pkt);
+        let n = VNET_HDR_LEN + pkt.len();
+        out.take(n, false);
+        assert!(out.segs.is_empty(), "IPv6 into an IPv4 tunnel");
+        assert_eq!(out.dropped, 3);
+        // (take may have finished checksums in place: write the read again.)
+        out.read[VNET_HDR_LEN..n].copy_from_slice(&pkt);
+        out.take(n, true);
+        assert_eq!(out.segs.len(), 3);
+        assert!((0..3).all(|i| valid_inner(out.segs.get(i), true)));
+        out.take(5, true);
+        assert_eq!(out.dropped, 4, "shorter than the virtio header");
     }
 
     /// Messages for a socket that is gone are counted as dropped, the rest still go.

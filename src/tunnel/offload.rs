@@ -569,7 +569,7 @@ fn segment_checksums_ok(pkt: &[u8], l4: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -616,7 +616,7 @@ mod tests {
 
     /// What the kernel hands over for a super-segment: one big packet whose TCP checksum field
     /// holds the pseudo-header sum only (CHECKSUM_PARTIAL).
-    fn super_segment(v6: bool, seq: u32, flags: u8, payload: &[u8], mss: u16) -> (VnetHdr, Vec<u8>) {
+    pub(crate) fn super_segment(v6: bool, seq: u32, flags: u8, payload: &[u8], mss: u16) -> (VnetHdr, Vec<u8>) {
         let mut p = tcp_packet(v6, seq, flags, true, payload);
         let l4 = if v6 { 40 } else { 20 };
         let ph = fold(pseudo(&p, PROTO_TCP, p.len() - l4));

@@ -273,3 +273,206 @@ fn template_mode_runs_the_script_with_gogocs_environment() {
         }
     }
 }
+
+/// Bytes a bulk transfer carries: enough for many 64 KB super-segments and TCP windows.
+const BULK_BYTES: u64 = 24 << 20;
+
+/// The pseudo-random stream the bulk sender writes (xorshift64; the seed fixes it).
+fn bulk_stream(seed: u64, mut f: impl FnMut(&[u8])) {
+    let mut x = seed | 1;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut left = BULK_BYTES;
+    while left > 0 {
+        for w in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        f(&chunk[..n]);
+        left -= n as u64;
+    }
+}
+
+/// FNV-1a over a byte stream.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Not a test by itself: the bulk sender or receiver that `tunnels_carry_bulk_tcp_intact` runs
+/// inside a namespace by re-executing this test binary with TSP_BULK set
+/// (`recv <addr>` / `send <addr> <seed>`).
+#[test]
+fn bulk_helper() {
+    use std::io::{Read, Write};
+    let Ok(role) = std::env::var("TSP_BULK") else { return };
+    let args: Vec<&str> = role.split_whitespace().collect();
+    match args.as_slice() {
+        ["recv", addr] => {
+            let l = std::net::TcpListener::bind(addr).unwrap();
+            println!("bulk: listening");
+            let (mut s, _) = l.accept().unwrap();
+            let mut h = Fnv::new();
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = s.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                h.add(&buf[..k]);
+                n += k as u64;
+            }
+            println!("bulk: received {n} bytes fnv {:016x}", h.0);
+        }
+        ["send", addr, seed] => {
+            let seed: u64 = seed.parse().unwrap();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            bulk_stream(seed, |b| s.write_all(b).unwrap());
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            println!("bulk: sent");
+        }
+        _ => panic!("TSP_BULK={role}?"),
+    }
+}
+
+/// Runs one bulk transfer from `from` to a receiver on `to` listening at `listen`, the sender
+/// connecting to `target`; asserts every byte arrived, in order.
+fn bulk(from: &Host, to: &Host, listen: &str, target: &str, seed: u64, what: &str) {
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    let args = ["--exact", "bulk_helper", "--nocapture", "--test-threads=1"];
+    let rx = to
+        .spawn_env(me, &args, &[("TSP_BULK", &format!("recv {listen}"))])
+        .unwrap();
+    rx.wait_for_output("bulk: listening", 10 * SEC).unwrap();
+    let tx = from
+        .spawn_env(me, &args, &[("TSP_BULK", &format!("send {target} {seed}"))])
+        .unwrap();
+    // Generous: debug builds on a busy 2-core machine. The assertion is on the bytes only.
+    let done = rx.wait_for_output("bulk: received", 120 * SEC);
+    let mut want = Fnv::new();
+    bulk_stream(seed, |b| want.add(b));
+    let out = rx.output();
+    assert!(
+        done.is_ok(),
+        "{what}: receiver did not finish:\n{out}\nsender:\n{}",
+        tx.output()
+    );
+    let line = format!("bulk: received {BULK_BYTES} bytes fnv {:016x}", want.0);
+    assert!(out.contains(&line), "{what}: expected `{line}`, got:\n{out}");
+    let _ = tx.wait_exit(10 * SEC);
+}
+
+/// Starts broker and client with `envs`, then runs a bulk transfer each way through the tunnel.
+#[allow(clippy::too_many_arguments)]
+fn bulk_both_ways(lab: &Lab, c: &Host, b: &Host, mode: &str, server: &str, ifname: &str, env: &str, seed: u64) {
+    let envs: Vec<(&str, &str)> = if env.is_empty() {
+        vec![]
+    } else {
+        vec![("NM_TSP_OFFLOAD", env)]
+    };
+    let toml = format!(
+        "listen = [\"[::]:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\nkeepalive_min = 1\n"
+    );
+    let conf = lab.file("broker.toml", &toml).unwrap();
+    let broker = b.spawn_env(BROKER, &["-c", conf.to_str().unwrap()], &envs).unwrap();
+    broker.wait_for_output("listening", 10 * SEC).unwrap();
+    let cconf = lab
+        .file(
+            "c.conf",
+            &format!("server={server}\nauth_method=anonymous\ntunnel_mode={mode}\n"),
+        )
+        .unwrap();
+    let client = c.spawn_env(TSPC, &["-f", cconf.to_str().unwrap()], &envs).unwrap();
+    client.wait_for_output("(up)", 10 * SEC).unwrap();
+    let what = format!("{mode} offload={}", if env.is_empty() { "on" } else { env });
+    let (prefix, broker_in) = if mode == "v4v6" {
+        ("198.51.100.", "198.51.100.1".to_owned())
+    } else {
+        ("2001:db8:b::", format!("[{BROKER_V6}]"))
+    };
+    let addrs = c.addrs(ifname).unwrap();
+    let mine = addrs.iter().find(|a| a.starts_with(prefix)).unwrap();
+    let mine = mine.split('/').next().unwrap();
+    let client_in = if mode == "v4v6" {
+        mine.to_owned()
+    } else {
+        format!("[{mine}]")
+    };
+    assert!(c.ping(broker_in.trim_matches(['[', ']']), 2, 2), "{what}: no ping");
+    let to_b = format!("{broker_in}:5001");
+    bulk(c, b, &to_b, &to_b, seed, &format!("{what} client->broker"));
+    let to_c = format!("{client_in}:5002");
+    let before = rx_stats(c, ifname);
+    bulk(b, c, &to_c, &to_c, seed + 1, &format!("{what} broker->client"));
+    let after = rx_stats(c, ifname);
+    if mode == "v6udpv4" && env.is_empty() {
+        // The broker's GSO datagrams arrive as GRO batches and are written to the client's TUN
+        // as TCP super-segments: far fewer writes than 1280-byte packets.
+        let (bytes, writes) = (after.0 - before.0, (after.1 - before.1).max(1));
+        assert!(
+            bytes / writes > 4000,
+            "{what}: {bytes} bytes in {writes} TUN writes: no coalescing"
+        );
+    }
+    assert!(client.status().is_none(), "{what}: tspc exited:\n{}", client.output());
+}
+
+/// (bytes, packets) the kernel received on `ifname` (our writes to the TUN).
+fn rx_stats(h: &Host, ifname: &str) -> (u64, u64) {
+    let read = |what: &str| {
+        let out = h
+            .run("cat", &[&format!("/sys/class/net/{ifname}/statistics/{what}")])
+            .unwrap();
+        out.stdout.trim().parse::<u64>().unwrap()
+    };
+    (read("rx_bytes"), read("rx_packets"))
+}
+
+/// A bulk TCP transfer each way through every userspace datapath, with TUN offload, UDP
+/// GSO/GRO and userspace GRO (the default), and with the one-packet fallback
+/// (NM_TSP_OFFLOAD=off on both ends): all bytes arrive intact.
+#[test]
+fn tunnels_carry_bulk_tcp_intact() {
+    if !require_root() {
+        return;
+    }
+    for (i, (mode, server, ifname, env)) in [
+        ("v6udpv4", "192.0.2.1", "tun", ""),
+        ("v6v4", "192.0.2.1", "sit1", ""),
+        ("v4v6", "[2001:db8:1::1]", "sit0", ""),
+        ("v6udpv4", "192.0.2.1", "tun", "off"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (lab, c, b, _) = pair(&format!("bulk_{mode}{env}"));
+        bulk_both_ways(&lab, &c, &b, mode, server, ifname, env, 2 * i as u64 + 1);
+    }
+}
+
+/// The same through a masquerading NAT (v6udpv4: UDP GSO and GRO datagrams cross conntrack).
+#[test]
+fn bulk_tcp_through_nat_intact() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new("bulk_nat").unwrap();
+    let [n, b, r] = ["n", "b", "r"].map(|h| lab.host(h).unwrap());
+    lab.link(&n, &["198.51.100.2/24"], &r, &["198.51.100.1/24"]).unwrap();
+    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
+    n.route_add("default", "198.51.100.1").unwrap();
+    r.masquerade(&r_out).unwrap();
+    bulk_both_ways(&lab, &n, &b, "v6udpv4", "203.0.113.1", "tun", "", 11);
+}

@@ -17,10 +17,15 @@ use tokio::task::JoinHandle;
 use super::config::BrokerConfig;
 use crate::proto::types::TunnelMode;
 use crate::proto::xml::Offer;
+use crate::tunnel::batch::{Inbox, Outbox, Sock};
 use crate::tunnel::netlink::{Applied, Netlink};
 use crate::tunnel::raw::{self, RawSocket};
-use crate::tunnel::tundev::TunDevice;
-use crate::tunnel::{TUNNEL_MTU, valid_inner};
+use crate::tunnel::tundev::{self, TunDevice};
+use crate::tunnel::{TUNNEL_MTU, mmsg, valid_inner};
+
+/// Socket numbers of [`Outbox`] messages beyond the UDP listeners (which are 0..).
+const VIA_RAW41: usize = usize::MAX - 1;
+const VIA_RAW4: usize = usize::MAX;
 
 /// Where a client's tunnel ends on the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,6 +123,8 @@ pub struct BrokerDatapath {
     raw4: Option<Arc<RawSocket>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     applied: Mutex<Option<Applied>>,
+    /// UDP GSO on every listener (and not disabled by the environment).
+    udp_gso: bool,
 }
 
 impl Drop for BrokerDatapath {
@@ -185,8 +192,17 @@ impl BrokerDatapath {
         } else {
             None
         };
+        let udp_gso = !tundev::offload_disabled_by_env() && {
+            use std::os::fd::AsRawFd;
+            let ok = udp.iter().all(|s| mmsg::udp_gso_supported(s.as_raw_fd()));
+            if !ok && crate::tunnel::first_fallback(&crate::tunnel::fallback::UDP_GSO) {
+                tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
+            }
+            ok
+        };
         let dp = Arc::new(Self {
             table: Mutex::new(Table::default()),
+            udp_gso,
             udp,
             tun6,
             tun4,
@@ -292,27 +308,29 @@ impl BrokerDatapath {
         }
     }
 
-    /// A data datagram that arrived on UDP listener `listener` from `peer`.
-    pub async fn from_udp(&self, listener: usize, peer: SocketAddr, pkt: &[u8]) {
-        if valid_inner(pkt, true) && self.admit(&Endpoint::Udp { listener, peer }, pkt) {
-            let _ = self.tun6.send(pkt).await;
+    /// Whether a data datagram that arrived on UDP listener `listener` from `peer` is a packet
+    /// of that client's tunnel, to be written to the TUN (the client is then marked alive).
+    pub fn admit_udp(&self, listener: usize, peer: SocketAddr, pkt: &[u8]) -> bool {
+        valid_inner(pkt, true) && self.admit(&Endpoint::Udp { listener, peer }, pkt)
+    }
+
+    /// A receive batch for a UDP listener's data (merging TCP segments if our TUN takes them).
+    pub fn inbox(&self, udp_gro: bool) -> Inbox {
+        Inbox::new(udp_gro, self.tun6.offload())
+    }
+
+    /// Writes the admitted packets of a UDP listener's batch to the IPv6 TUN.
+    pub async fn deliver_udp(&self, inbox: &mut Inbox) {
+        if let Err(e) = inbox.deliver(&self.tun6).await {
+            tracing::debug!(error = %e, "broker TUN write failed");
         }
     }
 
-    async fn send_to(&self, ep: Endpoint, pkt: &[u8]) {
-        let r = match ep {
-            Endpoint::Udp { listener, peer } => match self.udp.get(listener) {
-                Some(s) => s.send_to(pkt, peer).await,
-                None => return,
-            },
-            Endpoint::V4(a) => self.raw41.send_to(pkt, IpAddr::V4(a)).await,
-            Endpoint::V6(a) => match &self.raw4 {
-                Some(s) => s.send_to(pkt, IpAddr::V6(a)).await,
-                None => return,
-            },
-        };
-        if let Err(e) = r {
-            tracing::debug!(?ep, error = %e, "tunnel send failed");
+    fn sock(&self, via: usize) -> Option<Sock<'_>> {
+        match via {
+            VIA_RAW41 => Some(Sock::Raw(&self.raw41)),
+            VIA_RAW4 => self.raw4.as_deref().map(Sock::Raw),
+            i => self.udp.get(i).map(|s| Sock::Udp(s)),
         }
     }
 
@@ -321,29 +339,46 @@ impl BrokerDatapath {
         let Some(tun) = (if v6 { Some(self.tun6.clone()) } else { self.tun4.clone() }) else {
             return;
         };
-        let mut buf = vec![0u8; 65_536];
+        let mut out = Outbox::new(self.udp_gso);
         loop {
-            let n = match tun.recv(&mut buf).await {
+            let n = match out.wait(&tun).await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, "broker TUN read failed; datapath stops");
                     return;
                 }
             };
-            let pkt = &buf[..n];
-            if !valid_inner(pkt, v6) {
-                continue;
+            let table = &self.table;
+            let r = out
+                .gather(&tun, n, v6, |o, first| {
+                    // All packets of one read share their destination.
+                    let pkt = o.segs.get(first);
+                    let ep = {
+                        let t = lock(table);
+                        if v6 {
+                            v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
+                        } else {
+                            v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
+                        }
+                    };
+                    match ep {
+                        Some(Endpoint::Udp { listener, peer }) => o.queue(first, Some(peer), listener, true),
+                        Some(Endpoint::V4(a)) => {
+                            o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), VIA_RAW41, false)
+                        }
+                        Some(Endpoint::V6(a)) => {
+                            o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), VIA_RAW4, false)
+                        }
+                        None => {}
+                    }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "broker TUN read failed; datapath stops");
+                return;
             }
-            let ep = {
-                let t = lock(&self.table);
-                if v6 {
-                    v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
-                } else {
-                    v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
-                }
-            };
-            if let Some(ep) = ep {
-                self.send_to(ep, pkt).await;
+            if let Err(e) = out.flush(|via| self.sock(via)).await {
+                tracing::debug!(error = %e, "tunnel send failed");
             }
         }
     }
@@ -363,23 +398,37 @@ impl BrokerDatapath {
             Some(self.tun6.clone())
         };
         let Some(tun) = tun else { return };
-        let mut buf = vec![0u8; 65_536];
+        let mut inbox = Inbox::new(false, tun.offload());
         loop {
-            let (range, from) = match sock.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
+            let n = match inbox.recv(Sock::Raw(&sock)).await {
+                Ok(n) => n,
+                Err(e) if crate::tunnel::transient(&e) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "broker raw socket failed; datapath stops");
                     return;
                 }
             };
-            let ep = match from {
-                IpAddr::V4(a) => Endpoint::V4(a),
-                IpAddr::V6(a) => Endpoint::V6(a),
-            };
-            let pkt = &buf[range];
-            if valid_inner(pkt, !v4v6) && self.admit(&ep, pkt) {
-                let _ = tun.send(pkt).await;
+            for i in 0..n {
+                let m = inbox.rx.get(i);
+                let ep = match m.from.map(|a| a.ip()) {
+                    Some(IpAddr::V4(a)) => Endpoint::V4(a),
+                    Some(IpAddr::V6(a)) => Endpoint::V6(a),
+                    None => continue,
+                };
+                if m.truncated {
+                    continue;
+                }
+                let Some(r) = sock.inner(&inbox.rx.buf[m.range.clone()]) else {
+                    continue;
+                };
+                let r = m.range.start + r.start..m.range.start + r.end;
+                let pkt = &inbox.rx.buf[r.clone()];
+                if valid_inner(pkt, !v4v6) && self.admit(&ep, pkt) {
+                    inbox.push(r);
+                }
+            }
+            if let Err(e) = inbox.deliver(&tun).await {
+                tracing::debug!(error = %e, "broker TUN write failed");
             }
         }
     }

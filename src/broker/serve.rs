@@ -278,43 +278,77 @@ fn local_towards(bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
+    use crate::tunnel::batch::Sock;
+    use crate::tunnel::{mmsg, tundev};
     let Ok(bound) = socket.local_addr() else { return };
     let mut peers: HashMap<SocketAddr, UdpPeer> = HashMap::new();
-    let mut buf = vec![0u8; MAX_MESSAGE + HEADER_LEN + 64];
+    // Data datagrams dominate: receive them in batches, coalesced by the kernel (UDP GRO)
+    // where it can; control datagrams are picked out of the same batches.
+    let udp_gro = shared.datapath.is_some()
+        && !tundev::offload_disabled_by_env()
+        && match mmsg::enable_udp_gro(std::os::fd::AsRawFd::as_raw_fd(&*socket)) {
+            Ok(()) => true,
+            Err(e) => {
+                if crate::tunnel::first_fallback(&crate::tunnel::fallback::UDP_GRO) {
+                    tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+                }
+                false
+            }
+        };
+    let mut inbox = match &shared.datapath {
+        Some(dp) => dp.inbox(udp_gro),
+        None => crate::tunnel::batch::Inbox::new(false, false),
+    };
     let mut last_sweep = Instant::now();
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+        let n = match inbox.recv(Sock::Udp(&socket)).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
         };
-        let dgram = &buf[..n];
-        if !rudp::is_control(dgram) {
-            if let Some(dp) = &shared.datapath {
-                dp.from_udp(listener, peer, dgram).await;
+        for i in 0..n {
+            let m = inbox.rx.get(i);
+            let Some(peer) = m.from else { continue };
+            if m.truncated {
+                continue;
             }
-            continue;
-        }
-        let Some((_, payload)) = Header::decode(dgram) else {
-            continue;
-        };
-        let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
-            continue;
-        };
-        if let Err(e) = socket.send_to(&reply, peer).await {
-            tracing::debug!(%peer, error = %e, "UDP send failed");
-        }
-        if last_sweep.elapsed() > Duration::from_secs(10) || peers.len() > MAX_UDP_PEERS {
-            last_sweep = Instant::now();
-            // The control state of a session matters only while it negotiates (and for a
-            // retransmitted accept just after); its tunnel lives in the datapath's table.
-            peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
-            if peers.len() > MAX_UDP_PEERS {
-                // A flood of fresh peers: keep the sessions that got somewhere.
-                peers.retain(|_, p| p.session.is_established());
+            for d in mmsg::datagrams(m.range, m.seg) {
+                let dgram = &inbox.rx.buf[d.clone()];
+                if !rudp::is_control(dgram) {
+                    if shared
+                        .datapath
+                        .as_ref()
+                        .is_some_and(|dp| dp.admit_udp(listener, peer, dgram))
+                    {
+                        inbox.push(d);
+                    }
+                    continue;
+                }
+                let Some((_, payload)) = Header::decode(dgram) else {
+                    continue;
+                };
+                let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
+                    continue;
+                };
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    tracing::debug!(%peer, error = %e, "UDP send failed");
+                }
+                if last_sweep.elapsed() > Duration::from_secs(10) || peers.len() > MAX_UDP_PEERS {
+                    last_sweep = Instant::now();
+                    // The control state of a session matters only while it negotiates (and for a
+                    // retransmitted accept just after); its tunnel lives in the datapath's table.
+                    peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
+                    if peers.len() > MAX_UDP_PEERS {
+                        // A flood of fresh peers: keep the sessions that got somewhere.
+                        peers.retain(|_, p| p.session.is_established());
+                    }
+                }
             }
+        }
+        if let Some(dp) = &shared.datapath {
+            dp.deliver_udp(&mut inbox).await;
         }
     }
 }

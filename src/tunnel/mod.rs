@@ -6,11 +6,14 @@
 //! is configured (NetworkManager configures them after we report the tunnel) and its replies
 //! never reach the host's stack.
 
+pub mod batch;
 pub mod host;
 pub mod icmp;
 pub mod keepalive;
 pub mod kernel;
+pub mod mmsg;
 pub mod netlink;
+pub mod offload;
 pub mod ra;
 pub mod raw;
 #[cfg(test)]
@@ -35,9 +38,6 @@ use tundev::TunDevice;
 /// The MTU gogoc's templates forced and brokers assume.
 pub const TUNNEL_MTU: u16 = 1280;
 
-/// Largest packet we move: a TUN read or a datagram larger than this is not ours.
-const BUF: usize = 65_536;
-
 /// How the inner packets travel to the broker.
 #[derive(Debug, Clone)]
 pub enum Encap {
@@ -48,6 +48,7 @@ pub enum Encap {
 }
 
 impl Encap {
+    /// Sends one packet (the keepalive's echo request).
     async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         match self {
             Self::Udp(s) => s.send(pkt).await,
@@ -55,17 +56,10 @@ impl Encap {
         }
     }
 
-    /// One received packet's range in `buf`; `None` for what is not tunnelled data (a TSP
-    /// control datagram on the UDP socket).
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<Option<std::ops::Range<usize>>> {
+    fn sock(&self) -> batch::Sock<'_> {
         match self {
-            Self::Udp(s) => {
-                let n = s.recv(buf).await?;
-                // The broker may still answer a retransmitted control message after the
-                // accept; it is not a packet.
-                Ok((!rudp::is_control(&buf[..n])).then_some(0..n))
-            }
-            Self::Raw(s) => Ok(Some(s.recv_from(buf).await?.0)),
+            Self::Udp(s) => batch::Sock::Udp(s),
+            Self::Raw(s) => batch::Sock::Raw(s),
         }
     }
 }
@@ -172,7 +166,7 @@ impl Datapath {
     }
 }
 
-fn transient(e: &io::Error) -> bool {
+pub(crate) fn transient(e: &io::Error) -> bool {
     // ICMP errors from the path surface on a connected socket as errno values: port or
     // protocol unreachable (ECONNREFUSED, ENOPROTOOPT — a broker whose raw socket overflows
     // answers with "protocol unreachable"), ICMPv6 parameter problem (EPROTO), host or net
@@ -195,6 +189,20 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
+/// A fallback the kernel forced (offload refused) is logged once per process, not at every
+/// reconnection: `first_fallback(&FLAG)` is true the first time only.
+pub(crate) fn first_fallback(flag: &std::sync::atomic::AtomicBool) -> bool {
+    !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One flag per fallback that is logged once.
+pub(crate) mod fallback {
+    use std::sync::atomic::AtomicBool;
+    pub static TUN_OFFLOAD: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GSO: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GRO: AtomicBool = AtomicBool::new(false);
+}
+
 /// Asks for a large receive buffer, so that bursts wait in the kernel instead of being
 /// dropped (and, on raw sockets, answered with ICMP errors). Root may exceed rmem_max.
 pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
@@ -203,6 +211,31 @@ pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
     if setsockopt(&fd, sockopt::RcvBufForce, &SIZE).is_err() {
         let _ = setsockopt(&fd, sockopt::RcvBuf, &SIZE);
     }
+}
+
+/// UDP GSO and GRO on the tunnel's UDP socket, where the kernel has them (and the
+/// environment does not ask for the one-packet datapath). Each refusal is logged once.
+fn udp_offloads(encap: &Encap) -> (bool, bool) {
+    use std::os::fd::AsRawFd;
+    let Encap::Udp(s) = encap else { return (false, false) };
+    if tundev::offload_disabled_by_env() {
+        return (false, false);
+    }
+    let fd = s.as_raw_fd();
+    let gso = mmsg::udp_gso_supported(fd);
+    if !gso && first_fallback(&fallback::UDP_GSO) {
+        tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
+    }
+    let gro = match mmsg::enable_udp_gro(fd) {
+        Ok(()) => true,
+        Err(e) => {
+            if first_fallback(&fallback::UDP_GRO) {
+                tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+            }
+            false
+        }
+    };
+    (gso, gro)
 }
 
 async fn run(
@@ -214,44 +247,85 @@ async fn run(
     counters: Arc<Counters>,
 ) -> Exit {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut up = vec![0u8; BUF];
-    let mut down = vec![0u8; BUF];
+    let (gso, udp_gro) = udp_offloads(&encap);
+    // Up: TUN reads (64 KB super-segments with offload) split into packets, sent in batches.
+    let mut out = batch::Outbox::new(gso);
+    // Down: datagrams received in batches, TCP segments merged when the TUN takes them.
+    let mut inbox = batch::Inbox::new(udp_gro, tun.offload());
+    let udp = matches!(encap, Encap::Udp(_));
+    let sock = encap.sock();
     let mut ka_out = Vec::with_capacity(128);
     loop {
         let deadline = keepalive
             .as_ref()
             .map(|k| tokio::time::Instant::from_std(k.next_deadline()));
         tokio::select! {
-            r = tun.recv(&mut up) => match r {
-                Ok(n) if valid_inner(&up[..n], v6) => match encap.send(&up[..n]).await {
-                    Ok(_) => { counters.to_broker.fetch_add(1, Relaxed); }
-                    Err(e) if transient(&e) => { counters.dropped.fetch_add(1, Relaxed); }
+            r = out.wait(&tun) => {
+                let n = match r {
+                    Ok(n) => n,
                     Err(e) => return Exit::Failed(e),
-                },
-                Ok(_) => { counters.dropped.fetch_add(1, Relaxed); }
-                Err(e) => return Exit::Failed(e),
-            },
-            r = encap.recv(&mut down) => match r {
-                Ok(Some(range)) => {
-                    let pkt = &down[range];
-                    if keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, std::time::Instant::now())) {
-                        continue;
+                };
+                if let Err(e) = out.gather(&tun, n, v6, |o, first| o.queue(first, None, 0, udp)).await {
+                    return Exit::Failed(e);
+                }
+                counters.dropped.fetch_add(std::mem::take(&mut out.dropped), Relaxed);
+                match out.flush(|_| Some(sock)).await {
+                    Ok(f) => {
+                        counters.to_broker.fetch_add(f.sent, Relaxed);
+                        counters.dropped.fetch_add(f.dropped, Relaxed);
                     }
-                    if !valid_inner(pkt, v6) {
+                    Err(e) => return Exit::Failed(e),
+                }
+            },
+            r = inbox.recv(sock) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) if transient(&e) => {
                         counters.dropped.fetch_add(1, Relaxed);
                         continue;
                     }
-                    match tun.send(pkt).await {
-                        Ok(_) => { counters.from_broker.fetch_add(1, Relaxed); }
-                        Err(e) if transient(&e) => { counters.dropped.fetch_add(1, Relaxed); }
-                        Err(e) => return Exit::Failed(e),
+                    Err(e) => return Exit::Failed(e),
+                };
+                let now = std::time::Instant::now();
+                let mut dropped = 0;
+                for i in 0..n {
+                    let m = inbox.rx.get(i);
+                    let inner = match &encap {
+                        _ if m.truncated => None,
+                        Encap::Udp(_) => Some(m.range.clone()),
+                        Encap::Raw(r) => r
+                            .inner(&inbox.rx.buf[m.range.clone()])
+                            .map(|x| m.range.start + x.start..m.range.start + x.end),
+                    };
+                    let Some(inner) = inner else {
+                        dropped += 1;
+                        continue;
+                    };
+                    for d in mmsg::datagrams(inner, m.seg) {
+                        let pkt = &inbox.rx.buf[d.clone()];
+                        // The broker may still answer a retransmitted control message after
+                        // the accept; it is not a packet.
+                        if udp && rudp::is_control(pkt) {
+                            continue;
+                        }
+                        if keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, now)) {
+                            continue;
+                        }
+                        if !valid_inner(pkt, v6) {
+                            dropped += 1;
+                            continue;
+                        }
+                        inbox.push(d);
                     }
                 }
-                Ok(None) => {}
-                Err(e) if transient(&e) || e.kind() == io::ErrorKind::InvalidData => {
-                    counters.dropped.fetch_add(1, Relaxed);
+                counters.dropped.fetch_add(dropped, Relaxed);
+                match inbox.deliver(&tun).await {
+                    Ok((written, failed)) => {
+                        counters.from_broker.fetch_add(written, Relaxed);
+                        counters.dropped.fetch_add(failed, Relaxed);
+                    }
+                    Err(e) => return Exit::Failed(e),
                 }
-                Err(e) => return Exit::Failed(e),
             },
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                 let Some(k) = keepalive.as_mut() else { continue };

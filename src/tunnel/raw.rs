@@ -4,7 +4,7 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -129,6 +129,18 @@ impl RawSocket {
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
+    /// Whether this is an IPv6 socket (received packets start with the inner packet; an IPv4
+    /// raw socket hands over the outer IPv4 header too).
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// Runs `f` on the descriptor when it is ready for `interest`, again after each
+    /// `WouldBlock` (for batched system calls).
+    pub async fn async_io<R>(&self, interest: Interest, mut f: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+        self.fd.async_io(interest, |fd| f(fd.as_raw_fd())).await
+    }
+
     /// Sends one inner packet to the connected peer (the kernel adds the outer header).
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.fd
@@ -167,6 +179,16 @@ impl RawSocket {
                 }
             })
             .await
+    }
+
+    /// The inner packet's range in a packet this socket received (`buf`): after the outer
+    /// IPv4 header on an IPv4 socket. `None` when that header is cut.
+    pub fn inner(&self, buf: &[u8]) -> Option<std::ops::Range<usize>> {
+        if self.v6 {
+            return Some(0..buf.len());
+        }
+        let ihl = buf.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
+        (ihl >= 20 && ihl <= buf.len()).then_some(ihl..buf.len())
     }
 
     /// Receives one packet; returns the inner packet's range in `buf` and the sender.

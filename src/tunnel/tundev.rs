@@ -1,14 +1,26 @@
 //! The TUN device of the userspace datapath (v6udpv4 always; v6v4 and v4v6 where the kernel has
 //! no sit/ip6tnl, as on the test machine).
 //!
-//! The device is opened with `IFF_TUN | IFF_NO_PI`: each read or write is exactly one IP packet,
-//! with no 4-byte packet-information header (gogoc used the header and stripped it; we never see
-//! it). It is not persistent, so it disappears when [`TunDevice`] is dropped, including when the
-//! process is killed. Addresses and routes are set through [`super::netlink`]: the `tun` crate
-//! can only set IPv4 addresses.
+//! The device is opened with `IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`: each read or write is one IP
+//! packet after a 10-byte `virtio_net_hdr`, with no 4-byte packet-information header. With
+//! `TUNSETOFFLOAD` (checksum, TSO4, TSO6) the kernel hands over TCP super-segments of up to
+//! 64 KB and accepts them back, which [`super::offload`] splits and builds: one system call per
+//! 64 KB instead of per 1280 bytes. Where the kernel refuses the offload the header stays
+//! (always zero then) and each read is one packet. The device is not persistent unless asked
+//! ([`TunDevice::set_persistent`]), so it disappears when [`TunDevice`] is dropped, including
+//! when the process is killed. Addresses and routes are set through [`super::netlink`]: the
+//! `tun` crate can only set IPv4 addresses. The crate creates and configures the device; the
+//! I/O is ours (`readv`/`writev` on the descriptor) because the header must be read and written
+//! with each packet and a burst drained without awaiting per packet.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::offload::{self, VNET_HDR_LEN, VnetHdr};
 
 /// Where the kernel's TUN/TAP clone device lives.
 const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
@@ -40,11 +52,34 @@ pub enum TunnelError {
     },
 }
 
-/// An up, layer-3 TUN interface without packet-information header.
+/// An up, layer-3 TUN interface without packet-information header, with a virtio-net header.
 pub struct TunDevice {
-    dev: tun::AsyncDevice,
+    fd: AsyncFd<OwnedFd>,
     name: String,
     mtu: u16,
+    offload: bool,
+}
+
+/// Set to `off` to open TUN devices without offload and use no UDP GSO/GRO: the
+/// one-packet-per-system-call datapath, for comparison and for testing the fallback.
+pub const OFFLOAD_ENV: &str = "NM_TSP_OFFLOAD";
+
+/// Whether the environment asks for the one-packet datapath.
+pub fn offload_disabled_by_env() -> bool {
+    std::env::var_os(OFFLOAD_ENV).is_some_and(|v| v == "off" || v == "0")
+}
+
+/// What we ask the kernel to hand over: partial checksums and TCP super-segments of both
+/// families. Not USO (UDP segmentation): the inner UDP traffic is rarely bulk, and a UDP
+/// super-segment would need its own split.
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
+fn set_offload(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is an open TUN descriptor.
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for TunDevice {
@@ -120,12 +155,43 @@ impl TunDevice {
         // Layer 3 and no packet information (IFF_NO_PI) are the crate's Linux defaults; `up()`
         // and `mtu()` are applied with SIOCSIFFLAGS / SIOCSIFMTU right after TUNSETIFF.
         cfg.tun_name(name).layer(tun::Layer::L3).mtu(mtu).up();
-        let dev = tun::create_as_async(&cfg).map_err(|e| classify(name, e))?;
-        tracing::debug!(tun = name, mtu, "TUN device up");
+        cfg.platform_config(|p| {
+            p.vnet_hdr(true);
+        });
+        let dev = tun::create(&cfg).map_err(|e| classify(name, e))?;
+        // SAFETY: into_raw_fd hands over the TUN descriptor, which nothing else owns now.
+        let owned = unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) };
+        let io_err = |source: io::Error| TunnelError::Open {
+            name: name.to_owned(),
+            source: tun::Error::Io(source),
+        };
+        nonblocking(owned.as_raw_fd()).map_err(io_err)?;
+        let offload = if offload_disabled_by_env() {
+            tracing::info!(tun = name, "TUN offload off ({OFFLOAD_ENV}=off): one packet per read");
+            let _ = set_offload(owned.as_raw_fd(), 0);
+            false
+        } else {
+            match set_offload(owned.as_raw_fd(), OFFLOADS) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Reads still carry a (zero) virtio header; each is one packet.
+                    if super::first_fallback(&super::fallback::TUN_OFFLOAD) {
+                        tracing::warn!(tun = name, error = %e, "TUNSETOFFLOAD refused: one packet per read");
+                    }
+                    false
+                }
+            }
+        };
+        // SAFETY: the OwnedFd keeps returning the same open descriptor until it is dropped
+        // together with the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE | Interest::WRITABLE) }
+            .map_err(|e| io_err(e.into_parts().1))?;
+        tracing::debug!(tun = name, mtu, offload, "TUN device up");
         Ok(TunDevice {
-            dev,
+            fd,
             name: name.to_owned(),
             mtu,
+            offload,
         })
     }
 
@@ -150,7 +216,7 @@ impl TunDevice {
             nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
         );
         // SAFETY: TUNSETPERSIST takes its argument by value; the descriptor is our open TUN.
-        unsafe { tunsetpersist(self.dev.as_raw_fd(), libc::c_int::from(on)) }
+        unsafe { tunsetpersist(self.fd.as_raw_fd(), libc::c_int::from(on)) }
             .map(|_| ())
             .map_err(io::Error::from)
     }
@@ -160,21 +226,105 @@ impl TunDevice {
         self.mtu
     }
 
-    /// Read one IP packet (IPv4 or IPv6, no header) sent by the kernel into the tunnel. `buf`
-    /// should hold at least the MTU; a longer packet is truncated by the kernel.
+    /// Whether the kernel hands over TCP super-segments (TUNSETOFFLOAD accepted).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Read one IP packet (IPv4 or IPv6, no header) sent by the kernel into the tunnel, its
+    /// checksum completed if the kernel left it partial. `buf` should hold at least the MTU; a
+    /// longer packet is truncated by the kernel. A TCP super-segment is an `InvalidData`
+    /// error here: the datapath reads with [`TunDevice::recv_vnet`].
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf).await
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let n = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                readv(
+                    fd.as_raw_fd(),
+                    &mut [io::IoSliceMut::new(&mut hdr), io::IoSliceMut::new(buf)],
+                )
+            })
+            .await?;
+        let n = n.saturating_sub(VNET_HDR_LEN);
+        let hdr = VnetHdr::decode(&hdr).unwrap_or_default();
+        if hdr.gso_type != offload::GSO_NONE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "TUN: a super-segment"));
+        }
+        if hdr.flags & offload::F_NEEDS_CSUM != 0 {
+            offload::complete_checksum(&hdr, &mut buf[..n])
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "TUN: bad checksum offsets"))?;
+        }
+        Ok(n)
+    }
+
+    /// Reads what the kernel sends into the tunnel, virtio header first, into `buf` (which
+    /// should hold 64 KB plus the header). Waits for the first; `Ok(None)` once drained.
+    pub async fn recv_vnet(&self, buf: &mut [u8], wait: bool) -> io::Result<Option<usize>> {
+        if wait {
+            return self
+                .fd
+                .async_io(Interest::READABLE, |fd| {
+                    readv(fd.as_raw_fd(), &mut [io::IoSliceMut::new(buf)])
+                })
+                .await
+                .map(Some);
+        }
+        match self.fd.try_io(Interest::READABLE, |fd| {
+            readv(fd.as_raw_fd(), &mut [io::IoSliceMut::new(buf)])
+        }) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Hand one IP packet (no header) to the kernel as if it came out of the tunnel.
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
-        self.dev.send(pkt).await
+        let hdr = VnetHdr::default().encode();
+        let n = self.send_vnet(&[IoSlice::new(&hdr), IoSlice::new(pkt)]).await?;
+        Ok(n.saturating_sub(VNET_HDR_LEN))
     }
+
+    /// Writes one packet given as slices, the first of which is its virtio header.
+    pub async fn send_vnet(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                // SAFETY: IoSlice is ABI-compatible with iovec; each is valid for its length.
+                let n = unsafe { libc::writev(fd.as_raw_fd(), parts.as_ptr().cast(), parts.len() as libc::c_int) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await
+    }
+}
+
+fn readv(fd: RawFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+    // SAFETY: IoSliceMut is ABI-compatible with iovec; each is valid for its length.
+    let n = unsafe { libc::readv(fd, bufs.as_ptr().cast(), bufs.len() as libc::c_int) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl AsRawFd for TunDevice {
     fn as_raw_fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 }
 
@@ -236,6 +386,8 @@ mod tests {
             // `ip -d` reports the driver: a layer-3 TUN without PI that is not persistent.
             assert!(link.contains("tun type tun pi off"), "{link}");
             assert!(!link.contains("persist on"), "{link}");
+            assert!(link.contains("vnet_hdr on"), "{link}");
+            assert!(tun.offload(), "TUNSETOFFLOAD refused by this kernel");
 
             drop(tun);
             // (See busy_and_taken_names_are_clear_errors for why this may take a moment.)
@@ -245,6 +397,29 @@ mod tests {
                 !run("ip link show nlttun0").status.success(),
                 "nlttun0 survived its drop"
             );
+        });
+    }
+
+    /// nm-tsp-service keeps a persistent TUN between negotiations and reopens it by name with
+    /// the same flags (virtio header, offload): that must attach to the same interface.
+    #[test]
+    fn persistent_device_is_reopened_with_offload() {
+        in_new_netns(false, || async {
+            let tun = must(TunDevice::open("nlttun0", 1280));
+            let index = must(tun.index());
+            must(tun.set_persistent(true));
+            drop(tun);
+            assert!(sh("ip -d link show nlttun0").contains("persist on"));
+            let again = eventually(|| TunDevice::open("nlttun0", 1280).is_ok()).await;
+            assert!(again, "a persistent TUN could not be reopened");
+            // (`eventually` dropped the probe that succeeded.)
+            let tun = must(TunDevice::open("nlttun0", 1280));
+            assert_eq!(must(tun.index()), index, "the same interface");
+            assert!(tun.offload());
+            must(tun.set_persistent(false));
+            drop(tun);
+            let gone = eventually(|| nix::net::if_::if_nametoindex("nlttun0").is_err()).await;
+            assert!(gone, "a TUN made non-persistent survived its last descriptor");
         });
     }
 

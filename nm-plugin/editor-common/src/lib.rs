@@ -13,7 +13,30 @@ pub mod form;
 pub mod nm;
 pub mod testing;
 
+use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Environment variable naming a file the editors append one line per event to (editor made,
+/// update accepted or refused), for tests that drive a real host such as nm-connection-editor
+/// and cannot read its widgets. Lines carry vpn.data key names and parse_vpn_data's messages
+/// (which quote no secret), never the values written.
+pub const TRACE_ENV: &str = "NM_TSP_EDITOR_TRACE";
+
+/// Appends `line` to the [`TRACE_ENV`] file, if one is set (errors are ignored: tracing never
+/// changes what the editor does).
+pub fn trace(line: &str) {
+    let Some(path) = std::env::var_os(TRACE_ENV) else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{}", line.replace('\n', " "));
+    }
+}
+
+/// The key names of a map, space-separated, for [`trace`].
+pub fn key_names<V>(m: &std::collections::BTreeMap<String, V>) -> String {
+    m.keys().map(String::as_str).collect::<Vec<_>>().join(" ")
+}
 
 /// Runs `f`, turning a panic into what `fallback` gives (called only then): no unwinding may
 /// cross an `extern "C"` entry point. The panic message goes to stderr (the host's log),

@@ -150,7 +150,7 @@ pub type Factory = unsafe extern "C" fn(
 
 /// Copies the editor library cargo built (`lib<crate_lib_name>.so`, beside the test's
 /// `deps/` directory) under its installed name into a fresh directory, dlopens it the way
-/// the base plugin does (RTLD_NOW | RTLD_LOCAL) and returns `nm_vpn_editor_factory_tsp`.
+/// the base plugin does (RTLD_LAZY | RTLD_LOCAL) and returns `nm_vpn_editor_factory_tsp`.
 pub fn load_editor(crate_lib_name: &str, installed_name: &str) -> Result<Factory, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let deps = exe.parent().ok_or("test binary has no directory")?;
@@ -166,7 +166,7 @@ pub fn load_editor(crate_lib_name: &str, installed_name: &str) -> Result<Factory
     let path = std::ffi::CString::new(installed.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: dlopen/dlsym of our own library; the symbol has the Factory signature.
     unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
         if h.is_null() {
             return Err(format!("dlopen {}: {}", installed.display(), dl_error()));
         }
@@ -226,4 +226,14 @@ impl Checks {
     pub fn finish(self, what: &str) {
         println!("{what}: {} passed, 0 failed", self.passed);
     }
+}
+
+/// Whether a shared object whose file name starts with `prefix` (e.g. `libgtk-4.so`) is
+/// mapped into this process.
+pub fn mapped(prefix: &str) -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| {
+        maps.lines()
+            .filter_map(|l| l.rsplit('/').next())
+            .any(|file| file.starts_with(prefix))
+    })
 }

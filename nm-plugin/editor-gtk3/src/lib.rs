@@ -15,7 +15,7 @@ use std::ptr;
 use glib::prelude::*;
 use glib::subclass::prelude::*;
 use glib::translate::*;
-use nm_tsp_editor_common::{guard, nm};
+use nm_tsp_editor_common::{guard, key_names, nm, trace};
 
 glib::wrapper! {
     /// libnm's `NMVpnEditor` interface.
@@ -101,10 +101,20 @@ unsafe extern "C" fn update_connection(
             match ui.check() {
                 // SAFETY: libnm passes the connection being edited.
                 Ok(out) => match unsafe { nm::write_vpn(connection, &out.data, &out.secrets) } {
-                    Ok(()) => glib::ffi::GTRUE,
+                    Ok(()) => {
+                        trace(&format!(
+                            "gtk3 update ok data: {}; secrets: {}",
+                            key_names(&out.data),
+                            key_names(&out.secrets)
+                        ));
+                        glib::ffi::GTRUE
+                    }
                     Err(m) => fail(&m),
                 },
-                Err(e) => fail(&e.message),
+                Err(e) => {
+                    trace(&format!("gtk3 update refused: {}", e.message));
+                    fail(&e.message)
+                }
             }
         },
     )
@@ -116,6 +126,11 @@ impl TspEditor {
         let editor: TspEditor = glib::Object::new();
         // SAFETY: libnm passes a valid connection (or null, read as empty).
         let (data, secrets) = unsafe { nm::read_vpn(connection) };
+        trace(&format!(
+            "gtk3 editor data: {}; secrets: {}",
+            key_names(&data),
+            key_names(&secrets)
+        ));
         let weak = editor.downgrade();
         let ui = ui::Ui::new(
             &nm_tsp_editor_common::form::Form::load(&data, &secrets),

@@ -101,6 +101,7 @@ fn vpn(c: *mut nm::NMConnection) -> (BTreeMap<String, String>, BTreeMap<String, 
 }
 
 fn main() {
+    let trace_file = std::env::temp_dir().join(format!("nm-tsp-gtk3-trace-{}", std::process::id()));
     let xvfb = match Xvfb::start() {
         Ok(x) => x,
         Err(why) => panic!("the GTK3 editor test needs an X server: {why}"),
@@ -111,6 +112,7 @@ fn main() {
         std::env::set_var("GDK_BACKEND", "x11");
         std::env::remove_var("WAYLAND_DISPLAY");
         std::env::set_var("GTK_THEME", "Adwaita");
+        std::env::set_var(nm_tsp_editor_common::TRACE_ENV, &trace_file);
     }
     gtk::init().expect("GTK3 on Xvfb");
     let factory = testing::load_editor("nm_vpn_plugin_tsp_editor", "libnm-vpn-plugin-tsp-editor.so")
@@ -157,6 +159,12 @@ fn main() {
         changes,
     };
     let mut checks = Checks::default();
+
+    checks.run("the library brings no other GTK into the host", || {
+        assert!(testing::mapped("libgtk-3.so"), "the host's GTK");
+        assert!(testing::mapped("libnm.so"));
+        assert!(!testing::mapped("libgtk-4.so"), "GTK 4 in a GTK 3 host");
+    });
 
     checks.run("fields show the connection", || {
         assert_eq!(get::<gtk::Entry>(&host.widget, "server").text(), "192.0.2.1");
@@ -334,6 +342,23 @@ fn main() {
         assert_eq!(vpn(empty).0.get("server").map(String::as_str), Some("192.0.2.1"));
         // SAFETY: ours, not used again.
         unsafe { testing::free_connection(empty) };
+    });
+
+    checks.run("the trace names keys and results, never values", || {
+        let t = std::fs::read_to_string(&trace_file).expect("trace written");
+        let _ = std::fs::remove_file(&trace_file);
+        assert!(
+            t.starts_with("gtk3 editor data: auth-method keepalive-interval password-flags"),
+            "{t}"
+        );
+        assert!(t.contains("gtk3 update ok data: "), "{t}");
+        assert!(
+            t.contains("gtk3 update refused: vpn.data: key \"prefix-length\""),
+            "{t}"
+        );
+        for secret in ["old-pw", "s3cret", "192.0.2.1", "alice"] {
+            assert!(!t.contains(secret), "{secret} in the trace: {t}");
+        }
     });
 
     drop(host);

@@ -16,7 +16,7 @@ use glib::prelude::*;
 use glib::subclass::prelude::*;
 use glib::translate::*;
 use gtk::glib;
-use nm_tsp_editor_common::{guard, nm};
+use nm_tsp_editor_common::{guard, key_names, nm, trace};
 
 glib::wrapper! {
     /// libnm's `NMVpnEditor` interface.
@@ -103,10 +103,20 @@ unsafe extern "C" fn update_connection(
             match ui.check() {
                 // SAFETY: libnm passes the connection being edited.
                 Ok(out) => match unsafe { nm::write_vpn(connection, &out.data, &out.secrets) } {
-                    Ok(()) => glib::ffi::GTRUE,
+                    Ok(()) => {
+                        trace(&format!(
+                            "gtk4 update ok data: {}; secrets: {}",
+                            key_names(&out.data),
+                            key_names(&out.secrets)
+                        ));
+                        glib::ffi::GTRUE
+                    }
                     Err(m) => fail(&m),
                 },
-                Err(e) => fail(&e.message),
+                Err(e) => {
+                    trace(&format!("gtk4 update refused: {}", e.message));
+                    fail(&e.message)
+                }
             }
         },
     )
@@ -118,6 +128,11 @@ impl TspEditor {
         let editor: TspEditor = glib::Object::new();
         // SAFETY: libnm passes a valid connection (or null, read as empty).
         let (data, secrets) = unsafe { nm::read_vpn(connection) };
+        trace(&format!(
+            "gtk4 editor data: {}; secrets: {}",
+            key_names(&data),
+            key_names(&secrets)
+        ));
         let weak = editor.downgrade();
         let ui = ui::Ui::new(
             &nm_tsp_editor_common::form::Form::load(&data, &secrets),

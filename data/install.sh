@@ -77,6 +77,9 @@ files=(
   "0755 $SBINDIR/tspc @BIN@/tspc"
   "0755 $SBINDIR/tsp-broker @BIN@/tsp-broker"
   "0644 $NMPLUGINDIR/libnm-vpn-plugin-tsp.so @BIN@/libnm_vpn_plugin_tsp.so"
+  "0644 $NMPLUGINDIR/libnm-vpn-plugin-tsp-editor.so @BIN@/libnm_vpn_plugin_tsp_editor.so"
+  "0644 $NMPLUGINDIR/libnm-gtk4-vpn-plugin-tsp-editor.so @BIN@/libnm_gtk4_vpn_plugin_tsp_editor.so"
+  "0644 $MANDIR/man8/nm-tsp-service.8 data/man/nm-tsp-service.8"
   "0644 $NMVPNDIR/nm-tsp-service.name nm-plugin/nm-tsp-service.name"
   "0644 $DBUSPOLICYDIR/nm-tsp-service.conf dbus/nm-tsp-service.conf"
   "0644 $MANDIR/man8/tspc.8 data/man/tspc.8"
@@ -122,7 +125,7 @@ if [ -z "${BIN:-}" ]; then
   BIN=$target/release
 fi
 [ -d "$BIN" ] || die "BIN=$BIN is not a directory"
-for b in nm-tsp-auth-dialog tspc tsp-broker; do
+for b in nm-tsp-service nm-tsp-auth-dialog tspc tsp-broker; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: build it first (cargo build --release --locked --bins)"
 done
 [ -f "$BIN/libnm_vpn_plugin_tsp.so" ] ||
@@ -141,7 +144,7 @@ for u in tspc tsp-broker; do
   sed -e "/^ExecStart=/s#/usr/sbin/#$SBINDIR/#" "$src/data/systemd/$u.service" >"$tmp/$u.service"
 done
 
-service_missing=
+gui_missing=
 for f in "${files[@]}"; do
   read -r perm dest from <<<"$f"
   case "$from" in
@@ -150,17 +153,22 @@ for f in "${files[@]}"; do
     data/systemd/*) from=$tmp/$(basename "$from") ;;
     *) from=$src/$from ;;
   esac
-  if [ "$from" = "$BIN/nm-tsp-service" ] && [ ! -x "$from" ]; then
-    service_missing=1
-    echo "skipped $DESTDIR$dest: $from is not built (yet)"
-    continue
-  fi
+  # The GTK editors are optional: without them the base plugin reports "no editor" and
+  # nmcli import/export still work.
+  case "$from" in
+    */libnm_vpn_plugin_tsp_editor.so | */libnm_gtk4_vpn_plugin_tsp_editor.so)
+      if [ ! -f "$from" ]; then
+        gui_missing=1
+        echo "skipped $DESTDIR$dest: $from is not built"
+        continue
+      fi ;;
+  esac
   install -D -m "$perm" "${own[@]}" -- "$from" "$DESTDIR$dest"
   echo "installed $DESTDIR$dest"
 done
 
-[ -z "$service_missing" ] || echo "NOTE: without nm-tsp-service, NetworkManager cannot start tsp connections yet;" \
-  "run this script again once src/bin/nm-tsp-service.rs is built."
+[ -z "$gui_missing" ] || echo "NOTE: without the GTK editor libraries, nm-connection-editor and GNOME Settings" \
+  "cannot edit tsp connections (nmcli can; build them with cargo build --release --workspace --lib)."
 case "$NMVPNDIR" in
   /usr/lib/NetworkManager/VPN | /etc/NetworkManager/VPN) ;;
   *) echo "NOTE: NetworkManager reads .name files only from /usr/lib/NetworkManager/VPN and /etc/NetworkManager/VPN (NMVPNDIR=$NMVPNDIR)" ;;

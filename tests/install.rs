@@ -3,12 +3,11 @@
 //! `--uninstall` removes all of them.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/install.sh");
-const STAND_IN_SERVICE: &str = "#!/bin/sh\n# stand-in for nm-tsp-service (tests/install.rs)\nexit 0\n";
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nm-tsp-test-{}-{name}", std::process::id()));
@@ -17,33 +16,38 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A BIN directory: links to the built binaries and, unless `without_service`, a stand-in
-/// nm-tsp-service (another source tree builds the real one).
-fn bin_dir(dir: &Path, with_service: bool) -> PathBuf {
+/// A BIN directory: links to the built binaries and libraries (the GTK editors only with
+/// `with_editors`: they are optional).
+fn bin_dir(dir: &Path, with_editors: bool) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("bin dir");
     for (name, built) in [
         ("tspc", env!("CARGO_BIN_EXE_tspc")),
         ("tsp-broker", env!("CARGO_BIN_EXE_tsp-broker")),
+        ("nm-tsp-service", env!("CARGO_BIN_EXE_nm-tsp-service")),
         ("nm-tsp-auth-dialog", env!("CARGO_BIN_EXE_nm-tsp-auth-dialog")),
     ] {
         std::os::unix::fs::symlink(built, bin.join(name)).expect("symlink");
     }
-    std::os::unix::fs::symlink(editor_plugin(), bin.join("libnm_vpn_plugin_tsp.so")).expect("symlink");
-    if with_service {
-        let s = bin.join("nm-tsp-service");
-        std::fs::write(&s, STAND_IN_SERVICE).expect("stand-in");
-        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut libs = vec![LIB_BASE];
+    if with_editors {
+        libs.extend(LIB_EDITORS);
+    }
+    for lib in libs {
+        std::os::unix::fs::symlink(built_lib(lib), bin.join(lib)).expect("symlink");
     }
     bin
 }
 
-/// The built libnm editor plugin (a workspace member: target/<profile>/, next to deps/).
-fn editor_plugin() -> PathBuf {
+const LIB_BASE: &str = "libnm_vpn_plugin_tsp.so";
+const LIB_EDITORS: [&str; 2] = ["libnm_vpn_plugin_tsp_editor.so", "libnm_gtk4_vpn_plugin_tsp_editor.so"];
+
+/// A library built by a workspace member (target/<profile>/, next to deps/).
+fn built_lib(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     exe.parent()
         .and_then(Path::parent)
-        .map(|d| d.join("libnm_vpn_plugin_tsp.so"))
+        .map(|d| d.join(name))
         .expect("target dir")
 }
 
@@ -114,6 +118,10 @@ fn key_of(text: &str, group: &str, key: &str) -> Option<String> {
 fn expected(prefix: &str, libexec: &str, plugin_so: &str) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
     m.insert(plugin_so.to_owned(), 0o644);
+    let plugin_dir = Path::new(plugin_so).parent().expect("plugin dir");
+    for editor in ["libnm-vpn-plugin-tsp-editor.so", "libnm-gtk4-vpn-plugin-tsp-editor.so"] {
+        m.insert(plugin_dir.join(editor).display().to_string(), 0o644);
+    }
     for f in ["nm-tsp-service", "nm-tsp-auth-dialog"] {
         m.insert(format!("{libexec}/{f}"), 0o755);
     }
@@ -125,6 +133,7 @@ fn expected(prefix: &str, libexec: &str, plugin_so: &str) -> BTreeMap<String, u3
         "share/dbus-1/system.d/nm-tsp-service.conf",
         "share/man/man8/tspc.8",
         "share/man/man8/tsp-broker.8",
+        "share/man/man8/nm-tsp-service.8",
         "share/man/man1/nm-tsp-auth-dialog.1",
         "lib/systemd/system/tspc.service",
         "lib/systemd/system/tsp-broker.service",
@@ -163,7 +172,6 @@ fn check_tree(root: &Path, prefix: &str, libexec: &str, plugin_so: &str) {
         );
     }
     // The binaries are the ones given in BIN.
-    assert_eq!(read(root, &format!("{libexec}/nm-tsp-service")), STAND_IN_SERVICE);
     let size = |p: &str| std::fs::metadata(p).expect("built binary").len();
     let installed = |p: &str| {
         std::fs::metadata(root.join(p.trim_start_matches('/')))
@@ -178,7 +186,11 @@ fn check_tree(root: &Path, prefix: &str, libexec: &str, plugin_so: &str) {
         installed(&format!("{prefix}/sbin/tspc")),
         size(env!("CARGO_BIN_EXE_tspc"))
     );
-    assert_eq!(installed(plugin_so), size(&editor_plugin().display().to_string()));
+    assert_eq!(
+        installed(&format!("{libexec}/nm-tsp-service")),
+        size(env!("CARGO_BIN_EXE_nm-tsp-service"))
+    );
+    assert_eq!(installed(plugin_so), size(&built_lib(LIB_BASE).display().to_string()));
 
     // The .name file parses and points at LIBEXECDIR; everything else is as in the tree.
     let name = read(root, &format!("{prefix}/lib/NetworkManager/VPN/nm-tsp-service.name"));
@@ -279,13 +291,15 @@ fn install_and_uninstall_into_a_destdir() {
 fn missing_binaries() {
     let dir = scratch("install-missing");
     let dest = dir.join("root");
-    // No nm-tsp-service yet: everything else goes in, and the script says so.
+    // No GTK editors: everything else goes in, and the script says so.
     let bin = bin_dir(&dir, false);
     let (ok, out) = install(&[("DESTDIR", &dest), ("BIN", &bin)], &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("nm-tsp-service is not built"), "{out}");
+    assert!(out.contains("libnm_vpn_plugin_tsp_editor.so is not built"), "{out}");
+    assert!(out.contains("cannot edit tsp connections"), "{out}");
     let got = tree(&dest);
-    assert!(!got.contains_key("/usr/libexec/nm-tsp-service"));
+    assert!(!got.keys().any(|k| k.contains("tsp-editor")), "{got:?}");
+    assert!(got.contains_key("/usr/libexec/nm-tsp-service"));
     assert!(got.contains_key("/usr/libexec/nm-tsp-auth-dialog"));
     assert!(got.contains_key("/usr/lib/NetworkManager/VPN/nm-tsp-service.name"));
     let (ok, out) = install(&[("DESTDIR", &dest)], &["--uninstall"]);

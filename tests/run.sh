@@ -9,7 +9,12 @@ export CARGO_TERM_COLOR=never
 # libnm and GLib. dbus + network-manager: the NetworkManager end-to-end tests and the D-Bus contract test;
 # gnome-keyring, libsecret-tools (secret-tool), systemd (busctl): tests/auth_dialog.rs runs
 # nm-tsp-auth-dialog against a real headless keyring.
-need_pkgs=(libnm-dev libglib2.0-dev pkg-config iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux)
+# pkg-config, libgtk-3-dev, libgtk-4-dev: the GTK3/GTK4 editor plugins (nm-plugin/editor-gtk3,
+# editor-gtk4); xvfb, xauth, fonts-dejavu-core: their tests show the editors in real windows on
+# a private X server; network-manager-gnome: nm-connection-editor, the GTK3 editor's host
+# (tests/nm_connection_editor.rs); imagemagick: its screenshot (import).
+need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux
+  libnm-dev libglib2.0-dev pkg-config libgtk-3-dev libgtk-4-dev xvfb xauth fonts-dejavu-core network-manager-gnome imagemagick)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

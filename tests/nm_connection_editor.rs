@@ -9,7 +9,6 @@
 //! says so and does nothing.
 
 mod netns;
-#[allow(dead_code)] // shared helpers this test does not use
 mod testbed;
 
 use std::io::Read as _;

@@ -11,7 +11,6 @@
 //! installed on the host.
 
 mod netns;
-#[allow(dead_code)] // shared helpers this test does not use
 mod testbed;
 
 use std::collections::BTreeMap;
@@ -42,9 +41,11 @@ fn plugin_dir(lab: &Lab) -> PathBuf {
     std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
     let name = format!(
         "[VPN Connection]\nname=tsp\nservice=org.freedesktop.NetworkManager.tsp\nprogram={}\n\
-         supports-multiple-connections=true\n\n[libnm]\nplugin={}\n",
+         supports-multiple-connections=true\n\n[libnm]\nplugin={}\n\n[GNOME]\nauth-dialog={}\n\
+         supports-external-ui-mode=true\nsupports-hints=true\n",
         bin("nm-tsp-service").display(),
-        so.display()
+        so.display(),
+        bin("nm-tsp-auth-dialog").display()
     );
     testbed::write(&dir.join("nm-tsp-service.name"), &name, 0o644).unwrap();
     dir
@@ -167,7 +168,7 @@ fn import_export_round_trip_through_nmcli() {
         ("proxy-client", "yes"),
         ("retry-delay", "5"),
         ("retry-delay-max", "60"),
-        ("password-flags", "0"),
+        ("password-flags", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -178,7 +179,9 @@ fn import_export_round_trip_through_nmcli() {
         nm.con_field("full", "vpn.service-type"),
         "org.freedesktop.NetworkManager.tsp"
     );
-    // The password: a secret NetworkManager keeps, never in vpn.data.
+    // The password: never in vpn.data, and — agent-owned — never on NetworkManager's disk (the
+    // user's agent keeps it; tests/editor_plugin_load.rs checks the plugin hands it over as a
+    // secret).
     let raw = ok(nmcli(
         &nm,
         &plugins,
@@ -187,18 +190,12 @@ fn import_export_round_trip_through_nmcli() {
     ))
     .stdout;
     assert!(!raw.contains(PASSWORD), "password in vpn.data: {raw}");
-    let secrets = ok(nmcli(
-        &nm,
-        &plugins,
-        &[],
-        &["--show-secrets", "-g", "vpn.secrets", "connection", "show", "full"],
-    ))
-    .stdout;
-    assert_eq!(
-        vpn_map(&secrets).get("password").map(String::as_str),
-        Some(PASSWORD),
-        "{secrets}"
-    );
+    let stored: Vec<_> = std::fs::read_dir(nm.connections_dir()).unwrap().flatten().collect();
+    assert!(!stored.is_empty(), "NetworkManager stored no profile");
+    for f in stored {
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        assert!(!text.contains(PASSWORD), "{} holds the password", f.path().display());
+    }
 
     // Export: a gogoc.conf without the password (unless asked for), that reads back the same.
     let exported = lab.dir().join("exported.conf");
@@ -287,7 +284,27 @@ fn imported_profile_connects() {
         )
         .unwrap();
     ok(import(&nm, &plugins, &file));
-    let out = nm.up("home", &c_if);
+    assert_eq!(
+        data_of(&nm, &plugins, "home").get("password-flags").map(String::as_str),
+        Some("1")
+    );
+    // The agent-owned password comes from the activating agent: nmcli's, which runs our auth
+    // dialog in external-UI mode (no keyring here, so it asks) and answers from a file.
+    let secrets = lab
+        .file("home.secrets", &format!("vpn.secrets.password:{PASSWORD}\n"))
+        .unwrap();
+    let up = [
+        "--wait",
+        "30",
+        "connection",
+        "up",
+        "home",
+        "ifname",
+        &c_if,
+        "passwd-file",
+        secrets.to_str().unwrap(),
+    ];
+    let out = nmcli(&nm, &plugins, &[], &up);
     nm.wait_vpn_state("home", 5, 20 * SEC)
         .unwrap_or_else(|e| panic!("{e}\nnmcli: {} {}", out.stdout, out.stderr));
     let ip6 = nm.con_field("home", "IP6.ADDRESS");

@@ -8,6 +8,8 @@
 //! Traps (testbed.md): NetworkManager needs a read-only /sys (else it waits for udev forever);
 //! it spawns plugins with its own environment, so `NM_TSP_STATE_DIR` set here reaches them;
 //! nmcli exits 0 on some failures, so tests assert on state, never on nmcli's status alone.
+// Each test crate uses a part of the harness.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -56,6 +58,8 @@ pub struct Nm {
     pub bus_addr: String,
     /// The plugin's `NM_TSP_STATE_DIR` (known host keys, multi-site files).
     state: std::path::PathBuf,
+    /// NetworkManager's /etc/NetworkManager (keyfiles in system-connections/).
+    etc: std::path::PathBuf,
     /// The bus lives as long as this (the lab kills it at the end).
     _bus: Proc,
     pub daemon: Proc,
@@ -138,6 +142,7 @@ impl Nm {
         )?;
         let nm = Nm {
             state: dir.join("state"),
+            etc: dir.join("nm/etc"),
             bus_addr,
             _bus: bus,
             daemon,
@@ -301,6 +306,11 @@ impl Nm {
 
     pub fn state_dir(&self) -> &Path {
         &self.state
+    }
+
+    /// Where NetworkManager stores its profiles (keyfiles).
+    pub fn connections_dir(&self) -> std::path::PathBuf {
+        self.etc.join("system-connections")
     }
 
     /// NetworkManager's log so far (the plugin's stderr is part of it).

@@ -27,10 +27,15 @@ pub struct Imported {
 
 /// Maps a configuration read from `path` to a profile.
 ///
-/// The password is stored by NetworkManager (`password-flags=0`, in its root-only keyfile —
-/// where the file kept it too) whenever the auth method needs one, whether the file has it or
-/// not: that way an exported and re-imported profile reads back identical. Checks the result
-/// with the rules the service applies (so an imported profile never fails only at connect).
+/// The password becomes an agent-owned secret (`password-flags=1`): the user's agent keeps it
+/// in the keyring, NetworkManager never writes it to disk, and the auth dialog hands it over
+/// when connecting. The flag is set whenever the auth method needs a password, whether the
+/// file has one or not, so an exported and re-imported profile reads back identical. Checks
+/// the result with the rules the service applies (an imported profile never fails only at
+/// connect).
+/// The flags of an imported password: kept by the user's agent.
+pub const IMPORTED_FLAGS: SecretFlags = SecretFlags(SecretFlags::AGENT_OWNED);
+
 pub fn import(cfg: &GogocConfig, path: &Path) -> Result<Imported, ConfigError> {
     // An empty password is fine here (asked for when connecting); every other rule holds.
     let mut check = cfg.clone();
@@ -38,7 +43,12 @@ pub fn import(cfg: &GogocConfig, path: &Path) -> Result<Imported, ConfigError> {
         check.passwd = Secret::new("-");
     }
     check.validate_for_connect(path)?;
-    let data = vpn_data::to_vpn_data(cfg, vpn_data::DEFAULT_MTU, SecretFlags(SecretFlags::NONE));
+    let flags = if cfg.auth_method.needs_password() {
+        IMPORTED_FLAGS
+    } else {
+        SecretFlags::default()
+    };
+    let data = vpn_data::to_vpn_data(cfg, vpn_data::DEFAULT_MTU, flags);
     // Backstop: the cross-key rules of vpn.data, as nm-tsp-service applies them.
     vpn_data::parse_vpn_data(&data)?;
     Ok(Imported {
@@ -175,9 +185,9 @@ pub fn export(
     if settings.mtu != vpn_data::DEFAULT_MTU {
         dropped.push(format!("mtu={} (gogoc always uses 1280)", settings.mtu));
     }
-    if settings.password_flags != SecretFlags(SecretFlags::NONE) {
+    if settings.password_flags != IMPORTED_FLAGS && settings.cfg.auth_method.needs_password() {
         dropped.push(format!(
-            "password-flags={} (a re-import sets 0)",
+            "password-flags={} (a re-import sets 1, kept by the user's agent)",
             settings.password_flags.0
         ));
     }
@@ -278,7 +288,7 @@ mod tests {
             ("always-use-same-server", "yes"),
             ("retry-delay", "5"),
             ("retry-delay-max", "60"),
-            ("password-flags", "0"),
+            ("password-flags", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -399,7 +409,7 @@ mod tests {
         let data: BTreeMap<String, String> = [
             ("server", "b"),
             ("mtu", "1400"),
-            ("password-flags", "1"),
+            ("password-flags", "0"),
             ("username", "u"),
         ]
         .into_iter()

@@ -29,7 +29,7 @@ echo "== build"
 cargo build --locked --all-targets
 echo "== tests"
 cargo test --locked --all-targets
-echo "== demo (namespaces: broker, direct client, client behind NAT)"
+echo "== demo (broker in a namespace, NetworkManager on a private bus, nmcli connection up)"
 bash tests/demo.sh
 echo "== fuzz smoke (every cargo-fuzz target, briefly)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-5}" bash tests/fuzz-smoke.sh

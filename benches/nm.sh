@@ -85,15 +85,7 @@ printf '[main]\nplugins=keyfile\ndns=none\nrc-manager=unmanaged\nhostname-mode=n
   > "$W/nm/etc/NetworkManager.conf"
 sed "s|^program=.*|program=$BIN/nm-tsp-service|" nm-plugin/nm-tsp-service.name > "$W/nm/etc/VPN/nm-tsp-service.name"
 chmod 644 "$W/nm/etc/VPN/nm-tsp-service.name"
-ip netns exec ${P}c env NM_TSP_STATE_DIR="$W/state" unshare --mount --uts sh -c '
-  set -e
-  mount -t tmpfs -o mode=755 tmpfs /run
-  mount -o remount,bind,ro /sys
-  mkdir -p /run/NetworkManager /run/dbus
-  ln -s "$1/bus/sock" /run/dbus/system_bus_socket
-  mount --bind "$1/nm/etc" /etc/NetworkManager
-  mount --bind "$1/nm/lib" /var/lib/NetworkManager
-  exec NetworkManager --no-daemon' nm "$W" > "$W/nm.log" 2>&1 & disown
+ip netns exec ${P}c env NM_TSP_STATE_DIR="$W/state" unshare --mount --uts sh tests/testbed/nm-in-netns.sh "$W" > "$W/nm.log" 2>&1 & disown
 nm-online -s -q -t 20
 nmcli -t connection add type ethernet ifname ${P}c0 con-name wired ipv4.method manual ipv4.addresses 192.0.2.2/24 ipv6.method disabled >/dev/null
 nmcli -t --wait 20 connection up wired >/dev/null

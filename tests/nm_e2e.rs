@@ -13,7 +13,7 @@ use testbed::{Nm, require_nm, wait_until};
 
 const SEC: Duration = Duration::from_secs(1);
 const BROKER: &str = env!("CARGO_BIN_EXE_tsp-broker");
-const BROKER_V6: &str = "2001:db8:b::1";
+use testbed::BROKER_V6;
 const BROKER_V4_INNER: &str = "198.51.100.1";
 const PASSWORD: &str = "s3cret-Pa55";
 
@@ -22,31 +22,7 @@ fn start_broker(lab: &Lab, b: &Host, name: &str, extra: &str) -> Proc {
 }
 
 fn start_broker_auth(lab: &Lab, b: &Host, name: &str, auth: &str, extra: &str) -> Proc {
-    let accounts = lab.file(&format!("{name}.accounts"), "").unwrap();
-    let toml = format!(
-        "listen = [\"[::]:3653\"]\nauth = [{auth}]\nrealm = \"test\"\n\
-         accounts_file = \"{}\"\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n\
-         keepalive_min = 1\nstate_file = \"{}\"\n{extra}",
-        accounts.display(),
-        lab.dir().join(format!("{name}.state")).display()
-    );
-    let conf = lab.file(&format!("{name}.toml"), &toml).unwrap();
-    let conf = conf.to_str().unwrap();
-    let add = std::process::Command::new(BROKER)
-        .args(["-c", conf, "add-user", "alice"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(add.success());
-    let p = b.spawn(BROKER, &["-c", conf]).unwrap();
-    p.wait_for_output("listening", 10 * SEC).unwrap();
-    p
+    testbed::start_broker(lab, b, name, auth, extra, "alice", PASSWORD)
 }
 
 /// NetworkManager in `c` with a base connection on `c_if`; broker host `b` on the same link.

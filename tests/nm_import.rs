@@ -22,7 +22,6 @@ use netns::{Lab, Output, bin, require_root};
 use testbed::{Nm, require_nm};
 
 const SEC: Duration = Duration::from_secs(1);
-const BROKER: &str = env!("CARGO_BIN_EXE_tsp-broker");
 const PASSWORD: &str = "s3cret-Pa55";
 
 /// The plugin directory for nmcli: the `.name` file and the library (copied, mode 0644: libnm
@@ -236,31 +235,7 @@ fn import_export_round_trip_through_nmcli() {
 }
 
 fn start_broker(lab: &Lab, b: &netns::Host) -> netns::Proc {
-    let accounts = lab.file("broker.accounts", "").unwrap();
-    let toml = format!(
-        "listen = [\"[::]:3653\"]\nauth = [\"anonymous\", \"digest-md5\"]\nrealm = \"test\"\n\
-         accounts_file = \"{}\"\nserver_ipv6 = \"2001:db8:b::1\"\nclient_pool = \"2001:db8:b::/64\"\n\
-         keepalive_min = 1\nstate_file = \"{}\"\n",
-        accounts.display(),
-        lab.dir().join("broker.state").display()
-    );
-    let conf = lab.file("broker.toml", &toml).unwrap();
-    let conf = conf.to_str().unwrap();
-    let add = std::process::Command::new(BROKER)
-        .args(["-c", conf, "add-user", "alice"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(add.success());
-    let p = b.spawn(BROKER, &["-c", conf]).unwrap();
-    p.wait_for_output("listening", 10 * SEC).unwrap();
-    p
+    testbed::start_broker(lab, b, "broker", "\"anonymous\", \"digest-md5\"", "", "alice", PASSWORD)
 }
 
 /// A gogoc.conf with an account, imported with nmcli, connects to the bundled broker.

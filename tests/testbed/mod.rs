@@ -16,19 +16,48 @@ use std::time::{Duration, Instant};
 
 use super::netns::{Host, Lab, Output, Proc, bin};
 
-/// NetworkManager's start-up script in its new mount namespace: private /run, read-only /sys,
-/// the bus socket where helpers look for it, private configuration and state. Constant text;
-/// the directories come in as arguments.
-const NM_SCRIPT: &str = r#"set -e
-W=$1
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -o remount,bind,ro /sys
-mkdir -p /run/NetworkManager /run/dbus
-ln -s "$W/bus/sock" /run/dbus/system_bus_socket
-mount --bind "$W/nm/etc" /etc/NetworkManager
-mount --bind "$W/nm/lib" /var/lib/NetworkManager
-exec NetworkManager --no-daemon --debug
-"#;
+/// The broker's address inside the IPv6 tunnels of [`start_broker`].
+pub const BROKER_V6: &str = "2001:db8:b::1";
+
+/// Starts the bundled broker in `host`: listening on every address, the given `auth`
+/// mechanisms (TOML array items), account `user` with `password`, a state file (stable
+/// addresses across restarts under the same `name`), 1 s minimum keepalive, and `extra` TOML.
+pub fn start_broker(lab: &Lab, host: &Host, name: &str, auth: &str, extra: &str, user: &str, password: &str) -> Proc {
+    let broker = bin("tsp-broker");
+    let accounts = lab.file(&format!("{name}.accounts"), "").expect("accounts");
+    let toml = format!(
+        "listen = [\"[::]:3653\"]\nauth = [{auth}]\nrealm = \"test\"\n\
+         accounts_file = \"{}\"\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n\
+         keepalive_min = 1\nstate_file = \"{}\"\n{extra}",
+        accounts.display(),
+        lab.dir().join(format!("{name}.state")).display()
+    );
+    let conf = lab.file(&format!("{name}.toml"), &toml).expect("broker.toml");
+    let conf = conf.to_str().expect("utf-8 path");
+    let added = std::process::Command::new(&broker)
+        .args(["-c", conf, "add-user", user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(format!("{password}\n").as_bytes())?;
+            }
+            c.wait()
+        })
+        .expect("tsp-broker add-user");
+    assert!(added.success(), "tsp-broker add-user failed");
+    let p = host.spawn(&broker, &["-c", conf]).expect("start tsp-broker");
+    p.wait_for_output("listening", Duration::from_secs(10))
+        .expect("tsp-broker listening");
+    p
+}
+
+/// NetworkManager's start-up script in its new mount namespace (shared with the demo and the
+/// NetworkManager benchmark): private /run, read-only /sys, the bus socket where helpers look
+/// for it, private configuration and state.
+const NM_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testbed/nm-in-netns.sh");
 
 const BUS_CONF: &str = include_str!("system-bus.conf.in");
 
@@ -130,10 +159,9 @@ impl Nm {
                 "--mount",
                 "--uts",
                 "sh",
-                "-c",
                 NM_SCRIPT,
-                "nm",
                 &dir.display().to_string(),
+                "--debug",
             ],
             &[
                 ("DBUS_SYSTEM_BUS_ADDRESS", bus_addr.as_str()),

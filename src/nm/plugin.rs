@@ -525,7 +525,7 @@ async fn run_session(
     remove_device(&nl, &ifname).await;
     let cfg = &settings.cfg;
     let state_dir = &shared.options.state_dir;
-    let mut negotiate = NegotiateOptions::from_config(
+    let negotiate = NegotiateOptions::from_config(
         cfg,
         // Trust on first use, pinned afterwards; a changed key fails the connection.
         Arc::new(KnownHostsFile::new(
@@ -533,8 +533,6 @@ async fn run_session(
             TrustMode::AutoAccept,
         )),
     );
-    // NetworkManager's own connect timeout (60 s) is the budget for the first attempt.
-    negotiate.connect_timeout = Duration::from_secs(10);
     let site_dir = state_dir.join(&req.uuid);
     let sites = match std::fs::create_dir_all(&site_dir) {
         Ok(()) => Some(SiteFiles {

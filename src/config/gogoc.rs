@@ -1545,6 +1545,20 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
     out
 }
 
+/// The keys of `cfg` (spelled as its dialect writes them, in file order) whose values differ
+/// from the dialect's defaults; never `passwd`. Import uses it to report what a profile cannot
+/// carry.
+pub fn non_default_keys(cfg: &GogocConfig) -> Vec<&'static str> {
+    let defaults = GogocConfig::default_for(cfg.dialect);
+    FIELDS
+        .iter()
+        .filter(|f| **f != Field::Passwd)
+        .filter_map(|f| Some((f.written_key(cfg.dialect)?, *f)))
+        .filter(|(_, f)| value_text(cfg, *f) != value_text(&defaults, *f))
+        .map(|(key, _)| key)
+        .collect()
+}
+
 fn yes_no(b: bool) -> String {
     (if b { "yes" } else { "no" }).to_owned()
 }

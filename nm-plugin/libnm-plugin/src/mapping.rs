@@ -9,7 +9,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use nm_tsp::config::vpn_data::{self, SecretFlags};
-use nm_tsp::config::{ConfigError, Dialect, GogocConfig};
+use nm_tsp::config::{ConfigError, GogocConfig};
 use nm_tsp::secret::Secret;
 
 /// A file read for import: what goes into the profile, and what stays behind.
@@ -67,85 +67,15 @@ pub fn profile_id(path: &Path) -> String {
         .unwrap_or_else(|| "tsp".to_owned())
 }
 
-/// Keys of `cfg` that differ from the client's defaults but have no vpn.data key: logging,
-/// the template script, interface names (NetworkManager names the device), the broker-list and
-/// last-server files, `auto_retry_connect` (NetworkManager reconnects), the home directory,
-/// and the HTTP-access / DS-Lite keys gogoc itself only carries along.
+/// Keys of `cfg` that differ from the client's defaults but have no vpn.data key (logging, the
+/// template script, interface names — NetworkManager names the device —, the broker-list and
+/// last-server files, `auto_retry_connect` — NetworkManager reconnects —, the home directory,
+/// and the HTTP-access / DS-Lite keys gogoc itself only carries along), in the file's spelling
+/// and order.
 pub fn unsupported_keys(cfg: &GogocConfig) -> Vec<&'static str> {
-    let d = GogocConfig::default_for(cfg.dialect);
-    let gw6c = cfg.dialect == Dialect::Gw6c;
-    let checks: [(bool, &'static str, &'static str); 21] = [
-        (cfg.gogoc_dir != d.gogoc_dir, "gogoc_dir", "gw6_dir"),
-        (
-            cfg.auto_retry_connect != d.auto_retry_connect,
-            "auto_retry_connect",
-            "auto_retry_connect",
-        ),
-        (
-            cfg.if_tunnel_v6v4 != d.if_tunnel_v6v4,
-            "if_tunnel_v6v4",
-            "if_tunnel_v6v4",
-        ),
-        (
-            cfg.if_tunnel_v6udpv4 != d.if_tunnel_v6udpv4,
-            "if_tunnel_v6udpv4",
-            "if_tunnel_v6udpv4",
-        ),
-        (
-            cfg.if_tunnel_v4v6 != d.if_tunnel_v4v6,
-            "if_tunnel_v4v6",
-            "if_tunnel_v4v6",
-        ),
-        (cfg.template != d.template, "template", "template"),
-        (cfg.broker_list != d.broker_list, "broker_list", "broker_list"),
-        (cfg.last_server != d.last_server, "last_server", "last_server"),
-        (cfg.log.console != d.log.console, "log_console", "log_console"),
-        (cfg.log.stderr != d.log.stderr, "log_stderr", "log_stderr"),
-        (cfg.log.file != d.log.file, "log_file", "log_file"),
-        (cfg.log.syslog != d.log.syslog, "log_syslog", "log_syslog"),
-        (cfg.log_filename != d.log_filename, "log_filename", "log_filename"),
-        (cfg.log_rotation != d.log_rotation, "log_rotation", "log_rotation"),
-        (
-            cfg.log_rotation_size != d.log_rotation_size,
-            "log_rotation_size",
-            "log_rotation_size",
-        ),
-        (
-            cfg.log_rotation_delete != d.log_rotation_delete,
-            "log_rotation_delete",
-            "log_rotation_delete",
-        ),
-        (
-            cfg.syslog_facility != d.syslog_facility,
-            "syslog_facility",
-            "syslog_facility",
-        ),
-        (
-            cfg.haccess_proxy_enabled != d.haccess_proxy_enabled,
-            "haccess_proxy_enabled",
-            "hap6_proxy_enabled",
-        ),
-        (
-            cfg.haccess_web_enabled != d.haccess_web_enabled,
-            "haccess_web_enabled",
-            "hap6_web_enabled",
-        ),
-        (
-            cfg.haccess_document_root != d.haccess_document_root,
-            "haccess_document_root",
-            "hap6_document_root",
-        ),
-        // gw6c has no DS-Lite keys; its defaults always compare equal.
-        (
-            cfg.dslite_server != d.dslite_server || cfg.dslite_client != d.dslite_client,
-            "dslite_server/dslite_client",
-            "dslite_server/dslite_client",
-        ),
-    ];
-    checks
+    nm_tsp::config::non_default_keys(cfg)
         .into_iter()
-        .filter(|(differs, _, _)| *differs)
-        .map(|(_, gogoc, gw6c_key)| if gw6c { gw6c_key } else { gogoc })
+        .filter(|key| !vpn_data::DATA_KEYS.iter().any(|(_, gogoc)| gogoc == key))
         .collect()
 }
 
@@ -336,7 +266,7 @@ mod tests {
                 "log_filename",
                 "haccess_web_enabled",
                 "haccess_document_root",
-                "dslite_server/dslite_client"
+                "dslite_server"
             ]
         );
         let i = import(&c, Path::new("/e/gogoc.conf")).unwrap();

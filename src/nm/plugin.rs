@@ -563,7 +563,7 @@ async fn run_session(
     };
     let hooks = NmHooks {
         shared: shared.clone(),
-        nl: Netlink::new().ok(),
+        nl,
         mtu: settings.mtu,
         lan_interface: (!cfg.if_prefix.is_empty()).then(|| cfg.if_prefix.clone()),
         router: None,
@@ -573,7 +573,7 @@ async fn run_session(
         failure: None,
     };
     let (ended, hooks) = Supervisor::new(profile, hooks, stop).run().await;
-    remove_device(&nl, &ifname).await;
+    remove_device(&hooks.nl, &ifname).await;
     match ended {
         Ended::Stopped => hooks.failure,
         Ended::GaveUp(e) => {
@@ -599,7 +599,7 @@ async fn remove_device(nl: &Netlink, ifname: &str) {
 /// is the only host configuration we do (NetworkManager has no prefix delegation for VPNs).
 struct NmHooks {
     shared: Arc<Shared>,
-    nl: Option<Netlink>,
+    nl: Netlink,
     mtu: u16,
     lan_interface: Option<String>,
     router: Option<Configured>,
@@ -647,15 +647,15 @@ impl Hooks for NmHooks {
     }
 
     async fn up(&mut self, info: &TunnelInfo) -> Result<(), String> {
-        if let (Some(lan), Some(nl), true) = (&self.lan_interface, &self.nl, info.negotiated.offer.prefix.is_some()) {
-            match host::configure_lan(nl, &info.negotiated.offer, lan).await {
+        if let (Some(lan), true) = (&self.lan_interface, info.negotiated.offer.prefix.is_some()) {
+            match host::configure_lan(&self.nl, &info.negotiated.offer, lan).await {
                 Ok(c) => self.router = Some(c),
                 Err(e) => return Err(format!("router mode on {lan}: {e}")),
             }
         }
         if let Err(e) = self.report(info).await {
-            if let (Some(c), Some(nl)) = (self.router.take(), &self.nl) {
-                c.remove(nl).await;
+            if let Some(c) = self.router.take() {
+                c.remove(&self.nl).await;
             }
             return Err(e);
         }
@@ -666,8 +666,8 @@ impl Hooks for NmHooks {
     }
 
     async fn down(&mut self, info: &TunnelInfo, reason: &DownReason) {
-        if let (Some(c), Some(nl)) = (self.router.take(), &self.nl) {
-            c.remove(nl).await;
+        if let Some(c) = self.router.take() {
+            c.remove(&self.nl).await;
         }
         if *reason != DownReason::Stopped {
             tracing::warn!(ifname = %info.ifname, %reason, "tunnel lost; renegotiating");
@@ -679,9 +679,7 @@ impl Hooks for NmHooks {
             // (1.42 at least) only leaves "connecting" after it committed a configuration
             // that differs from the one applied; the same address on the same device would
             // leave it waiting forever.
-            if let Some(nl) = &self.nl {
-                remove_device(nl, &info.ifname).await;
-            }
+            remove_device(&self.nl, &info.ifname).await;
         }
     }
 

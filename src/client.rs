@@ -90,9 +90,9 @@ pub struct Profile {
     pub retry: RetryPolicy,
     pub interfaces: InterfaceNames,
     pub sites: Option<SiteFiles>,
-    /// Keep the TUN interface between two negotiations (and after a crash, until the next
-    /// start deletes it): NetworkManager holds on to the interface it was given. The owner
-    /// deletes it at the end. tspc lets it vanish with its descriptor instead.
+    /// Make the TUN interface persistent: it outlives the datapath (and a crash, until the
+    /// next start removes it by name), so its owner decides when it goes — nm-tsp-service
+    /// deletes it after each tunnel. tspc lets it vanish with its descriptor instead.
     pub persist_device: bool,
 }
 

@@ -207,9 +207,9 @@ impl TunDevice {
     }
 
     /// Makes the interface outlive this descriptor (`TUNSETPERSIST`), or not. A persistent
-    /// TUN keeps its index, addresses and routes while the datapath is rebuilt between two
-    /// negotiations (NetworkManager holds on to the interface it was told about); reopening
-    /// the same name attaches to it again. Its owner deletes it (rtnetlink) when done.
+    /// TUN survives its process (a killed NetworkManager plugin leaves it behind, and the next
+    /// activation finds it by name and removes it); reopening the same name attaches to it
+    /// again. Its owner deletes it (rtnetlink) when done.
     pub fn set_persistent(&self, on: bool) -> io::Result<()> {
         nix::ioctl_write_int_bad!(
             tunsetpersist,

@@ -1,5 +1,5 @@
 //! Wall time of whole negotiations over real loopback sockets: the bundled broker runs
-//! in-process on 127.0.0.1 and `nm_tsp::net::negotiate` talks to it, N times per case, for
+//! in-process on 127.0.0.1 and `tsp_client::net::negotiate` talks to it, N times per case, for
 //! {ANONYMOUS, DIGEST-MD5} × {UDP, TCP}. Prints median, p90 and min per case.
 //!
 //! Run with `cargo bench --bench loopback` (N defaults to 50; `LOOPBACK_N` overrides it).
@@ -10,15 +10,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nm_tsp::broker::accounts::Accounts;
-use nm_tsp::broker::config::BrokerConfig;
-use nm_tsp::broker::{Broker, serve};
-use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
-use nm_tsp::net::{NegotiateOptions, negotiate};
-use nm_tsp::proto::client::Transport;
-use nm_tsp::proto::sasl::Mechanism;
-use nm_tsp::proto::types::{AuthMethod, TunnelMode};
-use nm_tsp::secret::Secret;
+use tsp_broker::accounts::Accounts;
+use tsp_broker::config::BrokerConfig;
+use tsp_broker::{Broker, serve};
+use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
+use tsp_client::net::{NegotiateOptions, negotiate};
+use tsp_proto::client::Transport;
+use tsp_proto::sasl::Mechanism;
+use tsp_proto::secret::Secret;
+use tsp_proto::types::{AuthMethod, TunnelMode};
 
 const REALM: &str = "bench-realm";
 const USER: &str = "user1";
@@ -177,7 +177,7 @@ async fn run(n: usize) {
     println!("UDP: client mode v6udpv4 (RUDP, no TCP race). TCP: broker with udp = false, client mode");
     println!("v6v4 with tcp_race_delay = 0 (a UDP attempt still starts and is refused by ICMP).");
     println!("DIGEST-MD5 over TCP includes the broker's deliberate 50 ms pause between the rspauth");
-    println!("reply and `200 Success` (REPLY_GAP in src/broker/serve.rs): gogoc reads each reply with");
+    println!("reply and `200 Success` (REPLY_GAP in crates/tsp-broker/src/serve.rs): gogoc reads each reply with");
     println!("one recv() and would block on a coalesced pair. Over UDP each reply is its own datagram.");
     println!();
     println!("total wall time: {:.2} s", started.elapsed().as_secs_f64());

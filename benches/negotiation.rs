@@ -4,7 +4,7 @@
 //! Run with `cargo bench --bench negotiation`. Under `cargo test --all-targets` criterion runs
 //! every benchmark once, as a smoke test.
 //!
-//! Backend choice: the real `nm_tsp::broker::Broker`. Its per-offer state does not grow in
+//! Backend choice: the real `tsp_broker::Broker`. Its per-offer state does not grow in
 //! this loop: the session record is keyed by user (or, for anonymous clients, by reported and
 //! observed address), every iteration uses the same peer, so the record is replaced and the
 //! pools hand back the same stable assignment; with no `state_file` nothing is written to
@@ -20,19 +20,19 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use nm_tsp::broker::Broker;
-use nm_tsp::broker::accounts::Accounts;
-use nm_tsp::broker::config::BrokerConfig;
-use nm_tsp::proto::StatusCode;
-use nm_tsp::proto::caps::Capabilities;
-use nm_tsp::proto::client::{ClientParams, ClientSession, Expect, Outcome, Step, Transport};
-use nm_tsp::proto::frame;
-use nm_tsp::proto::sasl::Mechanism;
-use nm_tsp::proto::sasl::passdss::HostKeyPair;
-use nm_tsp::proto::server::{ServerConfig, ServerSession};
-use nm_tsp::proto::types::{AuthMethod, TunnelMode, Version};
-use nm_tsp::proto::xml::{self, CreateRequest};
-use nm_tsp::secret::Secret;
+use tsp_broker::Broker;
+use tsp_broker::accounts::Accounts;
+use tsp_broker::config::BrokerConfig;
+use tsp_proto::StatusCode;
+use tsp_proto::caps::Capabilities;
+use tsp_proto::client::{ClientParams, ClientSession, Expect, Outcome, Step, Transport};
+use tsp_proto::frame;
+use tsp_proto::sasl::Mechanism;
+use tsp_proto::sasl::passdss::HostKeyPair;
+use tsp_proto::secret::Secret;
+use tsp_proto::server::{ServerConfig, ServerSession};
+use tsp_proto::types::{AuthMethod, TunnelMode, Version};
+use tsp_proto::xml::{self, CreateRequest};
 
 const REALM: &str = "bench-realm";
 const USER: &str = "user1";

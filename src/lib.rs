@@ -1,19 +1,7 @@
-//! NetworkManager-tsp: a Tunnel Setup Protocol (RFC 5572) client — the protocol of
-//! gogoCLIENT — for NetworkManager, a standalone `tspc`, and the bundled `tsp-broker`.
-//!
-//! Layers, bottom up: [`proto`] (sans-IO protocol, shared by both ends), [`net`] (tokio
-//! transports and the negotiation driver), [`broker`] (the bundled server), [`config`]
-//! (gogoc.conf). See ARCHITECTURE.md for the whole map.
+//! NetworkManager-tsp's programs: `tspc` (gogoc's command line), `tsp-broker`, `nm-tsp-service`
+//! and `nm-tsp-auth-dialog`, in `src/bin/`. Their common part is [`logging`] (gogoc's log
+//! destinations, syslog, the rotating file). The layers they are made of are the workspace's
+//! crates: `tsp-proto`, `tsp-config`, `tsp-tunnel`, `tsp-client`, `tsp-broker` and `tsp-nm`
+//! (docs/ARCHITECTURE.md).
 
-pub mod broker;
-pub mod client;
-pub mod config;
-pub mod fsutil;
 pub mod logging;
-pub mod net;
-pub mod nm;
-pub mod proto;
-pub mod secret;
-pub mod sites;
-pub mod template;
-pub mod tunnel;

@@ -10,7 +10,7 @@
 //! gogoc tags each message with a verbosity 1..3 and prints it where the destination's level
 //! is at least that; `tracing` has severities instead. The map, per destination:
 //!
-//! | level | our targets (`nm_tsp`, `tspc`, `tsp_broker`) | other crates |
+//! | level | our targets (`nm_tsp`, the `tsp_*` crates, `tspc`) | other crates |
 //! |---|---|---|
 //! | 0 | nothing | nothing |
 //! | 1 | info and above (errors, warnings, progress: gogoc's level-1 lines) | warn and above |
@@ -37,16 +37,18 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
 use tracing_subscriber::registry::{LookupSpan, Registry};
 
-use crate::config::{GogocConfig, LogLevels, SyslogFacility};
+use tsp_config::{GogocConfig, LogLevels, SyslogFacility};
 
 /// Installs the stderr subscriber: 0 = warnings (and our own info lines), 1 = info,
 /// 2 = debug, 3 and more = trace.
 pub fn init_stderr(verbose: u8) {
     let level = match verbose {
-        0 => "warn,nm_tsp=info",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        0 => OUR_LIBRARIES
+            .iter()
+            .fold(String::from("warn"), |acc, t| acc + "," + t + "=info"),
+        1 => "info".to_owned(),
+        2 => "debug".to_owned(),
+        _ => "trace".to_owned(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
@@ -58,7 +60,22 @@ pub fn init_stderr(verbose: u8) {
 /// The syslog socket of Linux (systemd-journald, rsyslog and syslog-ng all listen there).
 pub const SYSLOG_SOCKET: &str = "/dev/log";
 /// Targets whose level the gogoc levels set fully; every other crate gets less (see the table).
-const OUR_TARGETS: [&str; 5] = ["nm_tsp", "tspc", "tsp_broker", "nm_tsp_service", "nm_tsp_auth_dialog"];
+/// Our library crates, one per layer, then our programs (`tsp_broker` is both the broker
+/// library and the program's crate name).
+const OUR_TARGETS: [&str; 10] = [
+    "nm_tsp",
+    "tsp_proto",
+    "tsp_config",
+    "tsp_tunnel",
+    "tsp_client",
+    "tsp_broker",
+    "tsp_nm",
+    "tspc",
+    "nm_tsp_service",
+    "nm_tsp_auth_dialog",
+];
+/// The libraries alone: their info lines show on stderr by default.
+const OUR_LIBRARIES: &[&str] = OUR_TARGETS.split_at(7).0;
 /// The highest stderr rank (`-vvvv`): everything at trace, dependencies included.
 const MAX_RANK: u8 = 4;
 /// Longest record kept for the file and syslog: a longer one is cut (bounded memory per event).
@@ -718,8 +735,8 @@ mod tests {
     fn rank_map() {
         assert!(rank_filter(0).is_none());
         let one = rank_filter(1).expect("level 1");
-        assert!(one.would_enable("nm_tsp::net", &Level::INFO));
-        assert!(!one.would_enable("nm_tsp::net", &Level::DEBUG));
+        assert!(one.would_enable("tsp_client::net", &Level::INFO));
+        assert!(!one.would_enable("tsp_client::net", &Level::DEBUG));
         assert!(one.would_enable("tspc", &Level::INFO));
         assert!(one.would_enable("zbus", &Level::WARN));
         assert!(!one.would_enable("zbus", &Level::INFO));
@@ -1055,7 +1072,7 @@ mod tests {
         let mut cfg = GogocConfig::default();
         assert_eq!(FileLog::from_config(&cfg), None);
         cfg.log.file = 2;
-        cfg.log_rotation_size = crate::config::LogRotationSize::K128;
+        cfg.log_rotation_size = tsp_config::LogRotationSize::K128;
         assert_eq!(
             FileLog::from_config(&cfg),
             Some(FileLog {

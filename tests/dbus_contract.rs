@@ -1,4 +1,4 @@
-//! The D-Bus contract of `nm-tsp-service` without NetworkManager (nm-plugin.md §1–3).
+//! The D-Bus contract of `nm-tsp-service` without NetworkManager (docs/nm-plugin.md §1–3).
 //!
 //! Each test starts its own private dbus-daemon with a system-bus-like configuration (default
 //! deny, plus the project's `dbus/nm-tsp-service.conf` through an includedir), then the built
@@ -35,7 +35,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const PASSWORD: &str = "Contract-pw-7f3a9c";
 const BAD_PASSWORD: &str = "Contract-bad\u{7}pw-41d2";
 
-/// `NMVpnServiceState` / `NMVpnPluginFailure` (nm-plugin.md §1.4).
+/// `NMVpnServiceState` / `NMVpnPluginFailure` (docs/nm-plugin.md §1.4).
 const INIT: u32 = 1;
 const STARTING: u32 = 3;
 const STOPPING: u32 = 5;
@@ -151,7 +151,7 @@ impl Fixture {
         let config = dir.join("bus.conf");
         std::fs::write(&config, BUS_CONFIG.replace("@DIR@", &dir.to_string_lossy())).expect("bus config");
 
-        // Ready when it prints its address (testbed.md §4).
+        // Ready when it prints its address (docs/testbed.md §4).
         let bus_log = std::fs::File::create(dir.join("bus.log")).expect("bus log");
         let mut bus = Command::new(dbus_daemon().expect("dbus-daemon"))
             .arg(format!("--config-file={}", config.display()))
@@ -979,7 +979,7 @@ async fn persist_keeps_the_service_and_sigterm_stops_it() {
     fx.expect_exit().await;
 }
 
-/// NetworkManager leaving the bus ends the connection and the process (nm-plugin.md §3.5).
+/// NetworkManager leaving the bus ends the connection and the process (docs/nm-plugin.md §3.5).
 #[tokio::test]
 async fn networkmanager_leaving_the_bus_stops_the_service() {
     if !can_run("networkmanager_leaving_the_bus_stops_the_service") {

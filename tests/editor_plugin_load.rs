@@ -43,7 +43,7 @@ unsafe extern "C" {
     fn g_error_free(error: *mut GError);
 }
 
-const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
+const SERVICE: &str = tsp_config::names::SERVICE;
 const IMPORT: u32 = 0x1;
 const EXPORT: u32 = 0x2;
 const IPV6: u32 = 0x4;

@@ -2,11 +2,11 @@
 //! tsps broker (tests/data/gogoc-tsps-anon-udp.txt, tcpdump -XX). Our client, fed the broker's
 //! replies, must send exactly gogoc's payloads; our parsers must accept tsps's offer.
 
-use nm_tsp::proto::client::{ClientParams, ClientSession, Outcome, Step, Transport};
-use nm_tsp::proto::rudp::Header;
-use nm_tsp::proto::types::{AuthMethod, TunnelMode, Version};
-use nm_tsp::proto::xml::CreateRequest;
-use nm_tsp::secret::Secret;
+use tsp_proto::client::{ClientParams, ClientSession, Outcome, Step, Transport};
+use tsp_proto::rudp::Header;
+use tsp_proto::secret::Secret;
+use tsp_proto::types::{AuthMethod, TunnelMode, Version};
+use tsp_proto::xml::CreateRequest;
 
 /// (from client?, UDP payload) for each packet of the capture.
 fn packets() -> Vec<(bool, Vec<u8>)> {
@@ -103,7 +103,7 @@ fn client_sends_gogocs_bytes() {
 #[test]
 fn data_packets_are_not_control() {
     for (_, p) in packets().iter().filter(|(_, p)| p[0] >> 4 == 6) {
-        assert!(!nm_tsp::proto::rudp::is_control(p));
+        assert!(!tsp_proto::rudp::is_control(p));
         assert!(Header::decode(p).is_none());
     }
 }

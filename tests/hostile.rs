@@ -25,18 +25,18 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
-use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
-use nm_tsp::proto::caps::{self, Capabilities};
-use nm_tsp::proto::client::Transport;
-use nm_tsp::proto::error::{ProtoError, Stage};
-use nm_tsp::proto::frame::{self, FrameError};
-use nm_tsp::proto::rudp::{Header, RttParams, RudpError};
-use nm_tsp::proto::sasl::passdss::{self, HostKeyPair, ServerExchange};
-use nm_tsp::proto::sasl::{SaslError, digest_md5};
-use nm_tsp::proto::status::StatusCode;
-use nm_tsp::proto::types::{AuthMethod, MAX_MESSAGE, TunnelMode};
-use nm_tsp::proto::xml::{self, Keepalive, Offer, OfferedPrefix, RouterRequest, XmlError};
-use nm_tsp::secret::Secret;
+use tsp_client::net::{NegotiateOptions, NetError, negotiate};
+use tsp_proto::caps::{self, Capabilities};
+use tsp_proto::client::Transport;
+use tsp_proto::error::{ProtoError, Stage};
+use tsp_proto::frame::{self, FrameError};
+use tsp_proto::rudp::{Header, RttParams, RudpError};
+use tsp_proto::sasl::passdss::{self, HostKeyPair, ServerExchange};
+use tsp_proto::sasl::{SaslError, digest_md5};
+use tsp_proto::secret::Secret;
+use tsp_proto::status::StatusCode;
+use tsp_proto::types::{AuthMethod, MAX_MESSAGE, TunnelMode};
+use tsp_proto::xml::{self, Keepalive, Offer, OfferedPrefix, RouterRequest, XmlError};
 
 use Transport::{Tcp, Udp};
 

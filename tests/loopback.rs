@@ -7,12 +7,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nm_tsp::net::{NetError, negotiate};
-use nm_tsp::proto::client::Transport;
-use nm_tsp::proto::error::ProtoError;
-use nm_tsp::proto::sasl::Mechanism;
-use nm_tsp::proto::status::StatusCode;
-use nm_tsp::proto::types::{AuthMethod, TunnelMode, Version};
+use tsp_client::net::{NetError, negotiate};
+use tsp_proto::client::Transport;
+use tsp_proto::error::ProtoError;
+use tsp_proto::sasl::Mechanism;
+use tsp_proto::status::StatusCode;
+use tsp_proto::types::{AuthMethod, TunnelMode, Version};
 
 async fn one(mech: AuthMethod, user: &str, pass: &str, transport: Transport) {
     let dir = scratch_dir(&format!("mech-{mech}-{transport:?}"));
@@ -130,7 +130,7 @@ async fn silent_udp_falls_back_to_tcp_quickly() {
     // A TCP-only test broker holds its port on UDP without ever answering: datagrams vanish
     // as behind a filtering firewall (no ICMP error to make the client give up early).
     let mut opts = options(TunnelMode::V6AnyV4, AuthMethod::Anonymous, "", "", dir.join("k"));
-    opts.rtt = nm_tsp::proto::rudp::RttParams::default(); // gogoc's timers: 6 s before UDP gives up
+    opts.rtt = tsp_proto::rudp::RttParams::default(); // gogoc's timers: 6 s before UDP gives up
     let t0 = Instant::now();
     let est = negotiate(&broker.server(), &opts).await.expect("TCP fallback");
     assert_eq!(est.conn.transport(), Transport::Tcp);
@@ -184,7 +184,7 @@ async fn router_mode_gets_a_stable_prefix() {
         "wonder land",
         dir.join("k"),
     );
-    opts.router = Some(nm_tsp::proto::xml::RouterRequest {
+    opts.router = Some(tsp_proto::xml::RouterRequest {
         prefix_len: 56,
         dns_names: vec![],
     });
@@ -256,14 +256,14 @@ async fn passdss_host_key_is_pinned() {
 
     // Known key, non-interactive: fine.
     let mut strict = opts.clone();
-    strict.host_keys = std::sync::Arc::new(nm_tsp::net::hostkeys::KnownHostsFile::new(
+    strict.host_keys = std::sync::Arc::new(tsp_client::net::hostkeys::KnownHostsFile::new(
         keys.clone(),
-        nm_tsp::net::hostkeys::TrustMode::Refuse,
+        tsp_client::net::hostkeys::TrustMode::Refuse,
     ));
     negotiate(&broker.server(), &strict).await.expect("known key");
 
     // Pinned key for an address, another key presented there: refused, file unchanged.
-    let other = nm_tsp::proto::sasl::passdss::HostKeyPair::generate(&mut rand::rngs::OsRng).expect("DSA key");
+    let other = tsp_proto::sasl::passdss::HostKeyPair::generate(&mut rand::rngs::OsRng).expect("DSA key");
     let impostor = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), Some(other)).await;
     let blob = stored.split_whitespace().nth(2).expect("blob");
     let pinned = format!("{stored}{} ssh-dss {blob}\n", impostor.server());
@@ -279,9 +279,9 @@ async fn passdss_host_key_is_pinned() {
     // Unknown key and no way to ask: refused without hanging.
     let fresh = dir.join("empty.pub");
     let mut refuse = opts.clone();
-    refuse.host_keys = std::sync::Arc::new(nm_tsp::net::hostkeys::KnownHostsFile::new(
+    refuse.host_keys = std::sync::Arc::new(tsp_client::net::hostkeys::KnownHostsFile::new(
         fresh.clone(),
-        nm_tsp::net::hostkeys::TrustMode::Refuse,
+        tsp_client::net::hostkeys::TrustMode::Refuse,
     ));
     let err = negotiate(&impostor.server(), &refuse).await.unwrap_err();
     assert!(
@@ -293,7 +293,7 @@ async fn passdss_host_key_is_pinned() {
 
 /// A raw RUDP exchange with the broker: send `payload` with sequence `seq`, return the reply.
 async fn rudp(sock: &tokio::net::UdpSocket, seq: u32, payload: &[u8]) -> Vec<u8> {
-    use nm_tsp::proto::rudp::{Header, datagram};
+    use tsp_proto::rudp::{Header, datagram};
     sock.send(&datagram(Header { seq, timestamp: 771 }, payload))
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 const NAME: &str = include_str!("../nm-plugin/nm-tsp-service.name");
 const POLICY: &str = include_str!("../dbus/nm-tsp-service.conf");
-const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
+const SERVICE: &str = tsp_config::names::SERVICE;
 const MAN: &str = include_str!("../data/man/nm-tsp-service.8");
 
 fn key(text: &str, k: &str) -> Option<String> {
@@ -82,7 +82,7 @@ fn name_file_declares_the_auth_dialog() {
     let program = std::path::Path::new(&g["VPN Connection"]["program"]);
     assert_eq!(dialog.parent(), program.parent());
     // The dialog serves the service this file declares.
-    assert_eq!(g["VPN Connection"]["service"], nm_tsp::nm::auth_dialog::SERVICE);
+    assert_eq!(g["VPN Connection"]["service"], tsp_config::names::SERVICE);
     assert_eq!(g["VPN Connection"]["service"], SERVICE);
 }
 
@@ -141,7 +141,7 @@ fn roff(s: &str) -> String {
 
 #[test]
 fn man_page_documents_every_vpn_data_key() {
-    use nm_tsp::config::vpn_data::{DATA_KEYS, KEY_MTU, KEY_PASSWORD_FLAGS, SECRET_PASSWORD};
+    use tsp_config::names::{DATA_KEYS, KEY_MTU, KEY_PASSWORD_FLAGS, SECRET_PASSWORD};
     let data = man_section(MAN, "VPN DATA");
     let keys = DATA_KEYS.iter().map(|(k, _)| *k).chain([KEY_MTU, KEY_PASSWORD_FLAGS]);
     for key in keys {

@@ -4,12 +4,12 @@
 
 use std::ops::Range;
 
-use nm_tsp::proto::StatusCode;
-use nm_tsp::proto::caps::{self, Capabilities};
-use nm_tsp::proto::client::{Expect, take_reply};
-use nm_tsp::proto::frame::{self, FrameError};
-use nm_tsp::proto::types::MAX_MESSAGE;
 use proptest::prelude::*;
+use tsp_proto::StatusCode;
+use tsp_proto::caps::{self, Capabilities};
+use tsp_proto::client::{Expect, take_reply};
+use tsp_proto::frame::{self, FrameError};
+use tsp_proto::types::MAX_MESSAGE;
 
 const EXPECTS: [Expect; 4] = [Expect::Line, Expect::PassDssServerMessage, Expect::Framed, Expect::Ack];
 

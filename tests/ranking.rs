@@ -1,12 +1,12 @@
 //! Broker ranking (`ECHO REQUEST`, §7) against real UDP test brokers on 127.0.0.1, followed
 //! through the broker-list / last-server files: rank → save → load → try order. The ranking
-//! rules themselves are tested case by case in `src/net/rank.rs`.
+//! rules themselves are tested case by case in `crates/tsp-client/src/net/rank.rs`.
 
 use std::time::Duration;
 
-use nm_tsp::net::rank::{Probe, RankOptions, rank};
-use nm_tsp::sites;
 use tokio::net::UdpSocket;
+use tsp_client::net::rank::{Probe, RankOptions, rank};
+use tsp_config::sites;
 
 /// A UDP test broker on 127.0.0.1 that echoes the 8-byte RUDP header with `200 OK`, or,
 /// when `silent`, never answers.

@@ -16,12 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netns::{Host, Lab, Proc, Signal};
-use nm_tsp::proto::frame;
-use nm_tsp::proto::rudp::{self, Header};
-use nm_tsp::proto::status::StatusCode;
-use nm_tsp::proto::types::TunnelMode;
-use nm_tsp::proto::xml::{self, Offer};
-use nm_tsp::tunnel::icmp;
+use tsp_proto::frame;
+use tsp_proto::rudp::{self, Header};
+use tsp_proto::status::StatusCode;
+use tsp_proto::types::TunnelMode;
+use tsp_proto::xml::{self, Offer};
+use tsp_tunnel::icmp;
 
 const SEC: Duration = Duration::from_secs(1);
 const TSPC: &str = env!("CARGO_BIN_EXE_tspc");

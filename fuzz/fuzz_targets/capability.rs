@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp::proto::caps::{self, Capabilities};
+use tsp_proto::caps::{self, Capabilities};
 
 const TUNNEL_MASK: u8 = caps::TUNNEL_V6V4 | caps::TUNNEL_V6UDPV4 | caps::TUNNEL_V4V6;
 const AUTH_MASK: u8 = caps::AUTH_PASSDSS | caps::AUTH_DIGEST_MD5 | caps::AUTH_PLAIN | caps::AUTH_ANONYMOUS;

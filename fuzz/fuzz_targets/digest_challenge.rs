@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp::proto::sasl::MAX_USER;
-use nm_tsp::proto::sasl::digest_md5;
-use nm_tsp::secret::Secret;
+use tsp_proto::sasl::MAX_USER;
+use tsp_proto::sasl::digest_md5;
+use tsp_proto::secret::Secret;
 
 const USER: &str = "user1";
 const SERVER: &str = "broker.freenet6.net";

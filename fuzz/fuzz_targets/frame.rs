@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp::proto::client::{Expect, take_reply};
-use nm_tsp::proto::frame;
-use nm_tsp::proto::types::MAX_MESSAGE;
+use tsp_proto::client::{Expect, take_reply};
+use tsp_proto::frame;
+use tsp_proto::types::MAX_MESSAGE;
 
 const EXPECTS: [Expect; 4] = [Expect::Line, Expect::PassDssServerMessage, Expect::Framed, Expect::Ack];
 

@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp::proto::TunnelMode;
-use nm_tsp::proto::types::MAX_MESSAGE;
-use nm_tsp::proto::xml;
+use tsp_proto::TunnelMode;
+use tsp_proto::types::MAX_MESSAGE;
+use tsp_proto::xml;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(offer) = xml::parse_info(data) {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(list) = xml::parse_redirect(data) {
-        assert!(!list.is_empty() && list.len() <= nm_tsp::proto::types::MAX_BROKERS);
+        assert!(!list.is_empty() && list.len() <= tsp_proto::types::MAX_BROKERS);
         let text = xml::build_redirect(&list);
         if text.len() <= MAX_MESSAGE {
             let again = xml::parse_redirect(text.as_bytes())

@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use libfuzzer_sys::fuzz_target;
-use nm_tsp::proto::client::{Expect, take_reply};
-use nm_tsp::proto::sasl::MAX_USER;
-use nm_tsp::proto::sasl::passdss::{self, HostKeyPair, PublicHostKey, ServerExchange};
+use tsp_proto::client::{Expect, take_reply};
+use tsp_proto::sasl::MAX_USER;
+use tsp_proto::sasl::passdss::{self, HostKeyPair, PublicHostKey, ServerExchange};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 

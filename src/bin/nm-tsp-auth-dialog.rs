@@ -1,7 +1,9 @@
 //! `nm-tsp-auth-dialog`: run by a NetworkManager secret agent (nm-applet, GNOME Shell, nmcli)
 //! in the user's session to supply the `password` of a tsp VPN connection — from the agent,
 //! from the user's keyring, or by asking (on the terminal, or through the agent's own UI in
-//! `--external-ui-mode`). See nm-tsp-auth-dialog(1); the protocol is in `nm_tsp::nm::auth_dialog`.
+//! `--external-ui-mode`). See nm-tsp-auth-dialog(1); the protocol is in `tsp_nm::auth_dialog`.
+//!
+//! See docs/nm-plugin.md §5.4–5.5.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -9,10 +11,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use nm_tsp::nm::auth_dialog::{
-    self as dialog, Action, Cancel, KEYRING_TIMEOUT, LineReader, Lookup, PASSWORD, QUIT_TIMEOUT, Request, SERVICE,
-};
-use nm_tsp::secret::Secret;
+use tsp_config::names::{SECRET_PASSWORD, SERVICE};
+use tsp_nm::auth_dialog::{self as dialog, Action, Cancel, KEYRING_TIMEOUT, LineReader, Lookup, QUIT_TIMEOUT, Request};
+use tsp_proto::secret::Secret;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -152,7 +153,7 @@ fn main() -> ExitCode {
         },
         Action::Reply(pw) => pw,
     };
-    let bytes = match dialog::legacy_reply(PASSWORD, &answer) {
+    let bytes = match dialog::legacy_reply(SECRET_PASSWORD, &answer) {
         Ok(b) => b,
         Err(e) => return fail(format_args!("VPN connection “{shown}”: {e}")),
     };

@@ -1,6 +1,8 @@
 //! `nm-tsp-service`: NetworkManager's VPN plugin for TSP tunnel brokers. NetworkManager starts
 //! it (one process per connection, `--bus-name <service>.Connection_N`) and drives it over the
 //! system bus. See nm-tsp-service(8).
+//!
+//! See docs/nm-plugin.md §3.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt as _;
-use nm_tsp::config::{LogLevels, SyslogFacility};
-use nm_tsp::nm::plugin::{PATH, Plugin, SERVICE, ServiceOptions, Shared, state};
+use tsp_config::names::SERVICE;
+use tsp_config::{LogLevels, SyslogFacility};
+use tsp_nm::plugin::{PATH, Plugin, ServiceOptions, Shared, state};
 
 /// NetworkManager's bus name; the service ends its connection when it goes away.
 const NM_BUS_NAME: &str = "org.freedesktop.NetworkManager";

@@ -1,5 +1,7 @@
 //! `tsp-broker`: the bundled TSP broker (server side of RFC 5572), for demos, tests and small
 //! sites. See tsp-broker(8).
+//!
+//! See docs/tsp-wire.md §1.7.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,11 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use nm_tsp::broker::accounts::Accounts;
-use nm_tsp::broker::config::BrokerConfig;
-use nm_tsp::broker::{Broker, serve};
-use nm_tsp::proto::sasl::passdss::HostKeyPair;
-use nm_tsp::secret::Secret;
+use tsp_broker::accounts::Accounts;
+use tsp_broker::config::BrokerConfig;
+use tsp_broker::{Broker, serve};
+use tsp_proto::sasl::passdss::HostKeyPair;
+use tsp_proto::secret::Secret;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,5 +1,7 @@
 //! `tspc`: the standalone TSP client, a drop-in for gogoc driven by gogoc.conf / gw6c.conf.
 //! See tspc(8).
+//!
+//! See docs/tsp-wire.md §8–9.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,18 +12,18 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nm_tsp::client::{
+use tokio::sync::watch;
+use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
+use tsp_client::net::{NegotiateOptions, NetError, negotiate};
+use tsp_client::supervisor::{
     DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
 };
-use nm_tsp::config::{self, AutoAddr, Dialect, GogocConfig};
-use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
-use nm_tsp::net::{NegotiateOptions, NetError, negotiate};
-use nm_tsp::proto::client::{Negotiated, Transport};
-use nm_tsp::proto::types::HostType;
-use nm_tsp::template::{self, Operation, TemplateInputs};
-use nm_tsp::tunnel::host::{self, HostSettings};
-use nm_tsp::tunnel::netlink::{self, Netlink};
-use tokio::sync::watch;
+use tsp_client::template::{self, Operation, TemplateInputs};
+use tsp_config::{AutoAddr, Dialect, GogocConfig};
+use tsp_proto::client::{Negotiated, Transport};
+use tsp_proto::types::HostType;
+use tsp_tunnel::host::{self, HostSettings};
+use tsp_tunnel::netlink::{self, Netlink};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -115,7 +117,7 @@ fn options(cfg: &GogocConfig, yes: bool) -> NegotiateOptions {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    let mut cfg = config::load(&cli.file).map_err(|e| e.to_string())?;
+    let mut cfg = tsp_config::load(&cli.file).map_err(|e| e.to_string())?;
     apply_cli(&mut cfg, cli)?;
     cfg.validate_for_connect(&cli.file).map_err(|e| e.to_string())?;
     // Log destinations and levels as gogoc.conf says (stderr, file with rotation, syslog).

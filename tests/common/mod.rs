@@ -7,15 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nm_tsp::broker::accounts::Accounts;
-use nm_tsp::broker::config::BrokerConfig;
-use nm_tsp::broker::{Broker, serve};
-use nm_tsp::net::NegotiateOptions;
-use nm_tsp::net::hostkeys::{KnownHostsFile, TrustMode};
-use nm_tsp::proto::rudp::RttParams;
-use nm_tsp::proto::sasl::passdss::HostKeyPair;
-use nm_tsp::proto::types::{AuthMethod, TunnelMode};
-use nm_tsp::secret::Secret;
+use tsp_broker::accounts::Accounts;
+use tsp_broker::config::BrokerConfig;
+use tsp_broker::{Broker, serve};
+use tsp_client::net::NegotiateOptions;
+use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
+use tsp_proto::rudp::RttParams;
+use tsp_proto::sasl::passdss::HostKeyPair;
+use tsp_proto::secret::Secret;
+use tsp_proto::types::{AuthMethod, TunnelMode};
 
 pub const REALM: &str = "tsp-test";
 

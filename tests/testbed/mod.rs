@@ -1,11 +1,11 @@
-//! A real NetworkManager for the end-to-end tests (testbed.md §4–5): a private system bus
+//! A real NetworkManager for the end-to-end tests (docs/testbed.md §4–5): a private system bus
 //! (dbus-daemon with the stock default-deny policy plus our `dbus/nm-tsp-service.conf`) and
 //! NetworkManager in a client namespace of a [`netns::Lab`], with its own mount and UTS
 //! namespaces so nothing of the host is touched. The plugin is "installed" by a `.name` file
 //! in NetworkManager's private `/etc/NetworkManager/VPN/`, pointing at the built
 //! `nm-tsp-service`. Include with `mod netns; mod testbed;`.
 //!
-//! Traps (testbed.md): NetworkManager needs a read-only /sys (else it waits for udev forever);
+//! Traps (docs/testbed.md): NetworkManager needs a read-only /sys (else it waits for udev forever);
 //! it spawns plugins with its own environment, so `NM_TSP_STATE_DIR` set here reaches them;
 //! nmcli exits 0 on some failures, so tests assert on state, never on nmcli's status alone.
 // Each test crate uses a part of the harness.

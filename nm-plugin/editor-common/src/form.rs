@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use nm_tsp::config::ConfigError;
-use nm_tsp::config::GogocConfig;
-use nm_tsp::config::vpn_data::{
-    DATA_KEYS, KEY_MTU, KEY_PASSWORD_FLAGS, SECRET_PASSWORD, SecretFlags, parse_vpn_data, to_vpn_data,
-};
+use tsp_config::ConfigError;
+use tsp_config::GogocConfig;
+use tsp_config::names::{DATA_KEYS, KEY_MTU, KEY_PASSWORD_FLAGS, SECRET_PASSWORD, SecretFlags};
+use tsp_config::vpn_data::{parse_vpn_data, to_vpn_data};
 
 /// Authentication choices: vpn.data value and what the editor shows.
 pub const AUTH_METHODS: [(&str, &str); 5] = [
@@ -30,7 +29,7 @@ pub const TUNNEL_MODES: [(&str, &str); 4] = [
 
 /// Where NetworkManager keeps the password: `password-flags` value and label, in the order
 /// GNOME's own editors offer them.
-pub const PASSWORD_STORAGE: [(u32, &str); 4] = [
+pub const PASSWORD_STORAGE: [(SecretFlags, &str); 4] = [
     (SecretFlags::AGENT_OWNED, "Store the password only for this user"),
     (SecretFlags::NONE, "Store the password for all users"),
     (SecretFlags::NOT_SAVED, "Ask for this password every time"),
@@ -71,7 +70,7 @@ pub struct Form {
     pub username: String,
     pub password: String,
     /// One of [`PASSWORD_STORAGE`].
-    pub password_flags: u32,
+    pub password_flags: SecretFlags,
     /// One of [`TUNNEL_MODES`].
     pub tunnel_mode: String,
     /// host-type=router: ask for a prefix and advertise it on `lan_interface`.
@@ -143,10 +142,11 @@ impl Form {
             None if get("username").is_none_or(|u| u.trim().is_empty()) => "anonymous",
             None => "any",
         };
+        // The editor offers one choice: the strongest flag set wins.
         let password_flags = match get(KEY_PASSWORD_FLAGS).and_then(|f| f.trim().parse::<u32>().ok()) {
-            Some(f) if f & SecretFlags::NOT_REQUIRED != 0 => SecretFlags::NOT_REQUIRED,
-            Some(f) if f & SecretFlags::NOT_SAVED != 0 => SecretFlags::NOT_SAVED,
-            Some(f) if f & SecretFlags::AGENT_OWNED != 0 => SecretFlags::AGENT_OWNED,
+            Some(f) if f & SecretFlags::NOT_REQUIRED.bits() != 0 => SecretFlags::NOT_REQUIRED,
+            Some(f) if f & SecretFlags::NOT_SAVED.bits() != 0 => SecretFlags::NOT_SAVED,
+            Some(f) if f & SecretFlags::AGENT_OWNED.bits() != 0 => SecretFlags::AGENT_OWNED,
             Some(_) => SecretFlags::NONE,
             None if data.is_empty() => SecretFlags::AGENT_OWNED,
             None => SecretFlags::NONE,
@@ -402,16 +402,16 @@ mod tests {
             ..Form::default()
         };
         for (flags, stored) in [(0, true), (1, true), (2, false), (4, false)] {
-            f.password_flags = flags;
+            f.password_flags = SecretFlags::from_bits(flags).unwrap();
             let out = f.validate().unwrap();
             assert_eq!(out.data.get("password-flags"), Some(&flags.to_string()));
             assert_eq!(out.secrets.contains_key("password"), stored, "flags {flags}");
         }
         // Agent-owned without a password is fine (the agent asks); system-owned is not.
         f.password.clear();
-        f.password_flags = 1;
+        f.password_flags = SecretFlags::AGENT_OWNED;
         assert!(f.validate().is_ok());
-        f.password_flags = 0;
+        f.password_flags = SecretFlags::NONE;
         assert_eq!(f.validate().unwrap_err().key.as_deref(), Some("password"));
         // Anonymous stores no password even if one was typed.
         f.auth_method = "anonymous".into();

@@ -3,7 +3,7 @@
 //!
 //! [`form`] is what both editors show, as plain strings and flags, and how it becomes
 //! `vpn.data` / `vpn.secrets`: every value goes through nm-tsp's own
-//! [`parse_vpn_data`](nm_tsp::config::vpn_data::parse_vpn_data), so the editor refuses exactly
+//! [`parse_vpn_data`](tsp_config::vpn_data::parse_vpn_data), so the editor refuses exactly
 //! what the service would refuse, with the same message. [`nm`] is the little of libnm the
 //! editors need (reading and writing the vpn setting, `GError`s, the `NMVpnEditor` interface
 //! vtable), declared by hand. [`testing`] holds what the editors' tests share: an X server

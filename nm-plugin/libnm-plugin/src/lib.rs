@@ -204,7 +204,7 @@ unsafe extern "C" fn import_from_file(
     guard(error, std::ptr::null_mut(), || {
         // SAFETY: libnm passes a NUL-terminated path.
         let path = unsafe { path_arg(path) }?;
-        let cfg = nm_tsp::config::load_without_password(&path).map_err(|e| e.to_string())?;
+        let cfg = tsp_config::load_without_password(&path).map_err(|e| e.to_string())?;
         let imported = mapping::import(&cfg, &path).map_err(|e| e.to_string())?;
         if let Some(w) = mapping::unsupported_warning(&path, &imported.unsupported) {
             warn(&w);

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use nm_tsp::config::vpn_data::{self, SecretFlags};
-use nm_tsp::config::{ConfigError, GogocConfig};
-use nm_tsp::secret::Secret;
+use tsp_config::names::{DATA_KEYS, SECRET_PASSWORD, SecretFlags};
+use tsp_config::vpn_data;
+use tsp_config::{ConfigError, GogocConfig};
+use tsp_proto::secret::Secret;
 
 /// A file read for import: what goes into the profile, and what stays behind.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct Imported {
 /// the result with the rules the service applies (an imported profile never fails only at
 /// connect).
 /// The flags of an imported password: kept by the user's agent.
-pub const IMPORTED_FLAGS: SecretFlags = SecretFlags(SecretFlags::AGENT_OWNED);
+pub const IMPORTED_FLAGS: SecretFlags = SecretFlags::AGENT_OWNED;
 
 pub fn import(cfg: &GogocConfig, path: &Path) -> Result<Imported, ConfigError> {
     // An empty password is fine here (asked for when connecting); every other rule holds.
@@ -73,9 +74,9 @@ pub fn profile_id(path: &Path) -> String {
 /// and the HTTP-access / DS-Lite keys gogoc itself only carries along), in the file's spelling
 /// and order.
 pub fn unsupported_keys(cfg: &GogocConfig) -> Vec<&'static str> {
-    nm_tsp::config::non_default_keys(cfg)
+    tsp_config::non_default_keys(cfg)
         .into_iter()
-        .filter(|key| !vpn_data::DATA_KEYS.iter().any(|(_, gogoc)| gogoc == key))
+        .filter(|key| !DATA_KEYS.iter().any(|(_, gogoc)| gogoc == key))
         .collect()
 }
 
@@ -118,14 +119,14 @@ pub fn export(
     if settings.password_flags != IMPORTED_FLAGS && settings.cfg.auth_method.needs_password() {
         dropped.push(format!(
             "password-flags={} (a re-import sets 1, kept by the user's agent)",
-            settings.password_flags.0
+            settings.password_flags
         ));
     }
-    let password = secrets.get(vpn_data::SECRET_PASSWORD).filter(|p| !p.is_empty());
+    let password = secrets.get(SECRET_PASSWORD).filter(|p| !p.is_empty());
     let mut cfg = settings.cfg;
     let with_password = with_password && password.is_some();
     if let Some(p) = password.filter(|_| with_password) {
-        let only: BTreeMap<String, String> = [(vpn_data::SECRET_PASSWORD.to_owned(), p.clone())].into();
+        let only: BTreeMap<String, String> = [(SECRET_PASSWORD.to_owned(), p.clone())].into();
         let s = vpn_data::VpnSettings {
             cfg,
             mtu: settings.mtu,
@@ -154,9 +155,9 @@ pub fn write_file(path: &Path, e: &Exported) -> io::Result<()> {
     check
         .validate(path)
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
-    let text = Zeroizing::new(nm_tsp::config::to_text_with(&e.cfg, e.with_password));
+    let text = Zeroizing::new(tsp_config::to_text_with(&e.cfg, e.with_password));
     let mode = if e.with_password { 0o600 } else { 0o644 };
-    nm_tsp::fsutil::write_atomic(path, text.as_bytes(), mode)
+    tsp_config::fsutil::write_atomic(path, text.as_bytes(), mode)
 }
 
 /// `<id>.conf`, with every character outside `A-Za-z0-9._-` replaced by `_` (no leading dot,
@@ -186,7 +187,7 @@ pub fn suggested_filename(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nm_tsp::config::{parse, parse_without_password};
+    use tsp_config::{parse, parse_without_password};
 
     fn cfg(text: &str) -> GogocConfig {
         parse(text, Path::new("/etc/gogoc/gogoc.conf")).expect("parses")
@@ -324,7 +325,7 @@ mod tests {
         assert!(e.with_password);
         assert_eq!(e.cfg.passwd.expose(), "s3cret");
         write_file(&file, &e).unwrap();
-        let back = nm_tsp::config::load(&file).unwrap();
+        let back = tsp_config::load(&file).unwrap();
         assert_eq!(back.passwd.expose(), "s3cret");
         assert_eq!(import(&back, &file).unwrap().data, i.data);
         use std::os::unix::fs::PermissionsExt as _;

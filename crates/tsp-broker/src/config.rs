@@ -1,0 +1,402 @@
+//! `tsp-broker` configuration (TOML). Every field has a default that makes a small anonymous
+//! broker on 3653, so the shortest config is an empty file.
+//!
+//! See docs/tsp-wire.md §1.7, §9.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use tsp_proto::sasl::Mechanism;
+use tsp_proto::types::{TSP_PORT, TunnelMode, Version};
+use tsp_proto::xml::BrokerAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// An address block `addr/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net<A> {
+    pub addr: A,
+    pub len: u8,
+}
+
+impl<A: std::str::FromStr> std::str::FromStr for Net<A> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not of the form address/length"))?;
+        let addr = a.parse::<A>().map_err(|_| format!("{a:?} is not a valid address"))?;
+        let len = l.parse::<u8>().map_err(|_| format!("{l:?} is not a prefix length"))?;
+        Ok(Self { addr, len })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    listen: Vec<String>,
+    tcp: bool,
+    udp: bool,
+    versions: Vec<String>,
+    tunnel_modes: Vec<String>,
+    auth: Vec<String>,
+    realm: String,
+    accounts_file: Option<PathBuf>,
+    host_key_file: Option<PathBuf>,
+    server_ipv4: Option<Ipv4Addr>,
+    server_ipv6: Ipv6Addr,
+    client_pool: String,
+    prefix_pool: String,
+    prefix_length_min: u8,
+    prefix_length_max: u8,
+    ipv4_pool: String,
+    dns_server: Option<Ipv6Addr>,
+    dns_suffix: Option<String>,
+    max_tunnels: usize,
+    keepalive_min: u32,
+    keepalive_max: u32,
+    lifetime: u32,
+    state_file: Option<PathBuf>,
+    redirect: Vec<String>,
+    datapath: bool,
+    tun_name: String,
+    tun4_name: String,
+    forwarding: bool,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            listen: vec![format!("[::]:{TSP_PORT}")],
+            tcp: true,
+            udp: true,
+            versions: Version::FALLBACK.iter().map(|v| v.to_string()).collect(),
+            tunnel_modes: vec!["v6v4".into(), "v6udpv4".into(), "v4v6".into()],
+            auth: vec!["anonymous".into()],
+            realm: "tsp-broker".into(),
+            accounts_file: None,
+            host_key_file: None,
+            server_ipv4: None,
+            server_ipv6: "2001:db8:b::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+            client_pool: "2001:db8:b::/64".into(),
+            prefix_pool: "2001:db8:c000::/36".into(),
+            prefix_length_min: 48,
+            prefix_length_max: 64,
+            ipv4_pool: "198.51.100.0/24".into(),
+            dns_server: None,
+            dns_suffix: None,
+            max_tunnels: 1000,
+            keepalive_min: 5,
+            keepalive_max: 300,
+            lifetime: 604_800,
+            state_file: None,
+            redirect: Vec::new(),
+            datapath: true,
+            tun_name: "tspb0".into(),
+            tun4_name: "tspb4".into(),
+            forwarding: false,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tcp: bool,
+    pub udp: bool,
+    pub versions: Vec<Version>,
+    pub tunnel_modes: Vec<TunnelMode>,
+    pub auth: Vec<Mechanism>,
+    pub realm: String,
+    pub accounts_file: Option<PathBuf>,
+    pub host_key_file: Option<PathBuf>,
+    /// Our IPv4 tunnel endpoint; `None` = the address the client reached.
+    pub server_ipv4: Option<Ipv4Addr>,
+    /// Our IPv6 address inside the tunnel (also the keepalive target).
+    pub server_ipv6: Ipv6Addr,
+    /// Client addresses for v6 tunnels.
+    pub client_pool: Net<Ipv6Addr>,
+    /// Prefixes delegated to routers.
+    pub prefix_pool: Net<Ipv6Addr>,
+    pub prefix_length_min: u8,
+    pub prefix_length_max: u8,
+    /// v4v6: the first address is ours inside the tunnel, the rest go to clients.
+    pub ipv4_pool: Net<Ipv4Addr>,
+    /// Told to clients in every offer (gogoc 1.2 needs it); defaults to `server_ipv6`.
+    pub dns_server: Ipv6Addr,
+    /// Authenticated users get the DNS name `<user>.<dns_suffix>`.
+    pub dns_suffix: Option<String>,
+    pub max_tunnels: usize,
+    pub keepalive_min: u32,
+    pub keepalive_max: u32,
+    pub lifetime: u32,
+    /// Where address assignments survive a restart.
+    pub state_file: Option<PathBuf>,
+    /// Redirector mode: send every client to these brokers.
+    pub redirect: Vec<BrokerAddr>,
+    /// Carry tunnel traffic (TUN devices, raw sockets: needs root); off = negotiate only.
+    pub datapath: bool,
+    /// TUN device for the IPv6 side of all tunnels, and for v4v6's IPv4 side.
+    pub tun_name: String,
+    pub tun4_name: String,
+    /// Enable IPv6 forwarding so clients reach beyond the broker.
+    pub forwarding: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        validate(Raw::default(), Path::new("<defaults>")).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+impl BrokerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if meta.len() > 1 << 20 {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "file is larger than 1 MiB".into(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        validate(raw, path)
+    }
+}
+
+fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    };
+    let listen = raw
+        .listen
+        .iter()
+        .map(|l| {
+            l.parse::<SocketAddr>()
+                .map_err(|_| invalid("listen", format!("{l:?} is not address:port")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if listen.is_empty() {
+        return Err(invalid("listen", "at least one address is needed".into()));
+    }
+    if !raw.tcp && !raw.udp {
+        return Err(invalid("tcp", "tcp and udp cannot both be off".into()));
+    }
+    let versions = raw
+        .versions
+        .iter()
+        .map(|v| v.parse::<Version>().map_err(|e| invalid("versions", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tunnel_modes = raw
+        .tunnel_modes
+        .iter()
+        .map(|m| {
+            m.parse::<TunnelMode>()
+                .map_err(|e| invalid("tunnel_modes", e.to_string()))
+                .and_then(|m| {
+                    if m.is_concrete() {
+                        Ok(m)
+                    } else {
+                        Err(invalid(
+                            "tunnel_modes",
+                            "v6anyv4 is a request, not a mode to offer".into(),
+                        ))
+                    }
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let auth = raw
+        .auth
+        .iter()
+        .map(|a| {
+            Mechanism::from_wire(a).ok_or_else(|| {
+                invalid(
+                    "auth",
+                    format!("unknown mechanism {a:?} (anonymous, plain, digest-md5, passdss-3des-1)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if auth.iter().any(|m| *m != Mechanism::Anonymous) && raw.accounts_file.is_none() {
+        return Err(invalid(
+            "accounts_file",
+            "needed when auth includes a mechanism other than anonymous".into(),
+        ));
+    }
+    if auth.contains(&Mechanism::PassDss3Des1) && raw.host_key_file.is_none() {
+        return Err(invalid("host_key_file", "needed for passdss-3des-1".into()));
+    }
+    let net6 = |key: &'static str, s: &str| s.parse::<Net<Ipv6Addr>>().map_err(|m| invalid(key, m));
+    let client_pool = net6("client_pool", &raw.client_pool)?;
+    let prefix_pool = net6("prefix_pool", &raw.prefix_pool)?;
+    let ipv4_pool = raw
+        .ipv4_pool
+        .parse::<Net<Ipv4Addr>>()
+        .map_err(|m| invalid("ipv4_pool", m))?;
+    if !(8..=126).contains(&client_pool.len) {
+        return Err(invalid("client_pool", "length must be 8..=126".into()));
+    }
+    if !(8..=30).contains(&ipv4_pool.len) {
+        return Err(invalid("ipv4_pool", "length must be 8..=30".into()));
+    }
+    if !(1..=64).contains(&raw.prefix_length_min)
+        || raw.prefix_length_min > raw.prefix_length_max
+        || raw.prefix_length_max > 64
+    {
+        return Err(invalid(
+            "prefix_length_min",
+            "need 1 <= prefix_length_min <= prefix_length_max <= 64".into(),
+        ));
+    }
+    if prefix_pool.len > raw.prefix_length_min {
+        return Err(invalid(
+            "prefix_pool",
+            format!(
+                "a /{} pool cannot hold /{} delegations",
+                prefix_pool.len, raw.prefix_length_min
+            ),
+        ));
+    }
+    if raw.keepalive_min == 0 || raw.keepalive_min > raw.keepalive_max {
+        return Err(invalid(
+            "keepalive_min",
+            "need 0 < keepalive_min <= keepalive_max".into(),
+        ));
+    }
+    if raw.max_tunnels == 0 {
+        return Err(invalid("max_tunnels", "must be at least 1".into()));
+    }
+    if raw.redirect.len() > tsp_proto::types::MAX_BROKERS {
+        return Err(invalid(
+            "redirect",
+            format!("at most {} brokers", tsp_proto::types::MAX_BROKERS),
+        ));
+    }
+    let mut redirect = Vec::new();
+    for r in &raw.redirect {
+        let t = r.trim_start_matches('[').trim_end_matches(']');
+        redirect.push(match t.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => BrokerAddr::V4(a),
+            Ok(IpAddr::V6(a)) => BrokerAddr::V6(a),
+            Err(_)
+                if !t.is_empty()
+                    && t.len() <= 254
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+            {
+                BrokerAddr::Name(t.to_owned())
+            }
+            Err(_) => return Err(invalid("redirect", format!("{r:?} is not an address or host name"))),
+        });
+    }
+    for (key, name) in [("tun_name", &raw.tun_name), ("tun4_name", &raw.tun4_name)] {
+        if name.is_empty()
+            || name.len() > 15
+            || name
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == b'%')
+        {
+            return Err(invalid(
+                key,
+                format!("{name:?} is not a valid interface name (1 to 15 characters)"),
+            ));
+        }
+    }
+    if let Some(s) = &raw.dns_suffix
+        && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    {
+        return Err(invalid("dns_suffix", format!("{s:?} is not a domain name")));
+    }
+    Ok(BrokerConfig {
+        listen,
+        tcp: raw.tcp,
+        udp: raw.udp,
+        versions,
+        tunnel_modes,
+        auth,
+        realm: raw.realm,
+        accounts_file: raw.accounts_file,
+        host_key_file: raw.host_key_file,
+        server_ipv4: raw.server_ipv4,
+        server_ipv6: raw.server_ipv6,
+        client_pool,
+        prefix_pool,
+        prefix_length_min: raw.prefix_length_min,
+        prefix_length_max: raw.prefix_length_max,
+        ipv4_pool,
+        dns_server: raw.dns_server.unwrap_or(raw.server_ipv6),
+        dns_suffix: raw.dns_suffix,
+        max_tunnels: raw.max_tunnels,
+        keepalive_min: raw.keepalive_min,
+        keepalive_max: raw.keepalive_max,
+        lifetime: raw.lifetime,
+        state_file: raw.state_file,
+        redirect,
+        datapath: raw.datapath,
+        tun_name: raw.tun_name,
+        tun4_name: raw.tun4_name,
+        forwarding: raw.forwarding,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_an_anonymous_broker() {
+        let c = BrokerConfig::parse("", Path::new("b.toml")).unwrap();
+        assert_eq!(c.auth, vec![Mechanism::Anonymous]);
+        assert_eq!(c.listen, vec!["[::]:3653".parse().unwrap()]);
+        assert_eq!(c.dns_server, c.server_ipv6);
+    }
+
+    #[test]
+    fn shipped_sample_parses_to_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/tsp-broker.toml"));
+        let sample = BrokerConfig::load(path).unwrap();
+        let defaults = BrokerConfig::default();
+        assert_eq!(format!("{sample:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = BrokerConfig::parse("auth = [\"digest-md5\"]", Path::new("b.toml")).unwrap_err();
+        assert!(e.to_string().contains("accounts_file"), "{e}");
+        let e = BrokerConfig::parse("client_pool = \"2001:db8::/200\"", Path::new("b.toml")).unwrap_err();
+        assert!(e.to_string().contains("client_pool"), "{e}");
+        let e = BrokerConfig::parse("bogus = 1", Path::new("b.toml")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = BrokerConfig::parse("tunnel_modes = [\"v6anyv4\"]", Path::new("b.toml")).unwrap_err();
+        assert!(e.to_string().contains("tunnel_modes"), "{e}");
+    }
+}

@@ -1,0 +1,505 @@
+//! The broker's datapath: one TUN device for the IPv6 side (and one for v4v6's IPv4 side), and
+//! a table from inner addresses to the outer endpoint of each client's tunnel.
+//!
+//! Packets from a client are accepted only from its own endpoint and with its own inner
+//! source address (or one inside its delegated prefix), as TSPS did. Echo requests to our
+//! tunnel address are answered by the kernel: that address sits on the TUN device.
+//!
+//! See docs/tsp-wire.md §6; docs/ARCHITECTURE.md (the data path).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::config::BrokerConfig;
+use tsp_proto::types::TunnelMode;
+use tsp_proto::xml::Offer;
+use tsp_tunnel::batch::{Inbox, Outbox, Sock};
+use tsp_tunnel::netlink::{Applied, Netlink};
+use tsp_tunnel::raw::{self, RawSocket};
+use tsp_tunnel::tundev::{self, TunDevice};
+use tsp_tunnel::{TUNNEL_MTU, mmsg, valid_inner};
+
+/// Socket numbers of [`Outbox`] messages beyond the UDP listeners (which are 0..).
+const VIA_RAW41: usize = usize::MAX - 1;
+const VIA_RAW4: usize = usize::MAX;
+
+/// Where a client's tunnel ends on the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// v6udpv4: a UDP peer of one of our listeners (index into the listener list).
+    Udp { listener: usize, peer: SocketAddr },
+    /// v6v4: the client's IPv4 address (protocol 41).
+    V4(Ipv4Addr),
+    /// v4v6: the client's IPv6 address (protocol 4).
+    V6(Ipv6Addr),
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    inner_v6: Option<Ipv6Addr>,
+    prefix: Option<(u128, u8)>,
+    inner_v4: Option<Ipv4Addr>,
+    last_seen: Instant,
+    idle_limit: Duration,
+}
+
+impl Route {
+    fn accepts_source(&self, pkt: &[u8]) -> bool {
+        match pkt.first().map(|b| b >> 4) {
+            Some(6) => {
+                let Some(src) = v6_at(pkt, 8) else { return false };
+                self.inner_v6 == Some(src) || self.prefix.is_some_and(|(base, len)| in_prefix(src, base, len))
+            }
+            Some(4) => v4_at(pkt, 12).is_some_and(|src| self.inner_v4 == Some(src)),
+            _ => false,
+        }
+    }
+}
+
+fn v6_at(pkt: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let b: [u8; 16] = pkt.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(b))
+}
+
+fn v4_at(pkt: &[u8], at: usize) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = pkt.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
+}
+
+fn in_prefix(a: Ipv6Addr, base: u128, len: u8) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    u128::from(a) & mask == base & mask
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    routes: HashMap<Endpoint, Route>,
+    by_v6: HashMap<Ipv6Addr, Endpoint>,
+    by_prefix: Vec<(u128, u8, Endpoint)>,
+    by_v4: HashMap<Ipv4Addr, Endpoint>,
+}
+
+impl Table {
+    fn remove(&mut self, ep: &Endpoint) -> bool {
+        let Some(r) = self.routes.remove(ep) else { return false };
+        if let Some(a) = r.inner_v6 {
+            self.by_v6.remove(&a);
+        }
+        if let Some(a) = r.inner_v4 {
+            self.by_v4.remove(&a);
+        }
+        self.by_prefix.retain(|(_, _, e)| e != ep);
+        true
+    }
+
+    fn lookup_v6(&self, dst: Ipv6Addr) -> Option<Endpoint> {
+        if let Some(ep) = self.by_v6.get(&dst) {
+            return Some(*ep);
+        }
+        self.by_prefix
+            .iter()
+            .filter(|(base, len, _)| in_prefix(dst, *base, *len))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, ep)| *ep)
+    }
+}
+
+/// The running datapath.
+#[derive(Debug)]
+pub struct BrokerDatapath {
+    table: Mutex<Table>,
+    udp: Vec<Arc<UdpSocket>>,
+    tun6: Arc<TunDevice>,
+    tun4: Option<Arc<TunDevice>>,
+    raw41: Arc<RawSocket>,
+    raw4: Option<Arc<RawSocket>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    applied: Mutex<Option<Applied>>,
+    /// UDP GSO on every listener (and not disabled by the environment).
+    udp_gso: bool,
+}
+
+impl Drop for BrokerDatapath {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BrokerDatapath {
+    /// Creates the TUN devices, gives them our tunnel addresses and routes the pools to them.
+    pub async fn start(cfg: &BrokerConfig, udp: Vec<Arc<UdpSocket>>) -> io::Result<Arc<Self>> {
+        let v4v6 = cfg.tunnel_modes.contains(&TunnelMode::V4V6);
+        let tun6 = Arc::new(TunDevice::open(&cfg.tun_name, TUNNEL_MTU).map_err(io::Error::other)?);
+        let tun4 = if v4v6 {
+            Some(Arc::new(
+                TunDevice::open(&cfg.tun4_name, TUNNEL_MTU).map_err(io::Error::other)?,
+            ))
+        } else {
+            None
+        };
+        let nl = Netlink::new().map_err(io::Error::other)?;
+        let mut applied = Applied::default();
+        let err = |e: tsp_tunnel::netlink::NetlinkError| io::Error::other(e.to_string());
+        let idx6 = tun6.index().map_err(io::Error::other)?;
+        nl.set_up_mtu(idx6, TUNNEL_MTU).await.map_err(err)?;
+        applied
+            .apply_address(&nl, idx6, IpAddr::V6(cfg.server_ipv6), 128)
+            .await
+            .map_err(err)?;
+        applied
+            .apply_route(&nl, IpAddr::V6(cfg.client_pool.addr), cfg.client_pool.len, idx6)
+            .await
+            .map_err(err)?;
+        applied
+            .apply_route(&nl, IpAddr::V6(cfg.prefix_pool.addr), cfg.prefix_pool.len, idx6)
+            .await
+            .map_err(err)?;
+        if let Some(t4) = &tun4 {
+            let idx4 = t4.index().map_err(io::Error::other)?;
+            nl.set_up_mtu(idx4, TUNNEL_MTU).await.map_err(err)?;
+            let server4 = Ipv4Addr::from((u32::from(cfg.ipv4_pool.addr) & !(u32::MAX >> cfg.ipv4_pool.len)) + 1);
+            applied
+                .apply_address(&nl, idx4, IpAddr::V4(server4), 32)
+                .await
+                .map_err(err)?;
+            applied
+                .apply_route(&nl, IpAddr::V4(cfg.ipv4_pool.addr), cfg.ipv4_pool.len, idx4)
+                .await
+                .map_err(err)?;
+        }
+        if cfg.forwarding {
+            applied.apply_forwarding(true).map_err(err)?;
+        }
+        let raw41 = Arc::new(RawSocket::open(raw::IPPROTO_IPV6_IN_IPV4, false)?);
+        let raw4 = if v4v6 {
+            Some(Arc::new(RawSocket::open(raw::IPPROTO_IPV4_IN_IPV6, true)?))
+        } else {
+            None
+        };
+        let udp_gso = !tundev::offload_disabled_by_env() && {
+            use std::os::fd::AsRawFd;
+            let ok = udp.iter().all(|s| mmsg::udp_gso_supported(s.as_raw_fd()));
+            if !ok && tsp_tunnel::first_fallback(&tsp_tunnel::fallback::UDP_GSO) {
+                tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
+            }
+            ok
+        };
+        let dp = Arc::new(Self {
+            table: Mutex::new(Table::default()),
+            udp_gso,
+            udp,
+            tun6,
+            tun4,
+            raw41,
+            raw4,
+            tasks: Mutex::new(Vec::new()),
+            applied: Mutex::new(Some(applied)),
+        });
+        let mut tasks = vec![
+            tokio::spawn(dp.clone().tun_loop(true)),
+            tokio::spawn(dp.clone().raw_loop(false)),
+        ];
+        if dp.tun4.is_some() {
+            tasks.push(tokio::spawn(dp.clone().tun_loop(false)));
+            tasks.push(tokio::spawn(dp.clone().raw_loop(true)));
+        }
+        if let Ok(mut t) = dp.tasks.lock() {
+            *t = tasks;
+        }
+        tracing::info!(tun = %cfg.tun_name, server = %cfg.server_ipv6, "broker datapath up");
+        Ok(dp)
+    }
+
+    /// Removes the addresses and routes we added (the TUN devices go with the process).
+    pub async fn shutdown(&self) {
+        let applied = self.applied.lock().ok().and_then(|mut a| a.take());
+        if let (Some(applied), Ok(nl)) = (applied, Netlink::new()) {
+            for e in applied.undo(&nl).await {
+                tracing::warn!(error = %e, "broker datapath cleanup");
+            }
+        }
+    }
+
+    /// Starts carrying a negotiated tunnel.
+    pub fn add(&self, endpoint: Endpoint, offer: &Offer) {
+        let idle_limit = Duration::from_secs(u64::from(offer.keepalive.map_or(30, |k| k.interval.max(1))) * 5);
+        let prefix = offer.prefix.and_then(|p| match p.addr {
+            IpAddr::V6(a) => Some((u128::from(a), p.len)),
+            IpAddr::V4(_) => None,
+        });
+        let route = match offer.mode {
+            TunnelMode::V4V6 => Route {
+                inner_v6: None,
+                prefix: None,
+                inner_v4: Some(offer.client_v4),
+                last_seen: Instant::now(),
+                idle_limit,
+            },
+            _ => Route {
+                inner_v6: Some(offer.client_v6),
+                prefix,
+                inner_v4: None,
+                last_seen: Instant::now(),
+                idle_limit,
+            },
+        };
+        let mut t = lock(&self.table);
+        // A client that reconnects from a new endpoint keeps its addresses: forget the old path.
+        let stale: Vec<Endpoint> = t
+            .routes
+            .iter()
+            .filter(|(ep, r)| {
+                **ep != endpoint
+                    && (r.inner_v6.is_some() && r.inner_v6 == route.inner_v6
+                        || r.inner_v4.is_some() && r.inner_v4 == route.inner_v4)
+            })
+            .map(|(ep, _)| *ep)
+            .collect();
+        for ep in stale {
+            t.remove(&ep);
+        }
+        t.remove(&endpoint);
+        if let Some(a) = route.inner_v6 {
+            t.by_v6.insert(a, endpoint);
+        }
+        if let Some(a) = route.inner_v4 {
+            t.by_v4.insert(a, endpoint);
+        }
+        if let Some((base, len)) = route.prefix {
+            t.by_prefix.push((base, len, endpoint));
+        }
+        t.routes.insert(endpoint, route);
+    }
+
+    pub fn remove(&self, endpoint: &Endpoint) -> bool {
+        lock(&self.table).remove(endpoint)
+    }
+
+    pub fn carries(&self, endpoint: &Endpoint) -> bool {
+        lock(&self.table).routes.contains_key(endpoint)
+    }
+
+    /// Checks a packet from a client's endpoint and marks the client alive; the packet is
+    /// ours to deliver only if its inner source belongs to that client.
+    fn admit(&self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
+        let mut t = lock(&self.table);
+        match t.routes.get_mut(endpoint) {
+            Some(r) if r.accepts_source(pkt) => {
+                r.last_seen = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a data datagram that arrived on UDP listener `listener` from `peer` is a packet
+    /// of that client's tunnel, to be written to the TUN (the client is then marked alive).
+    pub fn admit_udp(&self, listener: usize, peer: SocketAddr, pkt: &[u8]) -> bool {
+        valid_inner(pkt, true) && self.admit(&Endpoint::Udp { listener, peer }, pkt)
+    }
+
+    /// A receive batch for a UDP listener's data (merging TCP segments if our TUN takes them).
+    pub fn inbox(&self, udp_gro: bool) -> Inbox {
+        Inbox::new(udp_gro, self.tun6.offload())
+    }
+
+    /// Writes the admitted packets of a UDP listener's batch to the IPv6 TUN.
+    pub async fn deliver_udp(&self, inbox: &mut Inbox) {
+        if let Err(e) = inbox.deliver(&self.tun6).await {
+            tracing::debug!(error = %e, "broker TUN write failed");
+        }
+    }
+
+    fn sock(&self, via: usize) -> Option<Sock<'_>> {
+        match via {
+            VIA_RAW41 => Some(Sock::Raw(&self.raw41)),
+            VIA_RAW4 => self.raw4.as_deref().map(Sock::Raw),
+            i => self.udp.get(i).map(|s| Sock::Udp(s)),
+        }
+    }
+
+    /// Packets the kernel routed to our TUN: to the client whose address or prefix they target.
+    async fn tun_loop(self: Arc<Self>, v6: bool) {
+        let Some(tun) = (if v6 { Some(self.tun6.clone()) } else { self.tun4.clone() }) else {
+            return;
+        };
+        let mut out = Outbox::new(self.udp_gso);
+        loop {
+            let n = match out.wait(&tun).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "broker TUN read failed; datapath stops");
+                    return;
+                }
+            };
+            let table = &self.table;
+            let r = out
+                .gather(&tun, n, v6, |o, first| {
+                    // All packets of one read share their destination.
+                    let pkt = o.segs.get(first);
+                    let ep = {
+                        let t = lock(table);
+                        if v6 {
+                            v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
+                        } else {
+                            v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
+                        }
+                    };
+                    match ep {
+                        Some(Endpoint::Udp { listener, peer }) => o.queue(first, Some(peer), listener, true),
+                        Some(Endpoint::V4(a)) => {
+                            o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), VIA_RAW41, false)
+                        }
+                        Some(Endpoint::V6(a)) => {
+                            o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), VIA_RAW4, false)
+                        }
+                        None => {}
+                    }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "broker TUN read failed; datapath stops");
+                return;
+            }
+            if let Err(e) = out.flush(|via| self.sock(via)).await {
+                tracing::debug!(error = %e, "tunnel send failed");
+            }
+        }
+    }
+
+    /// Protocol 41 (IPv6 in IPv4) or protocol 4 (IPv4 in IPv6) from clients.
+    async fn raw_loop(self: Arc<Self>, v4v6: bool) {
+        let Some(sock) = (if v4v6 {
+            self.raw4.clone()
+        } else {
+            Some(self.raw41.clone())
+        }) else {
+            return;
+        };
+        let tun = if v4v6 {
+            self.tun4.clone()
+        } else {
+            Some(self.tun6.clone())
+        };
+        let Some(tun) = tun else { return };
+        let mut inbox = Inbox::new(false, tun.offload());
+        loop {
+            let n = match inbox.recv(Sock::Raw(&sock)).await {
+                Ok(n) => n,
+                Err(e) if tsp_tunnel::transient(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "broker raw socket failed; datapath stops");
+                    return;
+                }
+            };
+            for i in 0..n {
+                let m = inbox.rx.get(i);
+                let ep = match m.from.map(|a| a.ip()) {
+                    Some(IpAddr::V4(a)) => Endpoint::V4(a),
+                    Some(IpAddr::V6(a)) => Endpoint::V6(a),
+                    None => continue,
+                };
+                if m.truncated {
+                    continue;
+                }
+                let Some(r) = sock.inner(&inbox.rx.buf[m.range.clone()]) else {
+                    continue;
+                };
+                let r = m.range.start + r.start..m.range.start + r.end;
+                let pkt = &inbox.rx.buf[r.clone()];
+                if valid_inner(pkt, !v4v6) && self.admit(&ep, pkt) {
+                    inbox.push(r);
+                }
+            }
+            if let Err(e) = inbox.deliver(&tun).await {
+                tracing::debug!(error = %e, "broker TUN write failed");
+            }
+        }
+    }
+
+    /// Drops clients silent for five keepalive intervals (TSPS's rule); returns the inner
+    /// addresses of the tunnels dropped, so their sessions can end too.
+    pub fn sweep(&self) -> Vec<IpAddr> {
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        let dead: Vec<Endpoint> = t
+            .routes
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.last_seen) > r.idle_limit)
+            .map(|(ep, _)| *ep)
+            .collect();
+        let mut gone = Vec::new();
+        for ep in dead {
+            if let Some(r) = t.routes.get(&ep) {
+                gone.extend(r.inner_v6.map(IpAddr::V6).or(r.inner_v4.map(IpAddr::V4)));
+            }
+            tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
+            t.remove(&ep);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_match() {
+        let base = u128::from("2001:db8:c000:1200::".parse::<Ipv6Addr>().unwrap());
+        assert!(in_prefix("2001:db8:c000:12ff::1".parse().unwrap(), base, 56));
+        assert!(!in_prefix("2001:db8:c000:1300::1".parse().unwrap(), base, 56));
+        let mut t = Table::default();
+        let ep = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 2));
+        t.by_prefix.push((base, 56, ep));
+        t.routes.insert(
+            ep,
+            Route {
+                inner_v6: None,
+                prefix: Some((base, 56)),
+                inner_v4: None,
+                last_seen: Instant::now(),
+                idle_limit: Duration::ZERO,
+            },
+        );
+        assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
+        assert!(t.remove(&ep));
+        assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn sources_are_checked() {
+        let r = Route {
+            inner_v6: Some("2001:db8:b::2".parse().unwrap()),
+            prefix: None,
+            inner_v4: None,
+            last_seen: Instant::now(),
+            idle_limit: Duration::ZERO,
+        };
+        let mut pkt = vec![0u8; 40];
+        pkt[0] = 0x60;
+        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(r.accepts_source(&pkt));
+        pkt[23] = 3;
+        assert!(!r.accepts_source(&pkt), "another client's address");
+        assert!(!r.accepts_source(b"\x45garbage"));
+    }
+}

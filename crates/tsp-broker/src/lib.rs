@@ -1,0 +1,540 @@
+//! `tsp-broker`: the bundled broker's brain — accounts, address and prefix pools, NAT detection
+//! and the session record — implementing `tsp_proto::server::Backend`; [`serve`] puts it on
+//! sockets and [`datapath`] carries its tunnels. The `tsp-broker` program (the root package) is
+//! a thin command line around it.
+//!
+//! Depends on `tsp-proto` (the server state machine), `tsp-tunnel` (the same datapaths as the
+//! client) and `tsp-config` (atomic writes); must not depend on the client side (`tsp-client`)
+//! or on NetworkManager (`tsp-nm`).
+//!
+//! See docs/tsp-wire.md §1.7.
+
+pub mod accounts;
+pub mod config;
+pub mod datapath;
+pub mod pool;
+pub mod serve;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use accounts::Accounts;
+use config::BrokerConfig;
+use pool::Pool;
+
+use tsp_proto::caps::{self, Capabilities};
+use tsp_proto::client::Transport;
+use tsp_proto::sasl::{Mechanism, passdss::HostKeyPair};
+use tsp_proto::server::{Backend, ServerConfig, SessionInfo};
+use tsp_proto::status::StatusCode;
+use tsp_proto::types::TunnelMode;
+use tsp_proto::xml::{CreateRequest, Keepalive, Offer, OfferedPrefix};
+
+/// One negotiated (or offered, awaiting accept) tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: String,
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+    pub transport: Transport,
+    pub offer: Offer,
+    pub established: bool,
+    pub since: SystemTime,
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    cfg: Arc<BrokerConfig>,
+    accounts: Accounts,
+    addr6: Pool,
+    prefix6: Pool,
+    addr4: Pool,
+    sessions: HashMap<String, SessionRecord>,
+}
+
+fn v4_mapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Broker {
+    pub fn new(cfg: Arc<BrokerConfig>, accounts: Accounts) -> Self {
+        let c = &cfg;
+        let mut addr6 = Pool::new(u128::from(c.client_pool.addr), c.client_pool.len, 128);
+        addr6.reserve(u128::from(c.client_pool.addr));
+        addr6.reserve(u128::from(c.server_ipv6));
+        addr6.reserve(u128::from(c.dns_server));
+        let prefix6 = Pool::new(u128::from(c.prefix_pool.addr), c.prefix_pool.len, 128);
+        let mut addr4 = Pool::new(u128::from(u32::from(c.ipv4_pool.addr)), c.ipv4_pool.len, 32);
+        let net4 = u32::from(c.ipv4_pool.addr) & !(u32::MAX >> c.ipv4_pool.len);
+        let bcast4 = net4 | (u32::MAX >> c.ipv4_pool.len);
+        for a in [net4, net4 + 1, bcast4] {
+            addr4.reserve(u128::from(a));
+        }
+        let mut b = Self {
+            cfg,
+            accounts,
+            addr6,
+            prefix6,
+            addr4,
+            sessions: HashMap::new(),
+        };
+        b.load_state();
+        b
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    /// Our IPv4 address inside v4v6 tunnels: the first host of the IPv4 pool.
+    pub fn server_tunnel_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::from((u32::from(self.cfg.ipv4_pool.addr) & !(u32::MAX >> self.cfg.ipv4_pool.len)) + 1)
+    }
+
+    /// What the broker advertises: PASSDSS-3DES-1 only with a host key to sign with.
+    pub fn capabilities(cfg: &BrokerConfig, has_host_key: bool) -> Capabilities {
+        let tunnels = cfg.tunnel_modes.iter().fold(0, |acc, m| acc | caps::tunnel_bits(*m));
+        let auths = cfg
+            .auth
+            .iter()
+            .filter(|m| has_host_key || **m != Mechanism::PassDss3Des1)
+            .fold(0, |acc, m| acc | m.cap_bit());
+        Capabilities {
+            tunnels,
+            auths,
+            ..Default::default()
+        }
+    }
+
+    /// The protocol settings the sessions share.
+    pub fn server_config(cfg: &BrokerConfig, host_key: Option<HostKeyPair>) -> ServerConfig {
+        ServerConfig {
+            capabilities: Self::capabilities(cfg, host_key.is_some()),
+            versions: cfg.versions.clone(),
+            realm: cfg.realm.clone(),
+            host_key,
+            redirect: (!cfg.redirect.is_empty()).then(|| cfg.redirect.clone()),
+        }
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values()
+    }
+
+    pub fn session(&self, key: &str) -> Option<&SessionRecord> {
+        self.sessions.get(key)
+    }
+
+    /// The session key: the user, or for anonymous clients what tells them apart behind one
+    /// NAT (the address they report) and where they are (the address we see).
+    pub fn session_key(info: &SessionInfo, req: &CreateRequest) -> String {
+        match &info.user {
+            Some(u) => format!("user:{u}"),
+            None => format!("anon:{}@{}", req.client_addr, v4_mapped(info.peer.ip())),
+        }
+    }
+
+    /// The client accepted its offer.
+    pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) {
+        if let Some(s) = self
+            .sessions
+            .values_mut()
+            .find(|s| s.peer == info.peer && &s.offer == offer)
+        {
+            s.established = true;
+        }
+    }
+
+    /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone.
+    pub fn end_tunnel(&mut self, inner: IpAddr) {
+        self.sessions.retain(|_, s| match inner {
+            IpAddr::V6(a) => !(s.offer.mode != TunnelMode::V4V6 && s.offer.client_v6 == a),
+            IpAddr::V4(a) => !(s.offer.mode == TunnelMode::V4V6 && s.offer.client_v4 == a),
+        });
+    }
+
+    /// The client's TSP connection went away (TCP closed).
+    pub fn end_session(&mut self, peer: SocketAddr) {
+        self.sessions.retain(|_, s| s.peer != peer);
+    }
+
+    fn choose_mode(&self, info: &SessionInfo, req: &CreateRequest) -> Result<TunnelMode, StatusCode> {
+        let offered = |m: TunnelMode| self.cfg.tunnel_modes.contains(&m);
+        let udp = info.transport == Transport::Udp;
+        let observed = v4_mapped(info.peer.ip());
+        match req.mode {
+            TunnelMode::V4V6 => {
+                if !req.client_addr.is_ipv6() {
+                    return Err(StatusCode::InvalidIpv6);
+                }
+                if offered(TunnelMode::V4V6) && observed.is_ipv6() {
+                    Ok(TunnelMode::V4V6)
+                } else {
+                    Err(StatusCode::UnsupportedTunnelType)
+                }
+            }
+            m => {
+                if !req.client_addr.is_ipv4() {
+                    return Err(StatusCode::InvalidIpv4);
+                }
+                let nat = req.client_addr != observed;
+                match m {
+                    TunnelMode::V6V4 if offered(m) => Ok(m),
+                    TunnelMode::V6UdpV4 if offered(m) && udp => Ok(m),
+                    // NAT detection: a client whose reported address is not the one we see
+                    // sits behind a NAT and needs the UDP encapsulation.
+                    TunnelMode::V6AnyV4
+                        if udp && offered(TunnelMode::V6UdpV4) && (nat || !offered(TunnelMode::V6V4)) =>
+                    {
+                        Ok(TunnelMode::V6UdpV4)
+                    }
+                    TunnelMode::V6AnyV4 if offered(TunnelMode::V6V4) => Ok(TunnelMode::V6V4),
+                    _ => Err(StatusCode::UnsupportedTunnelType),
+                }
+            }
+        }
+    }
+
+    fn build_offer(
+        &mut self,
+        key: &str,
+        info: &SessionInfo,
+        req: &CreateRequest,
+        mode: TunnelMode,
+    ) -> Result<Offer, StatusCode> {
+        let cfg = self.cfg.clone();
+        let keepalive_interval = req.keepalive.map(|i| i.clamp(cfg.keepalive_min, cfg.keepalive_max));
+        let observed = v4_mapped(info.peer.ip());
+        let local = v4_mapped(info.local.ip());
+        let prefix = match &req.router {
+            None => None,
+            Some(_) if info.user.is_none() => return Err(StatusCode::PrefixForAnonymous),
+            Some(_) if mode == TunnelMode::V4V6 => return Err(StatusCode::UnsupportedPrefixLength),
+            Some(r) => {
+                let len = if r.prefix_len == 0 { 48 } else { r.prefix_len };
+                if !(cfg.prefix_length_min..=cfg.prefix_length_max).contains(&len) {
+                    return Err(StatusCode::UnsupportedPrefixLength);
+                }
+                let start = self
+                    .prefix6
+                    .assign(key, len)
+                    .ok_or(StatusCode::PrefixLengthUnavailable)?;
+                Some(OfferedPrefix {
+                    addr: IpAddr::V6(Ipv6Addr::from(start)),
+                    len,
+                })
+            }
+        };
+        let client_dns_name = match (&info.user, &cfg.dns_suffix) {
+            (Some(u), Some(suffix)) => Some(format!("{}.{suffix}", u.to_ascii_lowercase())),
+            _ => None,
+        };
+        if mode == TunnelMode::V4V6 {
+            let IpAddr::V6(client_v6) = observed else {
+                return Err(StatusCode::InvalidIpv6);
+            };
+            let IpAddr::V6(server_v6) = local else {
+                return Err(StatusCode::ServerError);
+            };
+            let start = self.addr4.assign(key, 32).ok_or(StatusCode::NoMoreTunnels)?;
+            let server_v4 = self.server_tunnel_v4();
+            return Ok(Offer {
+                mode,
+                lifetime: Some(cfg.lifetime),
+                server_v4,
+                server_v6,
+                client_v4: Ipv4Addr::from(start as u32),
+                client_v6,
+                client_dns_name,
+                client_dns_server: Some(cfg.dns_server),
+                prefix,
+                keepalive: keepalive_interval.map(|interval| Keepalive {
+                    interval,
+                    address: IpAddr::V4(server_v4),
+                }),
+            });
+        }
+        let server_v4 = match (cfg.server_ipv4, local) {
+            (Some(a), _) => a,
+            (None, IpAddr::V4(a)) => a,
+            (None, IpAddr::V6(_)) => return Err(StatusCode::ServerError),
+        };
+        let client_v4 = match (mode, observed, req.client_addr) {
+            // Behind a NAT the tunnel endpoint is the public address we see.
+            (TunnelMode::V6UdpV4, IpAddr::V4(seen), _) => seen,
+            (_, _, IpAddr::V4(reported)) => reported,
+            _ => return Err(StatusCode::InvalidIpv4),
+        };
+        let start = self.addr6.assign(key, 128).ok_or(StatusCode::NoMoreTunnels)?;
+        Ok(Offer {
+            mode,
+            lifetime: Some(cfg.lifetime),
+            server_v4,
+            server_v6: cfg.server_ipv6,
+            client_v4,
+            client_v6: Ipv6Addr::from(start),
+            client_dns_name,
+            client_dns_server: Some(cfg.dns_server),
+            prefix,
+            keepalive: keepalive_interval.map(|interval| Keepalive {
+                interval,
+                address: IpAddr::V6(cfg.server_ipv6),
+            }),
+        })
+    }
+
+    fn load_state(&mut self) {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        for line in text.lines().take(1 << 20) {
+            let mut f = line.split_whitespace();
+            let (Some(pool), Some(key), Some(block)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Some((addr, len)) = block.split_once('/') else {
+                continue;
+            };
+            let Ok(len) = len.parse::<u8>() else { continue };
+            let restored = match (pool, addr.parse::<IpAddr>()) {
+                ("addr6", Ok(IpAddr::V6(a))) => self.addr6.restore(key, u128::from(a), len),
+                ("prefix6", Ok(IpAddr::V6(a))) => self.prefix6.restore(key, u128::from(a), len),
+                ("addr4", Ok(IpAddr::V4(a))) => self.addr4.restore(key, u128::from(u32::from(a)), len),
+                _ => false,
+            };
+            if !restored {
+                tracing::warn!(path = %path.display(), line, "state line ignored (no longer fits the pools)");
+            }
+        }
+    }
+
+    fn save_state(&self) {
+        let Some(path) = &self.cfg.state_file else { return };
+        let mut text = String::from("# tsp-broker address assignments: pool key block\n");
+        for (name, pool, v6) in [
+            ("addr6", &self.addr6, true),
+            ("prefix6", &self.prefix6, true),
+            ("addr4", &self.addr4, false),
+        ] {
+            for (key, start, len) in pool.assignments() {
+                let addr = if v6 {
+                    IpAddr::V6(Ipv6Addr::from(start))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(start as u32))
+                };
+                text.push_str(&format!("{name} {key} {addr}/{len}\n"));
+            }
+        }
+        if let Err(e) = tsp_config::fsutil::write_atomic(path, text.as_bytes(), 0o644) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save broker state");
+        }
+    }
+}
+
+impl Backend for Broker {
+    fn account_ha1(&self, user: &str) -> Option<[u8; 16]> {
+        self.accounts.ha1(user)
+    }
+
+    fn offer(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Offer, StatusCode> {
+        let key = Self::session_key(info, req);
+        if !self.sessions.contains_key(&key) && self.sessions.len() >= self.cfg.max_tunnels {
+            tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
+            return Err(StatusCode::NoMoreTunnels);
+        }
+        let mode = self.choose_mode(info, req)?;
+        let offer = self.build_offer(&key, info, req, mode)?;
+        tracing::info!(
+            peer = %info.peer,
+            user = info.user.as_deref().unwrap_or("(anonymous)"),
+            requested = %req.mode,
+            %mode,
+            client_v6 = %offer.client_v6,
+            client_v4 = %offer.client_v4,
+            prefix = ?offer.prefix.as_ref().map(|p| format!("{}/{}", p.addr, p.len)),
+            "tunnel offered"
+        );
+        self.sessions.insert(
+            key.clone(),
+            SessionRecord {
+                key,
+                user: info.user.clone(),
+                peer: info.peer,
+                transport: info.transport,
+                offer: offer.clone(),
+                established: false,
+                since: SystemTime::now(),
+            },
+        );
+        self.save_state();
+        Ok(offer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsp_proto::types::Version;
+
+    fn broker(extra: &str) -> Broker {
+        let cfg = BrokerConfig::parse(extra, std::path::Path::new("t.toml")).unwrap();
+        Broker::new(Arc::new(cfg), Accounts::default())
+    }
+
+    fn info(peer: &str, transport: Transport, user: Option<&str>) -> SessionInfo {
+        SessionInfo {
+            peer: peer.parse().unwrap(),
+            local: "192.0.2.1:3653".parse().unwrap(),
+            transport,
+            user: user.map(str::to_owned),
+            version: Version::V2_0_2,
+        }
+    }
+
+    fn req(mode: TunnelMode, reported: &str) -> CreateRequest {
+        CreateRequest {
+            mode,
+            proxy: false,
+            client_addr: reported.parse().unwrap(),
+            keepalive: Some(2),
+            router: None,
+        }
+    }
+
+    #[test]
+    fn nat_detection_picks_the_mode() {
+        let mut b = broker("");
+        // Reported = observed: no NAT, protocol 41.
+        let o = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "192.0.2.2"),
+            )
+            .unwrap();
+        assert_eq!(o.mode, TunnelMode::V6V4);
+        assert_eq!(o.client_v4.to_string(), "192.0.2.2");
+        // Reported private address, seen from the NAT's public one: UDP encapsulation, and the
+        // tunnel endpoint is the public address.
+        let o = b
+            .offer(
+                &info("203.0.113.2:40000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "198.51.100.2"),
+            )
+            .unwrap();
+        assert_eq!(o.mode, TunnelMode::V6UdpV4);
+        assert_eq!(o.client_v4.to_string(), "203.0.113.2");
+        // Over TCP there is no UDP socket to carry v6udpv4.
+        let o = b
+            .offer(
+                &info("203.0.113.2:40001", Transport::Tcp, None),
+                &req(TunnelMode::V6AnyV4, "198.51.100.3"),
+            )
+            .unwrap();
+        assert_eq!(o.mode, TunnelMode::V6V4);
+        assert_eq!(
+            b.offer(
+                &info("203.0.113.2:40002", Transport::Tcp, None),
+                &req(TunnelMode::V6UdpV4, "198.51.100.4")
+            ),
+            Err(StatusCode::UnsupportedTunnelType)
+        );
+        // Keepalive intervals are clamped to the configured range (5 s minimum).
+        assert_eq!(o.keepalive.map(|k| k.interval), Some(5));
+        // Wrong address families are refused with their own codes.
+        assert_eq!(
+            b.offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6V4, "2001:db8::1")
+            ),
+            Err(StatusCode::InvalidIpv4)
+        );
+        assert_eq!(
+            b.offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V4V6, "192.0.2.2")
+            ),
+            Err(StatusCode::InvalidIpv6)
+        );
+    }
+
+    #[test]
+    fn v4v6_hands_out_ipv4_addresses() {
+        let mut b = broker("");
+        let mut i = info("[2001:db8:1::2]:4000", Transport::Udp, Some("alice"));
+        i.local = "[2001:db8:1::1]:3653".parse().unwrap();
+        let o = b.offer(&i, &req(TunnelMode::V4V6, "2001:db8:1::2")).unwrap();
+        assert_eq!(o.mode, TunnelMode::V4V6);
+        assert_eq!(o.server_v4.to_string(), "198.51.100.1");
+        assert_eq!(o.client_v4.to_string(), "198.51.100.2");
+        assert_eq!(o.server_v6.to_string(), "2001:db8:1::1");
+        assert_eq!(o.keepalive.map(|k| k.address), Some("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn silent_tunnels_free_their_slot() {
+        let mut b = broker("max_tunnels = 1");
+        let a = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, Some("a")),
+                &req(TunnelMode::V6V4, "192.0.2.2"),
+            )
+            .unwrap();
+        let other = (
+            info("192.0.2.3:4000", Transport::Udp, Some("b")),
+            req(TunnelMode::V6V4, "192.0.2.3"),
+        );
+        assert_eq!(b.offer(&other.0, &other.1), Err(StatusCode::NoMoreTunnels));
+        // The datapath reports `a`'s tunnel silent: the slot is free again.
+        b.end_tunnel(IpAddr::V6(a.client_v6));
+        assert!(b.offer(&other.0, &other.1).is_ok());
+    }
+
+    #[test]
+    fn only_offered_modes() {
+        let mut b = broker("tunnel_modes = [\"v6udpv4\"]");
+        let o = b
+            .offer(
+                &info("192.0.2.2:4000", Transport::Udp, None),
+                &req(TunnelMode::V6AnyV4, "192.0.2.2"),
+            )
+            .unwrap();
+        assert_eq!(o.mode, TunnelMode::V6UdpV4, "v6v4 not offered: UDP even without NAT");
+        assert_eq!(
+            b.offer(
+                &info("192.0.2.2:4001", Transport::Udp, None),
+                &req(TunnelMode::V6V4, "192.0.2.3")
+            ),
+            Err(StatusCode::UnsupportedTunnelType)
+        );
+    }
+
+    #[test]
+    fn state_file_keeps_assignments_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("nm-tsp-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state");
+        let _ = std::fs::remove_file(&state);
+        let toml = format!("state_file = \"{}\"", state.display());
+        let i = info("192.0.2.2:4000", Transport::Udp, Some("carol"));
+        let first = broker(&toml).offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        let mut other = broker(&toml);
+        // Someone else first: carol must still get her old address back.
+        other
+            .offer(
+                &info("192.0.2.9:4000", Transport::Udp, Some("dave")),
+                &req(TunnelMode::V6V4, "192.0.2.9"),
+            )
+            .unwrap();
+        let again = other.offer(&i, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        assert_eq!(first.client_v6, again.client_v6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

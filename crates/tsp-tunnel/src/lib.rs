@@ -1,0 +1,430 @@
+//! `tsp-tunnel`: the data plane once a tunnel is negotiated — a TUN device, an encapsulation (UDP,
+//! raw protocol 41, raw protocol 4; or the kernel's sit/ip6tnl where it has them) and the loop
+//! that moves packets between them, with TUN offload (virtio header, GSO split, userspace GRO)
+//! and batched socket I/O; the keepalive (docs/tsp-wire.md §5); host configuration over
+//! rtnetlink (addresses, routes, MTU, an undo journal, the address monitor); router
+//! advertisements for router mode. Nearly all of the project's `unsafe` (ioctls, raw sockets,
+//! mmsg) lives here, each block with its reason.
+//!
+//! Uses `tsp-proto` for the RUDP header and tunnel modes only; must not depend on the client,
+//! the broker, the configuration files or D-Bus: both ends of the tunnel use it.
+//!
+//! The keepalive is injected into the tunnel by the datapath itself rather than through a raw
+//! ICMP socket and the routing table (gogoc's way): it then works before any address or route
+//! is configured (NetworkManager configures them after we report the tunnel) and its replies
+//! never reach the host's stack.
+
+pub mod batch;
+pub mod host;
+pub mod icmp;
+pub mod keepalive;
+pub mod kernel;
+pub mod mmsg;
+pub mod netlink;
+pub mod offload;
+pub mod ra;
+pub mod raw;
+#[cfg(test)]
+mod testutil;
+pub mod tundev;
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use keepalive::{Action, Keepalive};
+use raw::RawSocket;
+use tsp_proto::rudp;
+use tsp_proto::types::TunnelMode;
+use tundev::TunDevice;
+
+/// The MTU gogoc's templates forced and brokers assume.
+pub const TUNNEL_MTU: u16 = 1280;
+
+/// How the inner packets travel to the broker.
+#[derive(Debug, Clone)]
+pub enum Encap {
+    /// v6udpv4: each IPv6 packet is one UDP payload on the (connected) TSP socket.
+    Udp(Arc<UdpSocket>),
+    /// v6v4 / v4v6 in userspace: a raw socket connected to the broker.
+    Raw(Arc<RawSocket>),
+}
+
+impl Encap {
+    /// Sends one packet (the keepalive's echo request).
+    async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Udp(s) => s.send(pkt).await,
+            Self::Raw(s) => s.send(pkt).await,
+        }
+    }
+
+    fn sock(&self) -> batch::Sock<'_> {
+        match self {
+            Self::Udp(s) => batch::Sock::Udp(s),
+            Self::Raw(s) => batch::Sock::Raw(s),
+        }
+    }
+}
+
+/// The family of the packets inside the tunnel.
+pub fn inner_is_v6(mode: TunnelMode) -> bool {
+    mode != TunnelMode::V4V6
+}
+
+/// A well-formed IP packet of the expected version whose header fits and whose stated
+/// length matches what arrived — anything else from the outside is dropped.
+pub fn valid_inner(pkt: &[u8], v6: bool) -> bool {
+    if v6 {
+        pkt.len() >= 40 && pkt[0] >> 4 == 6 && usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40 == pkt.len()
+    } else {
+        pkt.len() >= 20
+            && pkt[0] >> 4 == 4
+            && usize::from(pkt[0] & 0x0f) * 4 >= 20
+            && usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) == pkt.len()
+    }
+}
+
+/// Why a datapath stopped.
+#[derive(Debug)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// The keepalive went unanswered: the path to the broker is dead.
+    KeepaliveDead { misses: u32 },
+    /// The TUN device or the socket failed for good.
+    Failed(io::Error),
+}
+
+/// Traffic counters, readable while the datapath runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub to_broker: std::sync::atomic::AtomicU64,
+    pub from_broker: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// A running client datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    stop: watch::Sender<bool>,
+    /// `None` once [`finished`](Self::finished) has seen the task end.
+    task: Option<JoinHandle<Exit>>,
+    pub counters: Arc<Counters>,
+    pub ifname: String,
+}
+
+impl Datapath {
+    /// Starts moving packets between `tun` and `encap`; `keepalive` pings the broker.
+    pub fn start(tun: TunDevice, encap: Encap, v6: bool, keepalive: Option<Keepalive>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let ifname = tun.name().to_owned();
+        let task = Some(tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone())));
+        Self {
+            stop,
+            task,
+            counters,
+            ifname,
+        }
+    }
+
+    /// A datapath with nothing to do (a kernel link without keepalive): ends when stopped.
+    pub fn idle(ifname: &str) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = Some(tokio::spawn(async move {
+            let _ = stopped.changed().await;
+            Exit::Stopped
+        }));
+        Self {
+            stop,
+            task,
+            counters: Arc::new(Counters::default()),
+            ifname: ifname.to_owned(),
+        }
+    }
+
+    /// Waits until the datapath ends by itself (keepalive death, device failure).
+    /// Cancel-safe (usable in `select!`); once it returned, it never resolves again.
+    pub async fn finished(&mut self) -> Exit {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let exit = match task.await {
+            Ok(exit) => exit,
+            Err(e) => Exit::Failed(io::Error::other(format!("datapath task ended abnormally: {e}"))),
+        };
+        // A JoinHandle must not be polled again after it completed.
+        self.task = None;
+        exit
+    }
+
+    /// Stops the loop and releases the TUN device (it disappears with its descriptor).
+    pub async fn stop(self) -> Exit {
+        let _ = self.stop.send(true);
+        match self.task {
+            Some(task) => task.await.unwrap_or(Exit::Stopped),
+            None => Exit::Stopped,
+        }
+    }
+}
+
+/// Whether a send or receive error is one the path gives and takes back (ICMP errors, full
+/// buffers): the datapath goes on.
+pub fn transient(e: &io::Error) -> bool {
+    // ICMP errors from the path surface on a connected socket as errno values: port or
+    // protocol unreachable (ECONNREFUSED, ENOPROTOOPT — a broker whose raw socket overflows
+    // answers with "protocol unreachable"), ICMPv6 parameter problem (EPROTO), host or net
+    // unreachable; buffers fill under load. None of them means the tunnel is dead: the
+    // keepalive decides that.
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ENOPROTOOPT
+                | libc::EPROTO
+                | libc::ENOBUFS
+                | libc::EHOSTUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::EMSGSIZE
+                | libc::EAGAIN
+        )
+    )
+}
+
+/// A fallback the kernel forced (offload refused) is logged once per process, not at every
+/// reconnection: `first_fallback(&FLAG)` is true the first time only.
+pub fn first_fallback(flag: &std::sync::atomic::AtomicBool) -> bool {
+    !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One flag per fallback that is logged once.
+pub mod fallback {
+    use std::sync::atomic::AtomicBool;
+    pub static TUN_OFFLOAD: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GSO: AtomicBool = AtomicBool::new(false);
+    pub static UDP_GRO: AtomicBool = AtomicBool::new(false);
+}
+
+/// Asks for a large receive buffer, so that bursts wait in the kernel instead of being
+/// dropped (and, on raw sockets, answered with ICMP errors). Root may exceed rmem_max.
+pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const SIZE: usize = 4 << 20;
+    if setsockopt(&fd, sockopt::RcvBufForce, &SIZE).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &SIZE);
+    }
+}
+
+/// UDP GSO and GRO on the tunnel's UDP socket, where the kernel has them (and the
+/// environment does not ask for the one-packet datapath). Each refusal is logged once.
+fn udp_offloads(encap: &Encap) -> (bool, bool) {
+    use std::os::fd::AsRawFd;
+    let Encap::Udp(s) = encap else { return (false, false) };
+    if tundev::offload_disabled_by_env() {
+        return (false, false);
+    }
+    let fd = s.as_raw_fd();
+    let gso = mmsg::udp_gso_supported(fd);
+    if !gso && first_fallback(&fallback::UDP_GSO) {
+        tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
+    }
+    let gro = match mmsg::enable_udp_gro(fd) {
+        Ok(()) => true,
+        Err(e) => {
+            if first_fallback(&fallback::UDP_GRO) {
+                tracing::warn!(error = %e, "UDP GRO refused: one datagram per receive slot");
+            }
+            false
+        }
+    };
+    (gso, gro)
+}
+
+async fn run(
+    tun: TunDevice,
+    encap: Encap,
+    v6: bool,
+    mut keepalive: Option<Keepalive>,
+    mut stop: watch::Receiver<bool>,
+    counters: Arc<Counters>,
+) -> Exit {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (gso, udp_gro) = udp_offloads(&encap);
+    // Up: TUN reads (64 KB super-segments with offload) split into packets, sent in batches.
+    let mut out = batch::Outbox::new(gso);
+    // Down: datagrams received in batches, TCP segments merged when the TUN takes them.
+    let mut inbox = batch::Inbox::new(udp_gro, tun.offload());
+    let udp = matches!(encap, Encap::Udp(_));
+    let sock = encap.sock();
+    let mut ka_out = Vec::with_capacity(128);
+    loop {
+        let deadline = keepalive
+            .as_ref()
+            .map(|k| tokio::time::Instant::from_std(k.next_deadline()));
+        tokio::select! {
+            r = out.wait(&tun) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => return Exit::Failed(e),
+                };
+                if let Err(e) = out.gather(&tun, n, v6, |o, first| o.queue(first, None, 0, udp)).await {
+                    return Exit::Failed(e);
+                }
+                counters.dropped.fetch_add(std::mem::take(&mut out.dropped), Relaxed);
+                match out.flush(|_| Some(sock)).await {
+                    Ok(f) => {
+                        counters.to_broker.fetch_add(f.sent, Relaxed);
+                        counters.dropped.fetch_add(f.dropped, Relaxed);
+                    }
+                    Err(e) => return Exit::Failed(e),
+                }
+            },
+            r = inbox.recv(sock) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) if transient(&e) => {
+                        counters.dropped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Err(e) => return Exit::Failed(e),
+                };
+                let now = std::time::Instant::now();
+                let mut dropped = 0;
+                for i in 0..n {
+                    let m = inbox.rx.get(i);
+                    let inner = match &encap {
+                        _ if m.truncated => None,
+                        Encap::Udp(_) => Some(m.range.clone()),
+                        Encap::Raw(r) => r
+                            .inner(&inbox.rx.buf[m.range.clone()])
+                            .map(|x| m.range.start + x.start..m.range.start + x.end),
+                    };
+                    let Some(inner) = inner else {
+                        dropped += 1;
+                        continue;
+                    };
+                    for d in mmsg::datagrams(inner, m.seg) {
+                        let pkt = &inbox.rx.buf[d.clone()];
+                        // The broker may still answer a retransmitted control message after
+                        // the accept; it is not a packet.
+                        if udp && rudp::is_control(pkt) {
+                            continue;
+                        }
+                        if keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, now)) {
+                            continue;
+                        }
+                        if !valid_inner(pkt, v6) {
+                            dropped += 1;
+                            continue;
+                        }
+                        inbox.push(d);
+                    }
+                }
+                counters.dropped.fetch_add(dropped, Relaxed);
+                match inbox.deliver(&tun).await {
+                    Ok((written, failed)) => {
+                        counters.from_broker.fetch_add(written, Relaxed);
+                        counters.dropped.fetch_add(failed, Relaxed);
+                    }
+                    Err(e) => return Exit::Failed(e),
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                let Some(k) = keepalive.as_mut() else { continue };
+                match k.on_deadline(std::time::Instant::now(), &mut ka_out) {
+                    Action::Send => {
+                        if let Err(e) = encap.send(&ka_out).await
+                            && !transient(&e)
+                        {
+                            return Exit::Failed(e);
+                        }
+                    }
+                    Action::Dead { misses } => return Exit::KeepaliveDead { misses },
+                    Action::Wait => {}
+                }
+            },
+            _ = stop.changed() => return Exit::Stopped,
+        }
+    }
+}
+
+/// What the client's datapath needs to know about the negotiated tunnel.
+#[derive(Debug, Clone)]
+pub struct KeepaliveSpec {
+    pub interval: Duration,
+    /// The broker's keepalive address (inside the tunnel).
+    pub target: IpAddr,
+    /// Our tunnel address (the echo's source).
+    pub source: IpAddr,
+}
+
+impl KeepaliveSpec {
+    pub fn start(&self) -> Keepalive {
+        // gogoc used its pid as the echo identifier.
+        Keepalive::new(
+            self.interval,
+            self.target,
+            self.source,
+            std::process::id() as u16,
+            std::time::Instant::now(),
+        )
+    }
+}
+
+/// A raw encapsulation toward the broker's tunnel endpoint (`remote`: the offer's server
+/// IPv4 address for v6v4, its IPv6 address for v4v6).
+pub fn raw_encap(mode: TunnelMode, remote: IpAddr) -> io::Result<Encap> {
+    let proto = if mode == TunnelMode::V4V6 {
+        raw::IPPROTO_IPV4_IN_IPV6
+    } else {
+        raw::IPPROTO_IPV6_IN_IPV4
+    };
+    Ok(Encap::Raw(Arc::new(RawSocket::connect(proto, remote)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datapath that ended by itself (keepalive death) is then stopped by the supervisor:
+    /// its task must not be awaited twice (tokio panics on that).
+    #[tokio::test]
+    async fn stop_after_finished() {
+        let (stop, _rx) = watch::channel(false);
+        let task = Some(tokio::spawn(async { Exit::KeepaliveDead { misses: 3 } }));
+        let mut dp = Datapath {
+            stop,
+            task,
+            counters: Arc::default(),
+            ifname: "t".into(),
+        };
+        assert!(matches!(dp.finished().await, Exit::KeepaliveDead { misses: 3 }));
+        assert!(matches!(dp.stop().await, Exit::Stopped));
+    }
+
+    #[test]
+    fn inner_validation() {
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[5] = 8;
+        assert!(valid_inner(&v6, true));
+        assert!(!valid_inner(&v6, false));
+        assert!(!valid_inner(&v6[..47], true), "length field disagrees");
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[3] = 28;
+        assert!(valid_inner(&v4, false));
+        v4[0] = 0x44;
+        assert!(!valid_inner(&v4, false), "IHL below 5");
+        assert!(!valid_inner(b"\xf0\x00\x00\xf0garbage", true));
+        assert!(!valid_inner(&[], true));
+    }
+}

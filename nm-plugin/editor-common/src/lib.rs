@@ -5,8 +5,9 @@
 //! `vpn.data` / `vpn.secrets`: every value goes through nm-tsp's own
 //! [`parse_vpn_data`](tsp_config::vpn_data::parse_vpn_data), so the editor refuses exactly
 //! what the service would refuse, with the same message. [`nm`] is the little of libnm the
-//! editors need (reading and writing the vpn setting, `GError`s, the `NMVpnEditor` interface
-//! vtable), declared by hand. [`testing`] holds what the editors' tests share: an X server
+//! editors need (reading and writing the vpn setting, `GError`s), over the hand-written
+//! declarations of `nm-tsp-libnm-ffi` that it re-exports (the `NMVpnEditor` interface vtable
+//! among them). [`testing`] holds what the editors' tests share: an X server
 //! (Xvfb) and connections made through libnm.
 
 pub mod form;

@@ -202,10 +202,9 @@ fn main() {
         let (data, secrets) = vpn(connection);
         assert_eq!(data, initial);
         assert_eq!(secrets, map(&[("password", "old-pw")]));
-        assert_eq!(
-            unsafe { testing::service_type(connection) }.as_deref(),
-            Some(nm::SERVICE)
-        );
+        // SAFETY: the test's connection lives until the end of main.
+        let service = unsafe { testing::service_type(connection) };
+        assert_eq!(service.as_deref(), Some(nm::SERVICE));
     });
 
     checks.run("every field is written", || {
@@ -348,9 +347,13 @@ fn main() {
     checks.run("a connection without a vpn setting gets one", || {
         // SAFETY: a bare connection, released below.
         let empty = unsafe { nm::nm_simple_connection_new() };
-        assert_eq!(unsafe { testing::service_type(empty) }, None);
+        // SAFETY: `empty` is live until freed below.
+        let service = unsafe { testing::service_type(empty) };
+        assert_eq!(service, None);
         host.update(empty).expect("valid");
-        assert_eq!(unsafe { testing::service_type(empty) }.as_deref(), Some(nm::SERVICE));
+        // SAFETY: as above.
+        let service = unsafe { testing::service_type(empty) };
+        assert_eq!(service.as_deref(), Some(nm::SERVICE));
         assert_eq!(vpn(empty).0.get("server").map(String::as_str), Some("192.0.2.1"));
         // SAFETY: ours, not used again.
         unsafe { testing::free_connection(empty) };

@@ -23,9 +23,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use glib::ffi::GError;
-
-use crate::ffi::{NMConnection, NMVpnEditor, NMVpnEditorPlugin};
+use nm_tsp_libnm_ffi::{GError, NMConnection, NMVpnEditor, NMVpnEditorPlugin};
 
 /// The GTK 3 editor library.
 pub const GTK3_LIBRARY: &str = "libnm-vpn-plugin-tsp-editor.so";

@@ -10,7 +10,6 @@
 //! Every `extern "C"` entry catches panics, so none crosses into C.
 
 mod editor;
-mod ffi;
 mod mapping;
 
 use std::collections::BTreeMap;
@@ -19,14 +18,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use glib::ffi::{GError, gboolean};
 use glib::prelude::*;
 use glib::subclass::prelude::*;
 use glib::translate::{FromGlibPtrFull as _, IntoGlibPtr as _};
+// The libnm declarations shared with the editors; its `GType` is glib-rs's (`usize`).
+use nm_tsp_libnm_ffi::{self as ffi, GError, gboolean};
 
 /// `[VPN Connection] service` of the `.name` file; libnm checks the `service` property
 /// against it when loading.
-pub const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
+pub use tsp_config::names::SERVICE;
 const NAME: &str = "TSP tunnel broker (gogoCLIENT)";
 const DESCRIPTION: &str = "IPv6 (or IPv4) through a Tunnel Setup Protocol broker (RFC 5572), as gogoCLIENT does.";
 /// Set to `1` or `yes` to have `nmcli connection export` write the password (when the
@@ -104,7 +104,7 @@ fn set_error(error: *mut *mut GError, message: &str) {
     // SAFETY: `error` is the caller's GError** (non-NULL checked); the message is copied.
     unsafe {
         if (*error).is_null() {
-            glib::ffi::g_set_error_literal(
+            ffi::g_set_error_literal(
                 error,
                 ffi::nm_connection_error_quark(),
                 ffi::NM_CONNECTION_ERROR_FAILED,
@@ -286,7 +286,7 @@ unsafe fn vpn_map(
                 CStr::from_ptr(v).to_string_lossy().into_owned(),
             );
         }
-        glib::ffi::g_free(array.cast());
+        ffi::g_free(array.cast());
     }
     map
 }
@@ -371,6 +371,6 @@ unsafe extern "C" fn get_suggested_filename(
         };
         let name = cstring(&mapping::suggested_filename(&id))?;
         // SAFETY: g_strdup copies into memory the caller frees with g_free.
-        Ok(unsafe { glib::ffi::g_strdup(name.as_ptr()) })
+        Ok(unsafe { ffi::g_strdup(name.as_ptr()) })
     })
 }

@@ -1,4 +1,6 @@
-//! The GTK4 widget: the form's fields, their inline errors, and the "changed" callback.
+//! The editor's widget: the form's fields, their inline errors, and the "changed" callback.
+//! Shared by the GTK3 and GTK4 editor crates like `editor.rs`; `crate::toolkit` (`tk`) does
+//! what the two GTKs spell differently.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +11,8 @@ use gtk::prelude::*;
 use nm_tsp_editor_common::form::{
     AUTH_METHODS, FieldError, Form, Output, PASSWORD_STORAGE, PLAIN_WARNING, TUNNEL_MODES,
 };
+
+use crate::toolkit as tk;
 
 /// Where an error of one key is shown: the widget to mark and the label under it.
 struct Slot {
@@ -79,10 +83,10 @@ fn error_label(name: &str) -> gtk::Label {
     let l = gtk::Label::new(None);
     l.set_widget_name(name);
     l.set_xalign(0.0);
-    l.set_wrap(true);
+    tk::wrap_lines(&l);
     l.set_max_width_chars(60);
     // Hidden until there is something to say.
-    l.set_visible(false);
+    tk::keep_hidden(&l);
     l
 }
 
@@ -102,10 +106,10 @@ fn add_row(
         grid.attach(&l, 0, *row, 1, 1);
     }
     let col = gtk::Box::new(gtk::Orientation::Vertical, 2);
-    col.append(field);
+    tk::append(&col, field);
     let key0 = keys.first().copied().unwrap_or("general");
     let err = error_label(&format!("error-{key0}"));
-    col.append(&err);
+    tk::append(&col, &err);
     grid.attach(
         &col,
         if label.is_some() { 1 } else { 0 },
@@ -146,12 +150,9 @@ impl Ui {
         let mut slots = HashMap::new();
         let root = gtk::Box::new(gtk::Orientation::Vertical, 6);
         root.set_widget_name("tsp-editor");
-        root.set_margin_top(12);
-        root.set_margin_bottom(12);
-        root.set_margin_start(12);
-        root.set_margin_end(12);
+        tk::set_border(&root, 12);
 
-        root.append(&section("General"));
+        tk::append(&root, &section("General"));
         let general = grid();
         let mut row = 0;
         let server = entry("server", "broker.example.net, 192.0.2.1:3653 or [2001:db8::1]");
@@ -172,9 +173,9 @@ impl Ui {
             glib::markup_escape_text(PLAIN_WARNING)
         ));
         plain_warning.set_xalign(0.0);
-        plain_warning.set_wrap(true);
+        tk::wrap_lines(&plain_warning);
         plain_warning.set_max_width_chars(60);
-        plain_warning.set_visible(false);
+        tk::keep_hidden(&plain_warning);
         general.attach(&plain_warning, 1, row, 1, 1);
         row += 1;
         let username = entry("username", "account at the broker");
@@ -196,8 +197,8 @@ impl Ui {
         }
         storage.set_tooltip_text(Some("Where NetworkManager keeps the password"));
         let pw_box = gtk::Box::new(gtk::Orientation::Horizontal, 6);
-        pw_box.append(&password);
-        pw_box.append(&storage);
+        tk::append_expanding(&pw_box, &password);
+        tk::append(&pw_box, &storage);
         add_row(
             &general,
             &mut row,
@@ -222,7 +223,7 @@ impl Ui {
             &["tunnel-mode"],
             &mut slots,
         );
-        root.append(&general);
+        tk::append(&root, &general);
 
         let expander = gtk::Expander::new(None);
         expander.set_widget_name("advanced");
@@ -299,11 +300,11 @@ impl Ui {
         );
         let mtu = entry("mtu", "1280");
         add_row(&adv, &mut row, Some("_MTU:"), &mtu, &["mtu"], &mut slots);
-        expander.set_child(Some(&adv));
-        root.append(&expander);
+        tk::set_child(&expander, &adv);
+        tk::append(&root, &expander);
 
         let general_error = error_label("error-general");
-        root.append(&general_error);
+        tk::append(&root, &general_error);
 
         let inner = Rc::new(Inner {
             root: root.clone(),
@@ -333,6 +334,7 @@ impl Ui {
         });
         inner.fill(form);
         inner.connect();
+        tk::show_all(&root);
         // The inline marks are what counts here; the result is asked for again on update.
         let _ = inner.refresh();
         Ui {
@@ -407,7 +409,7 @@ impl Inner {
         self.interval.set_sensitive(f.keepalive);
 
         for slot in self.slots.values() {
-            slot.widget.remove_css_class("error");
+            tk::mark_error(&slot.widget, false);
             slot.widget.set_tooltip_text(None);
             slot.label.set_visible(false);
         }
@@ -420,7 +422,7 @@ impl Inner {
             );
             match e.key.as_deref().and_then(|k| self.slots.get(k)) {
                 Some(slot) => {
-                    slot.widget.add_css_class("error");
+                    tk::mark_error(&slot.widget, true);
                     slot.widget.set_tooltip_text(Some(&e.message));
                     slot.label.set_markup(&markup);
                     slot.label.set_visible(true);

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const DIALOG: &str = env!("CARGO_BIN_EXE_nm-tsp-auth-dialog");
-const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
+const SERVICE: &str = tsp_config::names::SERVICE;
 const SCHEMA: &str = "org.freedesktop.NetworkManager.Connection";
 
 const U_KR: &str = "0d3a6c58-7f8a-4c55-9a5e-5e7c1a1b2c01"; // stored with secret-tool

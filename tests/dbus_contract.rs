@@ -27,7 +27,7 @@ use zbus::{Connection, MatchRule, Message, MessageStream};
 const BUS_NAME: &str = "org.freedesktop.NetworkManager.tsp.Connection_1";
 const PATH: &str = "/org/freedesktop/NetworkManager/VPN/Plugin";
 const IFACE: &str = "org.freedesktop.NetworkManager.VPN.Plugin";
-const SERVICE_TYPE: &str = "org.freedesktop.NetworkManager.tsp";
+const SERVICE_TYPE: &str = tsp_config::names::SERVICE;
 const ERROR_PREFIX: &str = "org.freedesktop.NetworkManager.VPN.Error.";
 /// Bound on every wait for a reply, a signal, a name or an exit.
 const WAIT: Duration = Duration::from_secs(5);

@@ -100,8 +100,9 @@ fn plugin_dir(lab: &Lab) -> Option<PathBuf> {
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
     let name = format!(
-        "[VPN Connection]\nname=tsp\nservice=org.freedesktop.NetworkManager.tsp\nprogram={}\n\
+        "[VPN Connection]\nname=tsp\nservice={}\nprogram={}\n\
          supports-multiple-connections=true\n\n[libnm]\nplugin={}\n",
+        tsp_config::names::SERVICE,
         bin("nm-tsp-service").display(),
         dir.join("libnm-vpn-plugin-tsp.so").display()
     );

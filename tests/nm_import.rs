@@ -39,9 +39,10 @@ fn plugin_dir(lab: &Lab) -> PathBuf {
     std::fs::copy(&built, &so).unwrap();
     std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
     let name = format!(
-        "[VPN Connection]\nname=tsp\nservice=org.freedesktop.NetworkManager.tsp\nprogram={}\n\
+        "[VPN Connection]\nname=tsp\nservice={}\nprogram={}\n\
          supports-multiple-connections=true\n\n[libnm]\nplugin={}\n\n[GNOME]\nauth-dialog={}\n\
          supports-external-ui-mode=true\nsupports-hints=true\n",
+        tsp_config::names::SERVICE,
         bin("nm-tsp-service").display(),
         so.display(),
         bin("nm-tsp-auth-dialog").display()
@@ -174,10 +175,7 @@ fn import_export_round_trip_through_nmcli() {
     .collect();
     let data = data_of(&nm, &plugins, "full");
     assert_eq!(data, want);
-    assert_eq!(
-        nm.con_field("full", "vpn.service-type"),
-        "org.freedesktop.NetworkManager.tsp"
-    );
+    assert_eq!(nm.con_field("full", "vpn.service-type"), tsp_config::names::SERVICE);
     // The password: never in vpn.data, and — agent-owned — never on NetworkManager's disk (the
     // user's agent keeps it; tests/editor_plugin_load.rs checks the plugin hands it over as a
     // secret).

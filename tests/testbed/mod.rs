@@ -147,8 +147,9 @@ impl Nm {
         );
         write(&dir.join("nm/etc/NetworkManager.conf"), &nm_conf, 0o644)?;
         let name = format!(
-            "[VPN Connection]\nname=tsp\nservice=org.freedesktop.NetworkManager.tsp\nprogram={}\n\
+            "[VPN Connection]\nname=tsp\nservice={}\nprogram={}\n\
              supports-multiple-connections=true\n",
+            tsp_config::names::SERVICE,
             bin("nm-tsp-service").display()
         );
         write(&dir.join("nm/etc/VPN/nm-tsp-service.name"), &name, 0o644)?;
@@ -291,7 +292,7 @@ impl Nm {
             "vpn-type",
             // The full service name: nmcli runs outside NetworkManager's mount namespace and
             // cannot see the `.name` file that maps `tsp` to it.
-            "org.freedesktop.NetworkManager.tsp",
+            tsp_config::names::SERVICE,
             "con-name",
             id,
             "ifname",

@@ -167,12 +167,7 @@ pub(super) fn parse_client_v6(v: &str) -> Result<AutoAddr<Ipv6Addr>, Problem> {
 }
 
 pub(super) fn parse_filename(v: &str) -> Result<String, Problem> {
-    if v.len() > MAX_FILENAME_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_FILENAME_LEN,
-        });
-    }
+    check_len(v, MAX_FILENAME_LEN)?;
     // gogoc's set for file names; anything else it refuses.
     if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./\\".contains(&b)) {
         return Err(Problem::Invalid(format!(
@@ -184,12 +179,7 @@ pub(super) fn parse_filename(v: &str) -> Result<String, Problem> {
 }
 
 pub(super) fn parse_dns_servers(v: &str) -> Result<Vec<String>, Problem> {
-    if v.len() > MAX_DNS_SERVER_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_DNS_SERVER_LEN,
-        });
-    }
+    check_len(v, MAX_DNS_SERVER_LEN)?;
     // gogoc splits with strtok, so empty entries ("a::b") are skipped, not errors.
     v.split(':')
         .filter(|name| !name.is_empty())
@@ -207,43 +197,37 @@ pub(super) fn parse_dns_servers(v: &str) -> Result<Vec<String>, Problem> {
 }
 
 pub(super) fn check_userid(v: &str) -> Result<(), Problem> {
-    if v.len() > MAX_USERID_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_USERID_LEN,
-        });
-    }
-    if !v.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-        return Err(Problem::Invalid(
-            "may only contain printable ASCII characters".to_owned(),
-        ));
-    }
-    Ok(())
+    check_printable(v, MAX_USERID_LEN, "may only contain printable ASCII characters")
 }
 
 /// Like `check_userid`, but the messages never contain (any part of) the value.
 pub(super) fn check_passwd(v: &str) -> Result<(), Problem> {
-    if v.len() > MAX_PASSWD_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_PASSWD_LEN,
-        });
-    }
+    check_printable(
+        v,
+        MAX_PASSWD_LEN,
+        "the password may only contain printable ASCII characters",
+    )
+}
+
+/// At most `max` bytes of printable ASCII, else `TooLong` or `invalid`; never quotes `v`.
+fn check_printable(v: &str, max: usize, invalid: &str) -> Result<(), Problem> {
+    check_len(v, max)?;
     if !v.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-        return Err(Problem::Invalid(
-            "the password may only contain printable ASCII characters".to_owned(),
-        ));
+        return Err(Problem::Invalid(invalid.to_owned()));
+    }
+    Ok(())
+}
+
+/// `TooLong` when `v` has more than `max` bytes.
+fn check_len(v: &str, max: usize) -> Result<(), Problem> {
+    if v.len() > max {
+        return Err(Problem::TooLong { len: v.len(), max });
     }
     Ok(())
 }
 
 pub(super) fn check_dir(v: &str) -> Result<(), Problem> {
-    if v.len() > MAX_DIR_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_DIR_LEN,
-        });
-    }
+    check_len(v, MAX_DIR_LEN)?;
     if v.chars().any(char::is_control) {
         return Err(Problem::Invalid("contains a control character".to_owned()));
     }
@@ -266,12 +250,7 @@ fn check_ifname(v: &str, extra: &[u8], allowed: &str) -> Result<(), Problem> {
     if v.is_empty() {
         return Ok(());
     }
-    if v.len() > MAX_IFNAME_LEN {
-        return Err(Problem::TooLong {
-            len: v.len(),
-            max: MAX_IFNAME_LEN,
-        });
-    }
+    check_len(v, MAX_IFNAME_LEN)?;
     let chars_ok = v.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if !chars_ok || v == "." || v == ".." {
         return Err(Problem::Invalid(format!(

@@ -17,6 +17,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use tokio::task::JoinHandle;
 
 mod journal;
 mod monitor;
@@ -27,6 +28,28 @@ mod tests;
 pub use journal::Applied;
 pub use monitor::{AddressEvents, LinkAddrEvent, address_events};
 pub use ops::{Netlink, remove_stale_link};
+
+/// A netlink connection's task on the current tokio runtime, stopped when dropped:
+/// netlink-proto's connection future never ends on its own while its unsolicited-message
+/// channel is open.
+struct ConnectionTask(JoinHandle<()>);
+
+impl ConnectionTask {
+    /// The runtime to spawn on; checked before a socket is opened.
+    fn runtime() -> Result<tokio::runtime::Handle, NetlinkError> {
+        tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)
+    }
+
+    fn spawn(rt: &tokio::runtime::Handle, conn: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(rt.spawn(conn))
+    }
+}
+
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Errors from the netlink layer. Each message says what was attempted and on which interface,
 /// address or route.

@@ -11,9 +11,8 @@ use rtnetlink::MulticastGroup;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::SocketAddr;
-use tokio::task::JoinHandle;
 
-use super::{NetlinkError, local_addr};
+use super::{ConnectionTask, NetlinkError, local_addr};
 
 /// A change seen by [`address_events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,19 +29,14 @@ type Unsolicited = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, Socke
 /// kernel dropped events on overflow); re-subscribe and re-check then. Dropping it closes the
 /// socket.
 pub struct AddressEvents {
+    // Held for its Drop, which stops the connection.
+    _task: ConnectionTask,
     rx: Unsolicited,
-    task: JoinHandle<()>,
 }
 
 impl fmt::Debug for AddressEvents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AddressEvents").finish_non_exhaustive()
-    }
-}
-
-impl Drop for AddressEvents {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -88,9 +82,10 @@ impl Stream for AddressEvents {
 }
 
 /// Subscribe to address, route and link changes (`ip monitor address route link`). The client
-/// treats any event as a cue to re-check [`Netlink::route_get`](super::Netlink::route_get) towards the broker.
+/// treats any event as a cue to re-check [`Netlink::route_get`](super::Netlink::route_get)
+/// towards the broker.
 pub fn address_events() -> Result<AddressEvents, NetlinkError> {
-    let rt = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+    let rt = ConnectionTask::runtime()?;
     let (conn, _handle, rx) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -99,6 +94,6 @@ pub fn address_events() -> Result<AddressEvents, NetlinkError> {
         MulticastGroup::Ipv6Route,
     ])
     .map_err(NetlinkError::Socket)?;
-    let task = rt.spawn(conn);
-    Ok(AddressEvents { rx, task })
+    let task = ConnectionTask::spawn(&rt, conn);
+    Ok(AddressEvents { _task: task, rx })
 }

@@ -10,30 +10,22 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMe
 use rtnetlink::packet_route::link::{Ip6TunnelFlags, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkIp6Tnl, LinkSit, LinkUnspec, RouteMessageBuilder};
-use tokio::task::JoinHandle;
 
-use super::{KernelLinkError, NetlinkError, full_len, local_addr, masked};
+use super::{ConnectionTask, KernelLinkError, NetlinkError, full_len, local_addr, masked};
 
 /// `net.ipv6.conf.all.forwarding`: gogoc's router mode set it with `sysctl -w`.
 const FORWARDING_V6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// An open rtnetlink connection. Dropping it stops the connection task.
 pub struct Netlink {
+    // Held for its Drop, which stops the connection.
+    _task: ConnectionTask,
     handle: Handle,
-    task: JoinHandle<()>,
 }
 
 impl fmt::Debug for Netlink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Netlink").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        // netlink-proto's connection future never ends on its own while its unsolicited-message
-        // channel is open, so stop it explicitly.
-        self.task.abort();
     }
 }
 
@@ -113,10 +105,10 @@ fn blackhole_route(dst: IpAddr, plen: u8) -> Result<RouteMessage, NetlinkError> 
 impl Netlink {
     /// Open a netlink socket and spawn its connection task on the current tokio runtime.
     pub fn new() -> Result<Self, NetlinkError> {
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+        let rt = ConnectionTask::runtime()?;
         let (conn, handle, _unsolicited) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
-        let task = rt.spawn(conn);
-        Ok(Netlink { handle, task })
+        let task = ConnectionTask::spawn(&rt, conn);
+        Ok(Netlink { _task: task, handle })
     }
 
     /// The raw rtnetlink handle, for requests this module does not wrap. It stops working when
@@ -137,10 +129,20 @@ impl Netlink {
         }
     }
 
-    async fn fail_on_link(&self, what: impl FnOnce(String) -> String, idx: u32, e: rtnetlink::Error) -> NetlinkError {
-        NetlinkError::Request {
-            what: what(self.link_label(idx).await),
-            source: e,
+    /// Awaits a request about link `idx`; its error says `what(label)`, the label being looked
+    /// up only then.
+    async fn on_link<T>(
+        &self,
+        idx: u32,
+        what: impl FnOnce(String) -> String,
+        request: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, NetlinkError> {
+        match request.await {
+            Ok(v) => Ok(v),
+            Err(source) => Err(NetlinkError::Request {
+                what: what(self.link_label(idx).await),
+                source,
+            }),
         }
     }
 
@@ -210,21 +212,15 @@ impl Netlink {
     /// Set the MTU and bring the link up (gogoc: `ifconfig $IF up; ifconfig $IF mtu 1280`).
     pub async fn set_up_mtu(&self, idx: u32, mtu: u16) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(idx).mtu(u32::from(mtu)).up().build();
-        match self.handle.link().set(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .fail_on_link(|l| format!("set MTU {mtu} and up on {l}"), idx, e)
-                .await),
-        }
+        let what = |l| format!("set MTU {mtu} and up on {l}");
+        self.on_link(idx, what, self.handle.link().set(msg).execute()).await
     }
 
     /// Bring the link down.
     pub async fn set_down(&self, idx: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(idx).down().build();
-        match self.handle.link().set(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail_on_link(|l| format!("set {l} down"), idx, e).await),
-        }
+        let what = |l| format!("set {l} down");
+        self.on_link(idx, what, self.handle.link().set(msg).execute()).await
     }
 
     /// Delete the link.
@@ -258,12 +254,8 @@ impl Netlink {
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        match req.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .fail_on_link(|l| format!("add address {addr}/{plen} on {l}"), idx, e)
-                .await),
-        }
+        let what = |l| format!("add address {addr}/{plen} on {l}");
+        self.on_link(idx, what, req.execute()).await
     }
 
     /// Remove `addr/plen` from the link.
@@ -272,12 +264,8 @@ impl Netlink {
             return Err(NetlinkError::InvalidPrefix { addr, plen });
         }
         let msg = address_message(idx, addr, plen);
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .fail_on_link(|l| format!("remove address {addr}/{plen} from {l}"), idx, e)
-                .await),
-        }
+        let what = |l| format!("remove address {addr}/{plen} from {l}");
+        self.on_link(idx, what, self.handle.address().del(msg).execute()).await
     }
 
     /// The addresses on the link (both families), as the kernel reports them.
@@ -285,10 +273,9 @@ impl Netlink {
         let mut req = self.handle.address().get().set_link_index_filter(idx);
         // Ask the kernel to filter too (honoured under strict checking, harmless otherwise).
         req.message_mut().header.index = idx;
-        let msgs: Vec<AddressMessage> = match req.execute().try_collect().await {
-            Ok(m) => m,
-            Err(e) => return Err(self.fail_on_link(|l| format!("list addresses of {l}"), idx, e).await),
-        };
+        let msgs: Vec<AddressMessage> = self
+            .on_link(idx, |l| format!("list addresses of {l}"), req.execute().try_collect())
+            .await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == idx)
@@ -311,12 +298,8 @@ impl Netlink {
         metric: Option<u32>,
     ) -> Result<(), NetlinkError> {
         let msg = device_route(dst, plen, idx, metric)?;
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .fail_on_link(|l| format!("add route {dst}/{plen} dev {l}"), idx, e)
-                .await),
-        }
+        let what = |l| format!("add route {dst}/{plen} dev {l}");
+        self.on_link(idx, what, self.handle.route().add(msg).execute()).await
     }
 
     /// Delete the route `dst/plen dev idx`, whatever its metric.
@@ -333,12 +316,8 @@ impl Netlink {
         metric: Option<u32>,
     ) -> Result<(), NetlinkError> {
         let msg = device_route(dst, plen, idx, metric)?;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .fail_on_link(|l| format!("delete route {dst}/{plen} dev {l}"), idx, e)
-                .await),
-        }
+        let what = |l| format!("delete route {dst}/{plen} dev {l}");
+        self.on_link(idx, what, self.handle.route().del(msg).execute()).await
     }
 
     /// Add a blackhole route for `dst/plen`: a delegated prefix that is not a /64 is routed

@@ -15,6 +15,7 @@
 //! never reach the host's stack.
 
 pub mod batch;
+pub mod checksum;
 pub mod host;
 pub mod icmp;
 pub mod keepalive;

@@ -1,7 +1,7 @@
 //! TUN offload over byte buffers: the `virtio_net_hdr` a TUN opened with `IFF_VNET_HDR` puts
-//! before each packet, the Internet checksum, splitting the kernel's TCP super-segments into
-//! MTU-sized packets (GSO in userspace) and coalescing received TCP segments back into one
-//! super-segment for the kernel (GRO in userspace).
+//! before each packet, TCP and IPv4 header checksums (summed by [`crate::checksum`]), splitting
+//! the kernel's TCP super-segments into MTU-sized packets (GSO in userspace) and coalescing
+//! received TCP segments back into one super-segment for the kernel (GRO in userspace).
 //!
 //! Nothing changes on the wire: the split packets are exactly what the kernel would have sent
 //! without offload, one per datagram. The point is to cross the user/kernel boundary once per
@@ -10,6 +10,8 @@
 //! See docs/ARCHITECTURE.md (the data path).
 
 use std::ops::Range;
+
+use crate::checksum::{checksum, finish, fold, sum};
 
 /// Size of the legacy `virtio_net_hdr` (TUNSETVNETHDRSZ left at its default).
 pub const VNET_HDR_LEN: usize = 10;
@@ -72,38 +74,6 @@ impl VnetHdr {
         b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
         b
     }
-}
-
-/// Adds `data` to a ones'-complement accumulator as big-endian 16-bit words. Only the last
-/// piece of a checksummed span may have an odd length (its last byte is padded with zero).
-pub fn sum(mut acc: u64, data: &[u8]) -> u64 {
-    // 32-bit words into a 64-bit accumulator: no carry is lost before 2^32 words.
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let rest = words.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-/// Folds an accumulator to 16 bits (not complemented).
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
-    !fold(sum(0, data))
 }
 
 /// The TCP/UDP pseudo-header's contribution for a packet whose IP header starts `ip` (v4 or
@@ -215,7 +185,7 @@ pub fn complete_checksum(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), SplitError
     if field + 2 > pkt.len() {
         return Err(SplitError::Malformed);
     }
-    let c = !fold(sum(0, &pkt[start..]));
+    let c = finish(sum(0, &pkt[start..]));
     put16(pkt, field, c);
     Ok(())
 }
@@ -289,7 +259,7 @@ pub fn split(hdr: &VnetHdr, pkt: &mut [u8], out: &mut Segments) -> Result<(), Sp
         }
         p[l4 + 13] = flags;
         put16(p, l4 + 16, 0);
-        let c = !fold(pseudo(p, PROTO_TCP, p.len() - l4) + sum(0, &p[l4..]));
+        let c = finish(pseudo(p, PROTO_TCP, p.len() - l4) + sum(0, &p[l4..]));
         put16(p, l4 + 16, c);
         out.ranges.push(start..out.buf.len());
     }
@@ -632,18 +602,6 @@ pub(crate) mod tests {
             csum_offset: 16,
         };
         (hdr, p)
-    }
-
-    #[test]
-    fn rfc1071_example() {
-        // RFC 1071 §3's example: the sum of 00 01 f2 03 f4 f5 f6 f7 is ddf2.
-        assert_eq!(fold(sum(0, &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
-        // An odd length pads with zero; split sums add up.
-        assert_eq!(fold(sum(0, &[0xab])), 0xab00);
-        assert_eq!(
-            fold(sum(sum(0, &[1, 2, 3, 4]), &[5, 6, 7])),
-            fold(sum(0, &[1, 2, 3, 4, 5, 6, 7]))
-        );
     }
 
     #[test]

@@ -1,0 +1,60 @@
+//! Writing gogoc.conf / gw6c.conf: every key of the dialect, in the field list's order
+//! (docs/tsp-wire.md §9).
+
+use std::fmt::Write as _;
+
+use super::keys::Field;
+use super::model::GogocConfig;
+
+/// Writes `cfg` as a complete gogoc.conf (or gw6c.conf, per `cfg.dialect`): every key
+/// explicitly, password included. The result reads back equal for every configuration
+/// that passes [`GogocConfig::validate`].
+pub fn to_text(cfg: &GogocConfig) -> String {
+    to_text_with(cfg, true)
+}
+
+/// [`to_text`], optionally leaving `passwd` empty (to be filled in by the user or taken
+/// from a keyring).
+pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
+    let d = cfg.dialect;
+    let mut out = String::with_capacity(2048);
+    let _ = writeln!(out, "# {} written by NetworkManager-tsp.", d.file_name());
+    out.push_str("# One name=value per line; '#' starts a comment line; an empty value means the default.\n\n");
+    for field in Field::all() {
+        let Some(key) = field.written_key(d) else {
+            continue;
+        };
+        match field {
+            Field::Passwd if !include_password => {
+                out.push_str("# passwd left out on purpose: fill it in before use.\n");
+                let _ = writeln!(out, "{key}=");
+            }
+            Field::Passwd => {
+                let _ = writeln!(out, "{key}={}", cfg.passwd.expose());
+            }
+            // Written only when set, so a default file stays byte-for-byte gogoc's key set.
+            Field::AllowPlain if cfg.allow_plain => {
+                out.push_str("# NetworkManager-tsp only (gogoc ignores it): allow PLAIN with auth_method=any.\n");
+                let _ = writeln!(out, "{key}={}", field.text(cfg));
+            }
+            Field::AllowPlain => {}
+            _ => {
+                let _ = writeln!(out, "{key}={}", field.text(cfg));
+            }
+        }
+    }
+    out
+}
+
+/// The keys of `cfg` (spelled as its dialect writes them, in file order) whose values differ
+/// from the dialect's defaults; never `passwd`. Import uses it to report what a profile cannot
+/// carry.
+pub fn non_default_keys(cfg: &GogocConfig) -> Vec<&'static str> {
+    let defaults = GogocConfig::default_for(cfg.dialect);
+    Field::all()
+        .filter(|f| *f != Field::Passwd)
+        .filter_map(|f| Some((f.written_key(cfg.dialect)?, f)))
+        .filter(|(_, f)| f.text(cfg) != f.text(&defaults))
+        .map(|(key, _)| key)
+        .collect()
+}

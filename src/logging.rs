@@ -651,26 +651,20 @@ impl LocalTime {
     }
 
     fn local(secs: i64) -> Option<Self> {
-        let tt = libc::time_t::try_from(secs).ok()?;
-        // SAFETY: `tm` is plain data (its one pointer may be null); localtime_r is the
-        // reentrant form and only writes into the struct we pass.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::localtime_r(&tt, &mut tm) };
-        if r.is_null() {
-            return None;
-        }
-        let u = |v: libc::c_int| u32::try_from(v).ok();
+        use chrono::{Datelike as _, Timelike as _};
+        // TZ, else /etc/localtime, as libc's localtime_r would read them.
+        let t = chrono::DateTime::from_timestamp(secs, 0)?.with_timezone(&chrono::Local);
         Some(Self {
-            year: tm.tm_year.checked_add(1900)?,
-            month: u(tm.tm_mon)? + 1,
-            day: u(tm.tm_mday)?,
-            hour: u(tm.tm_hour)?,
-            minute: u(tm.tm_min)?,
-            second: u(tm.tm_sec)?,
+            year: t.year(),
+            month: t.month(),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
         })
     }
 
-    /// UTC from the civil-from-days algorithm, if the C library cannot tell local time.
+    /// UTC from the civil-from-days algorithm, for times chrono cannot represent.
     fn utc(secs: i64) -> Self {
         let days = secs.div_euclid(86_400);
         let rem = secs.rem_euclid(86_400);

@@ -18,9 +18,10 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use base64::Engine as _;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{Block, BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use des::TdesEde3;
-use des::cipher::{Block, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use num_bigint::BigUint;
 use num_traits::{One as _, Zero as _};
 use rand::{CryptoRng, RngCore};
@@ -574,26 +575,13 @@ fn client_mac(int: &[u8; 20], hbuf: &[u8], j_head: &[u8]) -> Hmac<Sha1> {
     mac
 }
 
+type TdesCbcEnc = cbc::Encryptor<TdesEde3>;
+type TdesCbcDec = cbc::Decryptor<TdesEde3>;
+
 /// 3DES-EDE3-CBC with PKCS#7 padding.
 fn cbc_encrypt(keys: &Keys, plain: &[u8]) -> Vec<u8> {
-    let cipher = TdesEde3::new(&keys.key.into());
-    let pad = BLOCK - plain.len() % BLOCK;
-    let mut data = Zeroizing::new(Vec::with_capacity(plain.len() + pad));
-    data.extend_from_slice(plain);
-    data.resize(plain.len() + pad, u8::try_from(pad).unwrap_or(0));
-    let mut prev = keys.iv;
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks_exact(BLOCK) {
-        let mut block = [0u8; BLOCK];
-        for ((b, p), c) in block.iter_mut().zip(prev).zip(chunk) {
-            *b = p ^ c;
-        }
-        let mut blk = Block::<TdesEde3>::from(block);
-        cipher.encrypt_block(&mut blk);
-        prev = blk.into();
-        out.extend_from_slice(&prev);
-    }
-    out
+    // Padded and encrypted in place in the returned buffer: no plaintext copy is left behind.
+    TdesCbcEnc::new(&keys.key.into(), &keys.iv.into()).encrypt_padded_vec::<Pkcs7>(plain)
 }
 
 /// 3DES-EDE3-CBC decryption with strict PKCS#7 padding removal.
@@ -603,26 +591,11 @@ fn cbc_decrypt(keys: &Keys, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> 
             "encrypted message is not a whole number of 3DES blocks",
         ));
     }
-    let cipher = TdesEde3::new(&keys.key.into());
-    let mut prev = keys.iv;
-    let mut out = Zeroizing::new(Vec::with_capacity(ct.len()));
-    for chunk in ct.chunks_exact(BLOCK) {
-        let cblock: [u8; BLOCK] = chunk.try_into().map_err(|_| SaslError::BadPadding)?;
-        let mut blk = Block::<TdesEde3>::from(cblock);
-        cipher.decrypt_block(&mut blk);
-        let plain: [u8; BLOCK] = blk.into();
-        out.extend(plain.iter().zip(prev).map(|(a, b)| a ^ b));
-        prev = cblock;
-    }
-    let pad = usize::from(out.last().copied().unwrap_or(0));
-    let body_len = out.len().checked_sub(pad).ok_or(SaslError::BadPadding)?;
-    let padding_ok = (1..=BLOCK).contains(&pad)
-        && out
-            .get(body_len..)
-            .is_some_and(|p| p.iter().all(|&b| usize::from(b) == pad));
-    if !padding_ok {
-        return Err(SaslError::BadPadding);
-    }
+    let mut out = Zeroizing::new(ct.to_vec());
+    let body_len = TdesCbcDec::new(&keys.key.into(), &keys.iv.into())
+        .decrypt_padded::<Pkcs7>(&mut out)
+        .map_err(|_| SaslError::BadPadding)?
+        .len();
     out.truncate(body_len);
     Ok(out)
 }
@@ -900,13 +873,9 @@ impl ServerExchange {
             return if valid < buf.len() { invalid } else { None };
         };
         let cblock: [u8; BLOCK] = first.try_into().ok()?;
-        let cipher = TdesEde3::new(&self.keys.key.into());
-        let mut blk = Block::<TdesEde3>::from(cblock);
-        cipher.decrypt_block(&mut blk);
+        let mut blk = Block::<TdesCbcDec>::from(cblock);
+        TdesCbcDec::new(&self.keys.key.into(), &self.keys.iv.into()).decrypt_block(&mut blk);
         let mut plain: [u8; BLOCK] = blk.into();
-        for (p, v) in plain.iter_mut().zip(self.keys.iv) {
-            *p ^= v;
-        }
         let pass_len = plain
             .get(4..8)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())

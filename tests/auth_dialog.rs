@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 const DIALOG: &str = env!("CARGO_BIN_EXE_nm-tsp-auth-dialog");
 const SERVICE: &str = tsp_config::names::SERVICE;
 const SCHEMA: &str = "org.freedesktop.NetworkManager.Connection";
@@ -291,8 +294,8 @@ fn run_dialog(mut cmd: Command, args: &[&str], stdin: &str) -> Out {
     let out = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(out) => out.expect("wait"),
         Err(_) => {
-            // SAFETY: pid is our child, not yet reaped (the waiting thread still waits for it).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // pid is our child, not yet reaped (the waiting thread still waits for it).
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             panic!("nm-tsp-auth-dialog {args:?} hung");
         }
     };
@@ -377,8 +380,7 @@ fn expect_cancel(o: &Out, stderr_has: &str) {
 
 #[test]
 fn against_a_real_gnome_keyring() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP against_a_real_gnome_keyring: needs root (private PID namespace for the keyring)");
         return;
     }
@@ -658,15 +660,8 @@ fn without_any_session_bus() {
 /// result and everything the terminal showed.
 fn run_on_pty(args: &[&str], stdin: &str, typed: &str) -> (Out, String) {
     use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let (mut master, slave) = {
-        let (mut m, mut s) = (-1, -1);
-        // SAFETY: openpty writes two fds into the out-pointers; name/termios/winsize may be null.
-        let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
-        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both fds are fresh and owned by nobody else.
-        unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-    };
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let (mut master, slave) = (std::fs::File::from(pty.master), pty.slave);
     let slave_fd = std::os::fd::AsRawFd::as_raw_fd(&slave);
     let home = scratch("auth-dialog-pty");
     let mut cmd = Command::new(DIALOG);
@@ -725,8 +720,8 @@ fn run_on_pty(args: &[&str], stdin: &str, typed: &str) -> (Out, String) {
     let out = match done_rx.recv_timeout(Duration::from_secs(30)) {
         Ok(out) => out.expect("wait"),
         Err(_) => {
-            // SAFETY: pid is our child, not yet reaped (the waiting thread still waits for it).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // pid is our child, not yet reaped (the waiting thread still waits for it).
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             panic!(
                 "nm-tsp-auth-dialog {args:?} hung; terminal: {:?}",
                 String::from_utf8_lossy(&shown)

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use zbus::message::Type as MessageType;
 use zbus::zvariant::Value;
 use zbus::{Connection, MatchRule, Message, MessageStream};
@@ -54,8 +56,7 @@ fn dbus_daemon() -> Option<PathBuf> {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Whether this test can run; prints the reason when it cannot.
@@ -237,11 +238,11 @@ impl Fixture {
         std::fs::read_to_string(self.dir.join("bus.log")).unwrap_or_default()
     }
 
-    fn signal(&self, sig: i32) {
+    fn signal(&self, sig: Signal) {
         let pid = self.service.as_ref().expect("service").id();
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        // Our own child, which has not been reaped yet.
+        let rc = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+        assert_eq!(rc, Ok(()), "kill({pid}, {sig}) failed");
     }
 
     fn exit_status(&mut self) -> Option<ExitStatus> {
@@ -973,7 +974,7 @@ async fn persist_keeps_the_service_and_sigterm_stops_it() {
         .await
         .expect("Connect from STOPPED");
     assert_eq!(signals.next().await, Some(Sig::State(STARTING)));
-    fx.signal(libc::SIGTERM);
+    fx.signal(Signal::SIGTERM);
     let seen = signals.until(&Sig::State(STOPPED), &fx).await;
     assert_eq!(seen, [Sig::State(STOPPING), Sig::State(STOPPED)], "log:\n{}", fx.log());
     fx.expect_exit().await;

@@ -126,6 +126,7 @@ fn capabilities_with_and_without_the_editors(dir: &Path) {
     // SAFETY: a live plugin object from libnm.
     let caps = unsafe { nm_vpn_editor_plugin_get_capabilities(plugin) };
     assert_eq!(caps, IMPORT | EXPORT | IPV6 | NO_EDITOR, "{caps:#x}");
+    // SAFETY: `load` gave us this reference; nothing uses the plugin after it is dropped.
     unsafe { g_object_unref(plugin) };
 
     copy_lib(dir, "libnm_vpn_plugin_tsp_editor.so", "libnm-vpn-plugin-tsp-editor.so");
@@ -135,8 +136,10 @@ fn capabilities_with_and_without_the_editors(dir: &Path) {
         "libnm-gtk4-vpn-plugin-tsp-editor.so",
     );
     let plugin = load(dir, SERVICE).expect("load");
+    // SAFETY: a live plugin object from libnm.
     let caps = unsafe { nm_vpn_editor_plugin_get_capabilities(plugin) };
     assert_eq!(caps, IMPORT | EXPORT | IPV6, "{caps:#x}");
+    // SAFETY: `load` gave us this reference; nothing uses the plugin after it is dropped.
     unsafe { g_object_unref(plugin) };
 
     // libnm refuses a plugin whose service is not the one the .name file names.
@@ -182,6 +185,7 @@ fn import_hands_the_password_over_as_an_agent_owned_secret(dir: &Path) {
     // A malformed file: no connection, an error naming file, line and key.
     std::fs::write(&conf, "server=192.0.2.1\nauth_method=anonymous\nprefixlen=300\n").expect("write");
     let mut err = ptr::null_mut();
+    // SAFETY: as for the first import.
     let conn = unsafe { nm_vpn_editor_plugin_import(plugin, path.as_ptr(), &mut err) };
     assert!(conn.is_null());
     let e = take_error(err);
@@ -189,5 +193,6 @@ fn import_hands_the_password_over_as_an_agent_owned_secret(dir: &Path) {
         e.contains(&format!("{}:3", conf.display())) && e.contains("prefixlen"),
         "{e}"
     );
+    // SAFETY: `load` gave us this reference; nothing uses the plugin after it is dropped.
     unsafe { g_object_unref(plugin) };
 }

@@ -158,8 +158,7 @@ fn check_tree(root: &Path, prefix: &str, libexec: &str, plugin_so: &str) {
         want.keys().collect::<Vec<_>>(),
         "installed files"
     );
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc::geteuid() } == 0;
+    let root_user = nix::unistd::geteuid().is_root();
     for (path, (mode, uid, gid)) in &got {
         assert_eq!(*mode, want[path], "mode of {path}: {mode:o}");
         if root_user {

@@ -12,7 +12,7 @@ mod netns;
 mod testbed;
 
 use std::io::Read as _;
-use std::os::fd::FromRawFd as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,15 +29,13 @@ struct Xvfb {
 
 impl Xvfb {
     fn start() -> Xvfb {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2); the write end is inherited by Xvfb.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
-        // SAFETY: the read end is ours alone.
-        let mut reader = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        // pipe(2) without O_CLOEXEC: the write end is inherited by Xvfb.
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        let mut reader = std::fs::File::from(read_end);
         let child = Command::new("Xvfb")
             .args([
                 "-displayfd",
-                &fds[1].to_string(),
+                &write_end.as_raw_fd().to_string(),
                 "-screen",
                 "0",
                 "1024x768x24",
@@ -48,8 +46,8 @@ impl Xvfb {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        // SAFETY: our copy of the write end.
-        unsafe { libc::close(fds[1]) };
+        // Our copy of the write end: Xvfb's is the only one left.
+        drop(write_end);
         let child = child.expect("Xvfb (tests/run.sh installs xvfb)");
         let mut n = String::new();
         let mut byte = [0u8; 1];

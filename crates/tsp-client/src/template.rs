@@ -393,10 +393,8 @@ impl GroupKiller {
     fn kill(&self) {
         // > 1: kill(-1) would signal every process we may signal; 0 is our own group.
         if let Some(pgid) = self.0.filter(|p| *p > 1) {
-            // SAFETY: kill(2) has no memory effects; the group is the unreaped child's own.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
+            // The group is the unreaped child's own.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -514,8 +512,7 @@ fn check_script(path: &Path) -> Result<PathBuf, TemplateError> {
     if !meta.is_file() {
         return Err(refuse("it is not a regular file".to_owned()));
     }
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     check_owner_mode(&meta, euid, "it").map_err(&refuse)?;
     // Whoever may replace the file may choose what runs as root: check its directory too.
     let real = fs::canonicalize(&abs).map_err(|e| refuse(format!("cannot resolve the path: {e}")))?;
@@ -977,8 +974,7 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod dir");
 
         // Owner check (only observable as root: chown to another user).
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
             assert!(refused(&path).contains("owned by uid 65534"));
         }

@@ -15,9 +15,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd as _, BorrowedFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
 use zeroize::Zeroizing;
 
 use tsp_config::names::{KEY_AUTH_METHOD, SECRET_PASSWORD, SECRET_PLACEHOLDER, SecretFlags};
@@ -502,56 +504,47 @@ pub fn read_password_line<R: Read>(r: R) -> Result<Option<Secret>, Error> {
 }
 
 /// Turns terminal echo off until dropped.
-struct EchoOff {
-    fd: i32,
-    saved: libc::termios,
+struct EchoOff<'a> {
+    fd: BorrowedFd<'a>,
+    saved: Termios,
 }
 
-impl EchoOff {
-    fn new(fd: i32) -> Option<Self> {
-        // SAFETY: termios is plain data, filled by tcgetattr before use.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is an open terminal for the lifetime of `EchoOff` (owned by the caller).
-        if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
-            return None;
-        }
-        let saved = t;
-        t.c_lflag &= !(libc::ECHO | libc::ECHONL);
-        t.c_lflag |= libc::ICANON;
-        // SAFETY: as above.
-        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &t) } != 0 {
-            return None;
-        }
+impl<'a> EchoOff<'a> {
+    fn new(fd: BorrowedFd<'a>) -> Option<Self> {
+        let saved = tcgetattr(fd).ok()?;
+        let mut t = saved.clone();
+        t.local_flags.remove(LocalFlags::ECHO | LocalFlags::ECHONL);
+        t.local_flags.insert(LocalFlags::ICANON);
+        tcsetattr(fd, SetArg::TCSAFLUSH, &t).ok()?;
         Some(Self { fd, saved })
     }
 }
 
-impl Drop for EchoOff {
+impl Drop for EchoOff<'_> {
     fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `new` on the same, still open, fd.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSAFLUSH, &self.saved) };
+        let _ = tcsetattr(self.fd, SetArg::TCSAFLUSH, &self.saved);
     }
 }
 
 /// Asks for the password on the controlling terminal, echo off. `Ok(None)` when there is no
 /// terminal (the usual case under a graphical agent) or the user cancelled (empty line, ^D).
 pub fn prompt_terminal(req: &Request) -> Result<Option<Secret>, Error> {
-    use std::os::fd::AsRawFd;
-    let Ok(mut tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else {
         return Ok(None);
     };
-    let fd = tty.as_raw_fd();
+    // Shared: `EchoOff` borrows the descriptor while we write and read through `&File`.
+    let mut tty = &file;
     let mut msg = description(req);
     msg.push('\n');
     msg.push_str("Password: ");
     // Echo off before the prompt shows: switching it flushes what was typed ahead, and the
     // user may type as soon as the prompt is there.
-    let echo = EchoOff::new(fd);
+    let echo = EchoOff::new(file.as_fd());
     let answer = tty
         .write_all(msg.as_bytes())
         .and_then(|()| tty.flush())
         .map_err(Error::Io);
-    let answer = answer.and_then(|()| read_password_line(&mut tty));
+    let answer = answer.and_then(|()| read_password_line(tty));
     drop(echo);
     let _ = tty.write_all(b"\n");
     answer

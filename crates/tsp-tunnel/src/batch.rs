@@ -347,18 +347,12 @@ mod tests {
             eprintln!("skip: no UDP GSO here");
             return;
         }
-        let one: libc::c_int = 1;
-        // SAFETY: a c_int option value valid for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0);
+        // SO_NO_CHECK, which nix does not name, declared through nix's option macro.
+        mod opt {
+            use nix::{setsockopt_impl, sockopt_impl};
+            sockopt_impl!(NoCheck, SetOnly, libc::SOL_SOCKET, libc::SO_NO_CHECK, bool);
+        }
+        nix::sys::socket::setsockopt(&tx, opt::NoCheck, &true).expect("SO_NO_CHECK");
         let mut out = Outbox::new(true);
         fill(&mut out);
         out.queue(0, Some(to), 0, true);

@@ -3,8 +3,8 @@
 //! that moves packets between them, with TUN offload (virtio header, GSO split, userspace GRO)
 //! and batched socket I/O; the keepalive (docs/tsp-wire.md §5); host configuration over
 //! rtnetlink (addresses, routes, MTU, an undo journal, the address monitor); router
-//! advertisements for router mode. Nearly all of the project's `unsafe` (ioctls, raw sockets,
-//! mmsg) lives here, each block with its reason.
+//! advertisements for router mode. Nearly all of the project's `unsafe` (TUN ioctls, mmsg, and
+//! handing descriptors to tokio) lives here, each block with its reason.
 //!
 //! Uses `tsp-proto` for the RUDP header and tunnel modes only; must not depend on the client,
 //! the broker, the configuration files or D-Bus: both ends of the tunnel use it.

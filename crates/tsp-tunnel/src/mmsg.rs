@@ -192,9 +192,12 @@ impl SendBatch {
                 }
             }
             self.ctrl.push(ctrl);
-            // SAFETY: an all-zero sockaddr_storage is a valid value.
-            self.addrs
-                .push(it.to.map_or_else(|| (unsafe { zeroed() }, 0), to_sockaddr));
+            let addr = match it.to {
+                Some(to) => to_sockaddr(to),
+                // SAFETY: an all-zero sockaddr_storage is a valid value.
+                None => (unsafe { zeroed() }, 0),
+            };
+            self.addrs.push(addr);
         }
         for (i, it) in items.iter().enumerate() {
             // SAFETY: mmsghdr is plain data; all-zero is valid before we fill it.

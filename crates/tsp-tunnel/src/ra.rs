@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn6,
 };
+use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -47,6 +48,20 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_UNICAST_ANSWERS_PER_SEC: u32 = 10;
 /// Linux ICMP6_FILTER socket option (linux/icmpv6.h ICMPV6_FILTER); libc does not export it.
 const ICMP6_FILTER: libc::c_int = 1;
+
+/// The option neither nix nor socket2 names, declared through nix's own option macro (which
+/// passes the value's address and size to setsockopt).
+mod opt {
+    use nix::{setsockopt_impl, sockopt_impl};
+    sockopt_impl!(
+        /// `struct icmp6_filter`: a set bit blocks that ICMPv6 type.
+        Icmp6Filter,
+        SetOnly,
+        libc::IPPROTO_ICMPV6,
+        super::ICMP6_FILTER,
+        [u32; 8]
+    );
+}
 
 /// What to advertise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,11 +205,11 @@ struct Jitter(u64);
 
 impl Jitter {
     fn new() -> Self {
-        let mut seed = [0u8; 8];
-        // SAFETY: getrandom writes at most `seed.len()` bytes into the buffer.
-        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
-        let mut s = u64::from_ne_bytes(seed);
-        if n != 8 || s == 0 {
+        use std::hash::{BuildHasher as _, RandomState};
+        // std keys each RandomState from the kernel's random pool without ever blocking (as
+        // getrandom with GRND_NONBLOCK did): hashing anything with it gives a random seed.
+        let mut s = RandomState::new().hash_one(std::process::id());
+        if s == 0 {
             s = u64::from(std::process::id()) << 32 | 0x9e37_79b9;
         }
         Jitter(s)
@@ -237,24 +252,6 @@ pub struct RaSender {
     ifindex: u32,
 }
 
-fn setopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live `T` of exactly the length passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (val as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 impl RaSender {
     /// Opens the raw ICMPv6 socket on `ifname` (needs CAP_NET_RAW, and a tokio runtime
     /// context): bound to the device, multicast out of it, hop limit 255 both ways, receiving
@@ -282,39 +279,22 @@ impl RaSender {
             SockProtocol::IcmpV6,
         )
         .map_err(|e| err("socket", e.into()))?;
-        // SAFETY: the option value is the name's bytes, of the length passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                ifname.as_ptr().cast(),
-                ifname.len() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(err("SO_BINDTODEVICE", io::Error::last_os_error()));
-        }
-        let index = ifindex as libc::c_int;
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index).map_err(|e| err("IPV6_MULTICAST_IF", e))?;
-        let hops: libc::c_int = 255;
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops).map_err(|e| err("IPV6_MULTICAST_HOPS", e))?;
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &hops).map_err(|e| err("IPV6_UNICAST_HOPS", e))?;
-        let off: libc::c_int = 0;
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, &off).map_err(|e| err("IPV6_MULTICAST_LOOP", e))?;
-        let on: libc::c_int = 1;
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, &on).map_err(|e| err("IPV6_RECVHOPLIMIT", e))?;
-        // struct icmp6_filter: a set bit blocks that type.
+        let sock = SockRef::from(&fd);
+        sock.bind_device(Some(ifname.as_bytes()))
+            .map_err(|e| err("SO_BINDTODEVICE", e))?;
+        sock.set_multicast_if_v6(ifindex)
+            .map_err(|e| err("IPV6_MULTICAST_IF", e))?;
+        sock.set_multicast_hops_v6(255)
+            .map_err(|e| err("IPV6_MULTICAST_HOPS", e))?;
+        sock.set_unicast_hops_v6(255).map_err(|e| err("IPV6_UNICAST_HOPS", e))?;
+        sock.set_multicast_loop_v6(false)
+            .map_err(|e| err("IPV6_MULTICAST_LOOP", e))?;
+        sock.set_recv_hoplimit_v6(true)
+            .map_err(|e| err("IPV6_RECVHOPLIMIT", e))?;
         let mut filter = [u32::MAX; 8];
         filter[usize::from(ND_ROUTER_SOLICIT >> 5)] &= !(1u32 << (ND_ROUTER_SOLICIT & 31));
-        setopt(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &filter).map_err(|e| err("ICMP6_FILTER", e))?;
-        let mreq = libc::ipv6_mreq {
-            ipv6mr_multiaddr: libc::in6_addr {
-                s6_addr: ALL_ROUTERS.octets(),
-            },
-            ipv6mr_interface: ifindex,
-        };
-        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)
+        nix::sys::socket::setsockopt(&fd, opt::Icmp6Filter, &filter).map_err(|e| err("ICMP6_FILTER", e.into()))?;
+        sock.join_multicast_v6(&ALL_ROUTERS, ifindex)
             .map_err(|e| err("IPV6_ADD_MEMBERSHIP ff02::2", e))?;
         // SAFETY: an OwnedFd is open and returns the same descriptor until it is dropped with
         // the AsyncFd.
@@ -685,8 +665,7 @@ mod tests {
 
         #[test]
         fn rdisc6_and_slaac_in_netns() {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
+            if !nix::unistd::geteuid().is_root() {
                 eprintln!("skipped: needs root for network namespaces");
                 return;
             }

@@ -4,10 +4,11 @@
 //! See docs/tsp-wire.md §6.
 
 use std::io;
-use std::mem::size_of;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
+use nix::sys::socket::SockaddrStorage;
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -22,53 +23,16 @@ pub struct RawSocket {
     v6: bool,
 }
 
-fn sockaddr(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match SocketAddr::new(addr, 0) {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage, which is suitably aligned.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: 0,
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+/// The peer's address as a raw socket takes it: port 0 (raw sockets have none), no flow
+/// label or scope.
+fn sockaddr(addr: IpAddr) -> SockAddr {
+    SockAddr::from(SocketAddr::new(addr, 0))
 }
 
-fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Some(IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        }
+fn from_sockaddr(addr: &SockaddrStorage) -> Option<IpAddr> {
+    match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+        (Some(sin), _) => Some(IpAddr::V4(sin.ip())),
+        (_, Some(sin6)) => Some(IpAddr::V6(sin6.ip())),
         _ => None,
     }
 }
@@ -78,35 +42,19 @@ impl RawSocket {
     /// `peer`, so the kernel delivers only the peer's packets.
     pub fn connect(protocol: i32, peer: IpAddr) -> io::Result<Self> {
         let sock = Self::open(protocol, peer.is_ipv6())?;
-        let (sa, len) = sockaddr(peer);
-        // SAFETY: sa/len describe a valid sockaddr of the socket's family.
-        if unsafe { libc::connect(sock.fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        SockRef::from(&sock.fd).connect(&sockaddr(peer))?;
         Ok(sock)
     }
 
     /// Opens an unconnected raw socket (the broker side: one socket, many peers).
     pub fn open(protocol: i32, v6: bool) -> io::Result<Self> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Self::register(owned, v6)
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        // socket2 adds SOCK_CLOEXEC itself.
+        let sock = Socket::new(domain, Type::RAW.nonblocking(), Some(Protocol::from(protocol)))?;
+        Self::register(OwnedFd::from(sock), v6)
     }
 
     fn register(owned: OwnedFd, v6: bool) -> io::Result<Self> {
-        use std::os::fd::AsFd;
         super::grow_receive_buffer(owned.as_fd());
         // SAFETY: an OwnedFd keeps returning the same open descriptor until it is dropped
         // together with the AsyncFd.
@@ -117,18 +65,7 @@ impl RawSocket {
 
     /// Restricts the socket to one interface (SO_BINDTODEVICE).
     pub fn bind_device(&self, ifname: &str) -> io::Result<()> {
-        let name = ifname.as_bytes();
-        // SAFETY: name is valid for name.len() bytes; the kernel copies at most IFNAMSIZ.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                name.as_ptr().cast(),
-                name.len() as libc::socklen_t,
-            )
-        };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        SockRef::from(&self.fd).bind_device(Some(ifname.as_bytes()))
     }
 
     /// Whether this is an IPv6 socket (received packets start with the inner packet; an IPv4
@@ -146,40 +83,15 @@ impl RawSocket {
     /// Sends one inner packet to the connected peer (the kernel adds the outer header).
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.fd
-            .async_io(Interest::WRITABLE, |fd| {
-                // SAFETY: the buffer is valid for pkt.len() bytes.
-                let n = unsafe { libc::send(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            })
+            .async_io(Interest::WRITABLE, |fd| SockRef::from(fd).send(pkt))
             .await
     }
 
     /// Sends one inner packet to `peer`.
     pub async fn send_to(&self, pkt: &[u8], peer: IpAddr) -> io::Result<usize> {
-        let (sa, len) = sockaddr(peer);
+        let to = sockaddr(peer);
         self.fd
-            .async_io(Interest::WRITABLE, |fd| {
-                // SAFETY: the buffer is valid for pkt.len() bytes; sa/len form a valid address.
-                let n = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        &sa as *const _ as *const libc::sockaddr,
-                        len,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            })
+            .async_io(Interest::WRITABLE, |fd| SockRef::from(fd).send_to(pkt, &to))
             .await
     }
 
@@ -199,25 +111,9 @@ impl RawSocket {
         let (n, from) = self
             .fd
             .async_io(Interest::READABLE, |fd| {
-                // SAFETY: zeroed sockaddr_storage is valid; recvfrom fills at most its size.
-                let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-                let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                // SAFETY: buf is valid for buf.len() bytes; storage/len as above.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        &mut storage as *mut _ as *mut libc::sockaddr,
-                        &mut len,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok((n as usize, from_sockaddr(&storage)))
-                }
+                nix::sys::socket::recvfrom::<SockaddrStorage>(fd.as_raw_fd(), buf)
+                    .map(|(n, from)| (n, from.as_ref().and_then(from_sockaddr)))
+                    .map_err(io::Error::from)
             })
             .await?;
         let from =

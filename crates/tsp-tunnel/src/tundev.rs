@@ -17,7 +17,7 @@
 
 use std::io;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -167,7 +167,7 @@ impl TunDevice {
             name: name.to_owned(),
             source: tun::Error::Io(source),
         };
-        nonblocking(owned.as_raw_fd()).map_err(io_err)?;
+        nonblocking(&owned).map_err(io_err)?;
         let offload = if offload_disabled_by_env() {
             tracing::info!(tun = name, "TUN offload off ({OFFLOAD_ENV}=off): one packet per read");
             let _ = set_offload(owned.as_raw_fd(), 0);
@@ -242,10 +242,7 @@ impl TunDevice {
         let n = self
             .fd
             .async_io(Interest::READABLE, |fd| {
-                readv(
-                    fd.as_raw_fd(),
-                    &mut [io::IoSliceMut::new(&mut hdr), io::IoSliceMut::new(buf)],
-                )
+                readv(fd, &mut [io::IoSliceMut::new(&mut hdr), io::IoSliceMut::new(buf)])
             })
             .await?;
         let n = n.saturating_sub(VNET_HDR_LEN);
@@ -266,15 +263,14 @@ impl TunDevice {
         if wait {
             return self
                 .fd
-                .async_io(Interest::READABLE, |fd| {
-                    readv(fd.as_raw_fd(), &mut [io::IoSliceMut::new(buf)])
-                })
+                .async_io(Interest::READABLE, |fd| readv(fd, &mut [io::IoSliceMut::new(buf)]))
                 .await
                 .map(Some);
         }
-        match self.fd.try_io(Interest::READABLE, |fd| {
-            readv(fd.as_raw_fd(), &mut [io::IoSliceMut::new(buf)])
-        }) {
+        match self
+            .fd
+            .try_io(Interest::READABLE, |fd| readv(fd, &mut [io::IoSliceMut::new(buf)]))
+        {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -292,35 +288,20 @@ impl TunDevice {
     pub async fn send_vnet(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
         self.fd
             .async_io(Interest::WRITABLE, |fd| {
-                // SAFETY: IoSlice is ABI-compatible with iovec; each is valid for its length.
-                let n = unsafe { libc::writev(fd.as_raw_fd(), parts.as_ptr().cast(), parts.len() as libc::c_int) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+                nix::sys::uio::writev(fd, parts).map_err(io::Error::from)
             })
             .await
     }
 }
 
-fn readv(fd: RawFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-    // SAFETY: IoSliceMut is ABI-compatible with iovec; each is valid for its length.
-    let n = unsafe { libc::readv(fd, bufs.as_ptr().cast(), bufs.len() as libc::c_int) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+fn readv(fd: impl AsFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+    nix::sys::uio::readv(fd, bufs).map_err(io::Error::from)
 }
 
-fn nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn nonblocking(fd: impl AsFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 

@@ -195,8 +195,7 @@ impl BrokerDatapath {
             None
         };
         let udp_gso = !tundev::offload_disabled_by_env() && {
-            use std::os::fd::AsRawFd;
-            let ok = udp.iter().all(|s| mmsg::udp_gso_supported(s.as_raw_fd()));
+            let ok = udp.iter().all(|s| mmsg::udp_gso_supported(&**s));
             if !ok && tsp_tunnel::first_fallback(&tsp_tunnel::fallback::UDP_GSO) {
                 tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
             }

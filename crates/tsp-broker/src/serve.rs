@@ -286,7 +286,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     // where it can; control datagrams are picked out of the same batches.
     let udp_gro = shared.datapath.is_some()
         && !tundev::offload_disabled_by_env()
-        && match mmsg::enable_udp_gro(std::os::fd::AsRawFd::as_raw_fd(&*socket)) {
+        && match mmsg::enable_udp_gro(&*socket) {
             Ok(()) => true,
             Err(e) => {
                 if tsp_tunnel::first_fallback(&tsp_tunnel::fallback::UDP_GRO) {

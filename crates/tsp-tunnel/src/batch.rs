@@ -328,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn flush_with_gso() {
         let (tx, rx, to) = pair().await;
-        let mut out = Outbox::new(mmsg::udp_gso_supported(tx.as_raw_fd()));
+        let mut out = Outbox::new(mmsg::udp_gso_supported(&tx));
         fill(&mut out);
         out.queue(0, Some(to), 0, true);
         let expect_msgs = if out.gso { 1 } else { 4 };
@@ -343,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn gso_refused_at_run_time_falls_back() {
         let (tx, rx, to) = pair().await;
-        if !mmsg::udp_gso_supported(tx.as_raw_fd()) {
+        if !mmsg::udp_gso_supported(&tx) {
             eprintln!("skip: no UDP GSO here");
             return;
         }

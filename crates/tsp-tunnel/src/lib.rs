@@ -227,17 +227,15 @@ pub fn grow_receive_buffer(fd: std::os::fd::BorrowedFd<'_>) {
 /// UDP GSO and GRO on the tunnel's UDP socket, where the kernel has them (and the
 /// environment does not ask for the one-packet datapath). Each refusal is logged once.
 fn udp_offloads(encap: &Encap) -> (bool, bool) {
-    use std::os::fd::AsRawFd;
     let Encap::Udp(s) = encap else { return (false, false) };
     if tundev::offload_disabled_by_env() {
         return (false, false);
     }
-    let fd = s.as_raw_fd();
-    let gso = mmsg::udp_gso_supported(fd);
+    let gso = mmsg::udp_gso_supported(&**s);
     if !gso && first_fallback(&fallback::UDP_GSO) {
         tracing::warn!("UDP GSO (UDP_SEGMENT) unavailable: one datagram per message");
     }
-    let gro = match mmsg::enable_udp_gro(fd) {
+    let gro = match mmsg::enable_udp_gro(&**s) {
         Ok(()) => true,
         Err(e) => {
             if first_fallback(&fallback::UDP_GRO) {

@@ -12,7 +12,9 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
+
+use nix::sys::socket::{setsockopt, sockopt};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -20,29 +22,15 @@ const UDP_GRO: libc::c_int = 104;
 /// Room for one `int` control message, 8-byte aligned (CMSG_SPACE(4) is 24 on 64-bit Linux).
 const CTRL_WORDS: usize = 4;
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
-    // SAFETY: v is a valid c_int for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`, Linux 5.0).
-pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, SOL_UDP, UDP_GRO, 1)
+pub fn enable_udp_gro(fd: impl AsFd) -> io::Result<()> {
+    setsockopt(&fd, sockopt::UdpGroSegment, &true).map_err(io::Error::from)
 }
 
 /// Whether this kernel knows UDP GSO (`UDP_SEGMENT`, Linux 4.18): setting the socket default
 /// to 0 (no segmentation) is harmless and fails only where the option is unknown.
-pub fn udp_gso_supported(fd: RawFd) -> bool {
-    setsockopt_int(fd, SOL_UDP, UDP_SEGMENT, 0).is_ok()
+pub fn udp_gso_supported(fd: impl AsFd) -> bool {
+    setsockopt(&fd, sockopt::UdpGsoSegment, &0).is_ok()
 }
 
 /// Whether an error from a GSO send means the path cannot segment (no checksum offload on
@@ -449,11 +437,11 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let to = rx.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        if !udp_gso_supported(tx.as_raw_fd()) {
+        if !udp_gso_supported(&tx) {
             eprintln!("skip: no UDP GSO here");
             return;
         }
-        let gro = enable_udp_gro(rx.as_raw_fd()).is_ok();
+        let gro = enable_udp_gro(&rx).is_ok();
         let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
         let mut b = SendBatch::with_capacity(2);
         b.items.push(Out {

@@ -22,6 +22,17 @@ const QOP_AUTH: &str = "auth";
 /// A2 "method" for the client's response; the rspauth uses an empty one.
 const METHOD_AUTHENTICATE: &str = "AUTHENTICATE";
 
+/// Longest challenge `nonce` accepted. With [`MAX_REALM`], [`MAX_CHARSET`], a [`MAX_USER`]
+/// user name and the longest server string the configuration allows (1025 bytes), the
+/// response stays within the 4096-byte message limit even when every character needs an
+/// escape, so the client never sends what the broker (or it) would refuse. Real brokers send
+/// a few dozen bytes.
+pub const MAX_NONCE: usize = 400;
+/// Longest challenge `realm` accepted (a DNS name at most, in practice).
+pub const MAX_REALM: usize = 253;
+/// Longest challenge `charset` accepted (`utf-8` in practice).
+pub const MAX_CHARSET: usize = 32;
+
 /// The directives of a broker challenge that the client uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -46,6 +57,15 @@ pub fn parse_challenge(line: &[u8]) -> Result<Challenge, SaslError> {
     let nonce = find(&dirs, "nonce").ok_or(SaslError::MalformedChallenge("no nonce"))?;
     if nonce.is_empty() {
         return Err(SaslError::MalformedChallenge("empty nonce"));
+    }
+    if nonce.len() > MAX_NONCE {
+        return Err(SaslError::MalformedChallenge("nonce longer than 400 bytes"));
+    }
+    if find(&dirs, "realm").is_some_and(|r| r.len() > MAX_REALM) {
+        return Err(SaslError::MalformedChallenge("realm longer than 253 bytes"));
+    }
+    if find(&dirs, "charset").is_some_and(|c| c.len() > MAX_CHARSET) {
+        return Err(SaslError::MalformedChallenge("charset longer than 32 bytes"));
     }
     let qop = find(&dirs, "qop");
     let offers_auth = |q: &str| q.split(',').any(|v| v.trim().eq_ignore_ascii_case(QOP_AUTH));
@@ -385,10 +405,52 @@ fn parse_directives(text: &str) -> Result<Vec<(String, String)>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::MAX_MESSAGE;
     use proptest::prelude::*;
 
     fn b64(s: &str) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD.encode(s).into_bytes()
+    }
+
+    /// Fuzzing found a challenge with a ~3 KB nonce whose response (4,162 bytes) the client's
+    /// own parser, and so the broker, refuses: such a challenge is refused up front.
+    #[test]
+    fn oversized_challenge_fields_are_refused() {
+        let long = "n".repeat(3000);
+        assert_eq!(
+            parse_challenge(&b64(&format!("nonce=\"{long}\",qop=\"auth\""))),
+            Err(SaslError::MalformedChallenge("nonce longer than 400 bytes"))
+        );
+        let realm = "r".repeat(MAX_REALM + 1);
+        assert_eq!(
+            parse_challenge(&b64(&format!("realm=\"{realm}\",nonce=\"x\""))),
+            Err(SaslError::MalformedChallenge("realm longer than 253 bytes"))
+        );
+        let charset = "c".repeat(MAX_CHARSET + 1);
+        assert_eq!(
+            parse_challenge(&b64(&format!("nonce=\"x\",charset={charset}"))),
+            Err(SaslError::MalformedChallenge("charset longer than 32 bytes"))
+        );
+    }
+
+    /// The limits hold for the worst case: every field at its longest and made of characters
+    /// that need an escape; the response still fits a message and parses on the broker side.
+    #[test]
+    fn largest_accepted_challenge_gives_a_response_that_fits() {
+        let ch = parse_challenge(&b64(&format!(
+            "realm=\"{}\",nonce=\"{}\",charset={},qop=\"auth\"",
+            "\\\"".repeat(MAX_REALM),
+            "\\\"".repeat(MAX_NONCE),
+            "u".repeat(MAX_CHARSET)
+        )))
+        .expect("largest challenge parses");
+        assert_eq!(ch.nonce.len(), MAX_NONCE);
+        let user = "\"".repeat(MAX_USER);
+        let server = "s".repeat(1025);
+        let (line, _) = client_response(&ch, &user, &Secret::new("pw"), &server, "1113923787");
+        assert!(line.len() <= MAX_MESSAGE, "{} bytes", line.len());
+        let resp = parse_response(&line).expect("the broker reads it");
+        assert_eq!(resp.nonce, ch.nonce);
     }
 
     #[test]

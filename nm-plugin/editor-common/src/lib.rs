@@ -9,6 +9,9 @@
 //! declarations of `nm-tsp-libnm-ffi` that it re-exports (the `NMVpnEditor` interface vtable
 //! among them). [`testing`] holds what the editors' tests share: an X server
 //! (Xvfb) and connections made through libnm.
+//!
+//! Depends on `tsp-config` (the vpn.data rules and names) and the libnm declarations only: no
+//! GTK (both editors share it), and nothing of the service's stack (tokio, zbus, netlink).
 
 pub mod form;
 pub mod nm;

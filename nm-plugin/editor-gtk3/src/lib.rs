@@ -8,6 +8,9 @@
 //! The source is the GTK4 editor's too, as NetworkManager-openvpn builds both editors from one
 //! source: `nm-plugin/editor-ui/` is compiled here against gtk-rs 0.18, and `toolkit` holds
 //! what GTK3 spells differently.
+//!
+//! Must depend on GTK3 (gtk-rs 0.18) and `nm-tsp-editor-common` only: a second GTK or the
+//! service's stack loaded into nm-connection-editor would clash with its own.
 
 mod toolkit;
 

@@ -8,6 +8,9 @@
 //! The source is the GTK3 editor's too, as NetworkManager-openvpn builds both editors from one
 //! source: `nm-plugin/editor-ui/` is compiled here against gtk4-rs 0.11, and `toolkit` holds
 //! what GTK4 spells differently.
+//!
+//! Must depend on GTK4 (gtk4-rs 0.11) and `nm-tsp-editor-common` only: a second GTK or the
+//! service's stack loaded into GNOME Settings would clash with its own.
 
 mod toolkit;
 

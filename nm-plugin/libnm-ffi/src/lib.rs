@@ -7,6 +7,8 @@
 //! in glib-sys), so that the crate depends on no glib-rs version and each user can hand the
 //! values to its own. Opaque types are zero-sized `#[repr(C)]` structs used behind pointers
 //! only; the interface structs are the headers' vtables, field for field.
+//!
+//! Depends on `libc` only.
 
 #![allow(non_camel_case_types)]
 

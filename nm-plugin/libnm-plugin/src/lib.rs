@@ -8,6 +8,10 @@
 //! `IsImplementable::interface_init` fills the C vtable ([`ffi::NMVpnEditorPluginInterface`])
 //! with the `extern "C"` functions below. The three interface properties are overridden.
 //! Every `extern "C"` entry catches panics, so none crosses into C.
+//!
+//! Depends on `tsp-config` (gogoc.conf and vpn.data), `tsp-proto` (the password type), glib-rs
+//! and the libnm declarations; never on GTK (its hosts may run either GTK), nor on the
+//! service's stack (tokio, zbus, netlink), which nmcli must not load.
 
 mod editor;
 mod mapping;

@@ -5,3 +5,4 @@
 //! (docs/ARCHITECTURE.md).
 
 pub mod logging;
+pub mod privileges;

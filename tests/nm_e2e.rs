@@ -102,9 +102,36 @@ fn up_pings_and_down_cleanly_v6v4() {
         "no default route through {dev}: {routes:?}"
     );
     assert!(bed.c.ping(BROKER_V6, 3, 2), "no IPv6 ping through the tunnel");
+    assert_least_privilege(&bed.nm);
     down_and_gone(&bed, "tsp1", &dev);
     let routes = bed.c.routes_v6().unwrap();
     assert!(!routes.iter().any(|r| r.contains(&dev)), "routes left: {routes:?}");
+}
+
+/// The running service (with its tunnel up) holds CAP_NET_ADMIN and CAP_NET_RAW and nothing
+/// else, in every set, and no_new_privs: read from /proc as the kernel sees it.
+fn assert_least_privilege(nm: &Nm) {
+    // CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
+    const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
+    let pids = nm.plugin_pids();
+    assert!(!pids.is_empty(), "no nm-tsp-service running");
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{name} missing in /proc/{pid}/status"))
+        };
+        let set = |name: &str| u64::from_str_radix(field(name), 16).expect("hex capability set");
+        assert_eq!(set("CapEff:"), NET_ADMIN_RAW, "effective set of {pid}");
+        assert_eq!(set("CapPrm:"), NET_ADMIN_RAW, "permitted set of {pid}");
+        assert_eq!(set("CapBnd:"), NET_ADMIN_RAW, "bounding set of {pid}");
+        assert_eq!(set("CapInh:"), 0, "inheritable set of {pid}");
+        assert_eq!(set("CapAmb:"), 0, "ambient set of {pid}");
+        assert_eq!(field("NoNewPrivs:"), "1", "no_new_privs of {pid}");
+    }
 }
 
 /// Behind an nftables masquerade the broker picks v6udpv4; NetworkManager adds the host route

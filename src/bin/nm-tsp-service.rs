@@ -78,6 +78,8 @@ fn log_levels(cli: &Cli) -> LogLevels {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (capabilities are per thread); logged once logging is up.
+    let privileges = nm_tsp::privileges::drop_to_network_admin();
     let cli = Cli::parse();
     let _log = match nm_tsp::logging::init_gogoc(&log_levels(&cli), 0, None, SyslogFacility::User, "nm-tsp-service") {
         Ok(g) => g,
@@ -86,6 +88,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match privileges {
+        Ok(()) => tracing::debug!("running with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs set"),
+        Err(e) => tracing::warn!("cannot drop privileges: {e}"),
+    }
     if cli.bus_name != SERVICE && !cli.bus_name.starts_with(&format!("{SERVICE}.")) {
         tracing::error!(bus_name = %cli.bus_name, "the bus name must be {SERVICE} or below it");
         return ExitCode::FAILURE;

@@ -12,9 +12,11 @@ export CARGO_TERM_COLOR=never
 # pkg-config, libgtk-3-dev, libgtk-4-dev: the GTK3/GTK4 editor plugins (nm-plugin/editor-gtk3,
 # editor-gtk4); xvfb, xauth, fonts-dejavu-core: their tests show the editors in real windows on
 # a private X server; network-manager-gnome: nm-connection-editor, the GTK3 editor's host
-# (tests/nm_connection_editor.rs); imagemagick: its screenshot (import).
+# (tests/nm_connection_editor.rs); imagemagick: its screenshot (import); lintian: the Debian
+# packages' check (data/debian/build.sh).
 need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux
-  libnm-dev libglib2.0-dev pkg-config libgtk-3-dev libgtk-4-dev xvfb xauth fonts-dejavu-core network-manager-gnome imagemagick)
+  libnm-dev libglib2.0-dev pkg-config libgtk-3-dev libgtk-4-dev xvfb xauth fonts-dejavu-core network-manager-gnome imagemagick
+  lintian)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -36,8 +38,12 @@ echo "== clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
+# The Debian packages, made from this build (PROFILE=dev: no second, release build in CI) and
+# checked by lintian; tests/debian_packages.rs reads them back and must find them.
+echo "== debian packages"
+PROFILE=dev bash data/debian/build.sh
 echo "== tests"
-cargo test --locked --all-targets
+NM_TSP_REQUIRE_PACKAGES=1 cargo test --locked --all-targets
 echo "== demo (broker in a namespace, NetworkManager on a private bus, nmcli connection up)"
 bash tests/demo.sh
 echo "== fuzz smoke (every cargo-fuzz target, briefly)"

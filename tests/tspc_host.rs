@@ -82,12 +82,7 @@ fn host_state(h: &Host) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) 
             w.get(1..4).map(|w| w.join(" ")).unwrap_or_default()
         })
         .collect();
-    (
-        links,
-        addrs,
-        h.routes_v6().unwrap(),
-        h.routes_v4().unwrap(),
-    )
+    (links, addrs, h.routes_v6().unwrap(), h.routes_v4().unwrap())
 }
 
 /// A network with native IPv6: `::/0` via a gateway on another interface exists before tspc
@@ -113,7 +108,11 @@ fn existing_ipv6_default_route_coexists_and_survives() {
             &lab,
             &c,
             "c",
-            &["server=192.0.2.1", "auth_method=anonymous", &format!("tunnel_mode={mode}")],
+            &[
+                "server=192.0.2.1",
+                "auth_method=anonymous",
+                &format!("tunnel_mode={mode}"),
+            ],
             &[],
         );
         client.wait_for_output("(up)", 10 * SEC).unwrap();
@@ -123,14 +122,20 @@ fn existing_ipv6_default_route_coexists_and_survives() {
         assert!(!out.contains("could not set up the tunnel"), "{mode}:\n{out}");
         // Both default routes, the native one untouched; the tunnel's preferred.
         let defaults = defaults_v6(&c);
-        assert!(defaults.contains(&native[0]), "{mode}: native route changed: {defaults:?}");
+        assert!(
+            defaults.contains(&native[0]),
+            "{mode}: native route changed: {defaults:?}"
+        );
         assert!(
             defaults.iter().any(|r| r.starts_with(&format!("default dev {ifname}"))),
             "{mode}: {defaults:?}"
         );
         for dst in [BROKER_V6, "2001:db8:ffff::1"] {
             let get = c.ip(&["-6", "route", "get", dst]).unwrap();
-            assert!(get.contains(&format!("dev {ifname}")), "{mode}: {dst} not via the tunnel: {get}");
+            assert!(
+                get.contains(&format!("dev {ifname}")),
+                "{mode}: {dst} not via the tunnel: {get}"
+            );
         }
         assert!(c.ping(BROKER_V6, 3, 2), "{mode}: no ping through the tunnel");
         // Up once: no renegotiation loop.
@@ -139,7 +144,153 @@ fn existing_ipv6_default_route_coexists_and_survives() {
         assert_eq!(out.matches("(up)").count(), 1, "{mode}: renegotiated:\n{out}");
         client.signal(Signal::Term).unwrap();
         assert!(client.wait_exit(5 * SEC).is_some(), "{mode}: tspc did not exit");
-        assert_eq!(defaults_v6(&c), native, "{mode}: the native default route did not survive");
+        assert_eq!(
+            defaults_v6(&c),
+            native,
+            "{mode}: the native default route did not survive"
+        );
         assert_eq!(host_state(&c), before, "{mode}: links, addresses or routes changed");
     }
+}
+
+/// A scripted TSP broker over TCP in `host`'s namespace (the bundled broker refuses an
+/// anonymous router request and always delegates a prefix otherwise): ANONYMOUS, then a v6v4
+/// offer for 192.0.2.2 **without a prefix**, whatever was asked; the session is then held
+/// open. Returns the number of sessions served so far.
+fn prefixless_broker(host: &Host) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tsp_proto::caps::{self, Capabilities};
+    use tsp_proto::frame;
+    use tsp_proto::status::StatusCode;
+    use tsp_proto::types::TunnelMode;
+    use tsp_proto::xml::{self, Offer};
+
+    let ns = std::fs::File::open(format!("/run/netns/{}", host.ns())).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let count = sessions.clone();
+    std::thread::spawn(move || {
+        // Only this thread moves; its sockets belong to the broker's namespace.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = TcpListener::bind("192.0.2.1:3653").unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut w = conn.try_clone()?;
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                let framed = |r: &mut BufReader<std::net::TcpStream>| -> std::io::Result<()> {
+                    let mut header = String::new();
+                    r.read_line(&mut header)?;
+                    let n: usize = header
+                        .trim()
+                        .strip_prefix("Content-length:")
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; n];
+                    r.read_exact(&mut body)
+                };
+                r.read_line(&mut line)?; // VERSION=
+                let caps = Capabilities {
+                    tunnels: caps::TUNNEL_V6V4,
+                    auths: caps::AUTH_ANONYMOUS,
+                    ..Default::default()
+                };
+                w.write_all(&caps.to_line())?;
+                r.read_line(&mut line)?; // AUTHENTICATE ANONYMOUS
+                w.write_all(&frame::status_line(StatusCode::Success))?;
+                framed(&mut r)?; // create, with its <router> element
+                let offer = Offer {
+                    mode: TunnelMode::V6V4,
+                    lifetime: Some(604_800),
+                    server_v4: "192.0.2.1".parse().unwrap(),
+                    server_v6: BROKER_V6.parse().unwrap(),
+                    client_v4: "192.0.2.2".parse().unwrap(),
+                    client_v6: "2001:db8:b::2".parse().unwrap(),
+                    client_dns_name: None,
+                    client_dns_server: None,
+                    prefix: None,
+                    keepalive: None,
+                };
+                w.write_all(&frame::frame_reply(StatusCode::Success, &xml::build_info(&offer)))?;
+                framed(&mut r)?; // accept
+                // Hold the session until the client closes it.
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).map(drop)
+            });
+        }
+    });
+    rx.recv_timeout(5 * SEC).expect("the scripted broker did not start");
+    sessions
+}
+
+/// host_type=router answered without a prefix: an error naming the cause, no tunnel left, no
+/// retry at once; with -b the run ends with that error. With router_fallback_host=yes: a
+/// warning, and a host tunnel.
+#[test]
+fn router_request_without_prefix_is_an_error_unless_accepted() {
+    use std::sync::atomic::Ordering;
+    if !require_root() {
+        return;
+    }
+    let (lab, c, b, c_if) = pair("router_no_prefix");
+    let sessions = prefixless_broker(&b);
+    let if_prefix = format!("if_prefix={c_if}");
+    let base = [
+        "server=192.0.2.1",
+        "auth_method=anonymous",
+        "tunnel_mode=v6v4",
+        "keepalive=no",
+        "host_type=router",
+        if_prefix.as_str(),
+        "retry_delay=30",
+    ];
+    let before = host_state(&c);
+
+    // Default: an error, retried on the slow schedule (not at once).
+    let client = spawn_client(&lab, &c, "router", &base, &[]);
+    client.wait_for_output("answered without a prefix", 10 * SEC).unwrap();
+    std::thread::sleep(3 * SEC);
+    let out = client.output();
+    assert!(out.contains("router_fallback_host=yes"), "the fix is not named:\n{out}");
+    assert!(out.contains("retrying in 30 s"), "not the slow schedule:\n{out}");
+    assert_eq!(
+        out.matches("answered without a prefix").count(),
+        1,
+        "retried at once:\n{out}"
+    );
+    assert_eq!(sessions.load(Ordering::SeqCst), 1, "retried at once:\n{out}");
+    assert!(!out.contains("(up)"), "a tunnel came up:\n{out}");
+    assert!(!c.link_exists("tun"), "a tunnel device is left");
+    assert_eq!(host_state(&c), before, "tspc changed the host");
+    client.signal(Signal::Term).unwrap();
+    assert!(client.wait_exit(5 * SEC).is_some());
+
+    // Boot mode: the error ends the run.
+    let boot = spawn_client(&lab, &c, "router-boot", &base, &["-b"]);
+    let status = boot.wait_exit(10 * SEC).expect("tspc -b did not exit");
+    assert!(!status.success(), "{}", boot.output());
+    assert!(boot.output().contains("answered without a prefix"), "{}", boot.output());
+    assert_eq!(host_state(&c), before, "tspc -b changed the host");
+
+    // Accepted: a warning, and a host tunnel.
+    let mut lines = base.to_vec();
+    lines.push("router_fallback_host=yes");
+    let client = spawn_client(&lab, &c, "router-fallback", &lines, &[]);
+    client.wait_for_output("(up)", 10 * SEC).unwrap();
+    let out = client.output();
+    assert!(out.contains("running as a host"), "no warning:\n{out}");
+    assert!(
+        c.addrs("sit1").unwrap().iter().any(|a| a == "2001:db8:b::2/128"),
+        "no host tunnel address: {:?}",
+        c.addrs("sit1")
+    );
+    client.signal(Signal::Term).unwrap();
+    assert!(client.wait_exit(5 * SEC).is_some());
+    assert!(!c.link_exists("sit1"), "the tunnel is left behind");
 }

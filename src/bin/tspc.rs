@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
 use tsp_client::net::{NegotiateOptions, NetError, negotiate};
 use tsp_client::supervisor::{
-    DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
+    DownReason, Ended, Hooks, InterfaceNames, NoPrefix, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
 };
 use tsp_client::template::{self, Operation, TemplateInputs};
 use tsp_config::{AutoAddr, Dialect, GogocConfig};
@@ -183,6 +183,7 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         interfaces,
         sites: Some(sites),
         persist_device: false,
+        no_prefix: no_prefix_policy(&cfg),
     };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {
@@ -202,6 +203,15 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
     match ended {
         Ended::Stopped => Ok(()),
         Ended::GaveUp(e) => Err(e.to_string()),
+    }
+}
+
+/// `host_type=router` answered without a prefix: an error unless `router_fallback_host=yes`.
+fn no_prefix_policy(cfg: &GogocConfig) -> NoPrefix {
+    match (cfg.host_type, cfg.router_fallback_host) {
+        (HostType::Router, false) => NoPrefix::Fail,
+        (HostType::Router, true) => NoPrefix::RunAsHost,
+        _ => NoPrefix::NotRouter,
     }
 }
 

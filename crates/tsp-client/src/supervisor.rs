@@ -83,6 +83,20 @@ pub struct SiteFiles {
     pub always_use_same_server: bool,
 }
 
+/// What to do when a router request (`host_type=router`) is answered without a prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NoPrefix {
+    /// A host request: no prefix is expected.
+    #[default]
+    NotRouter,
+    /// A failure ([`NetError::NoPrefix`]) before any tunnel is built, retried like a broker's
+    /// refusal on the slow schedule: never at once, at least `retry_delay`, doubling up to
+    /// `retry_delay_max`; without `auto_retry` the run ends.
+    Fail,
+    /// `router_fallback_host=yes`: a warning, and the tunnel runs as a host's.
+    RunAsHost,
+}
+
 /// Everything the supervisor needs for one connection.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -96,6 +110,8 @@ pub struct Profile {
     /// next start removes it by name), so its owner decides when it goes — nm-tsp-service
     /// deletes it after each tunnel. tspc lets it vanish with its descriptor instead.
     pub persist_device: bool,
+    /// A router request answered without a prefix: fail or run as a host.
+    pub no_prefix: NoPrefix,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -189,8 +205,22 @@ impl<H: Hooks> Supervisor<H> {
                 r = negotiate_any(&self.profile, &mut self.hooks, attempt) => r,
                 _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
             };
-            let est = match est {
+            let est = match est.and_then(|est| self.check_prefix(est)) {
                 Ok(est) => est,
+                Err(e @ NetError::NoPrefix { .. }) => {
+                    failures += 1;
+                    if !self.profile.retry.auto_retry {
+                        self.hooks.failed(&e, None);
+                        return (Ended::GaveUp(e), self.hooks);
+                    }
+                    // The broker answered; asking again at once would get the same answer.
+                    let wait = self.profile.retry.backoff(failures).max(self.profile.retry.delay);
+                    self.hooks.failed(&e, Some(wait));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     // A wrong password stays wrong: asking again is the caller's business.
@@ -228,6 +258,26 @@ impl<H: Hooks> Supervisor<H> {
                         _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
                     }
                 }
+            }
+        }
+    }
+
+    /// A router request needs a prefix in the offer ([`Profile::no_prefix`]). The session is
+    /// dropped with the error: nothing local has been built yet.
+    fn check_prefix(&self, est: Established) -> Result<Established, NetError> {
+        if est.negotiated.offer.prefix.is_some() {
+            return Ok(est);
+        }
+        match self.profile.no_prefix {
+            NoPrefix::NotRouter => Ok(est),
+            NoPrefix::Fail => Err(NetError::NoPrefix { server: est.server }),
+            NoPrefix::RunAsHost => {
+                tracing::warn!(
+                    server = %est.server,
+                    "host_type=router, but the broker answered without a prefix: running as a host \
+                     (router_fallback_host=yes); the LAN gets no IPv6 from this tunnel"
+                );
+                Ok(est)
             }
         }
     }

@@ -149,7 +149,10 @@ async fn apply_route_beside(
 ) -> Result<(), NetlinkError> {
     let mut metric = TUNNEL_ROUTE_METRIC;
     loop {
-        match applied.apply_route_with_metric(nl, dst, len, ifindex, Some(metric)).await {
+        match applied
+            .apply_route_with_metric(nl, dst, len, ifindex, Some(metric))
+            .await
+        {
             Err(e) if e.errno() == Some(libc::EEXIST) && metric < TUNNEL_ROUTE_METRIC + METRIC_TRIES => {
                 tracing::debug!(%dst, len, metric, "a route with this metric exists; trying the next metric");
                 metric += 1;

@@ -294,3 +294,57 @@ fn router_request_without_prefix_is_an_error_unless_accepted() {
     assert!(client.wait_exit(5 * SEC).is_some());
     assert!(!c.link_exists("sit1"), "the tunnel is left behind");
 }
+
+/// proxy_client=yes: the tunnel is for an external router. tspc creates no device, address or
+/// route in its namespace, prints the tunnel as gogoc's TSP_* variables, holds the session
+/// until SIGTERM and then exits cleanly.
+#[test]
+fn proxy_client_configures_nothing_locally() {
+    if !require_root() {
+        return;
+    }
+    let (lab, c, b, _) = pair("proxy_client");
+    let _broker = start_broker(&lab, &b);
+    let before = host_state(&c);
+    let client = spawn_client(
+        &lab,
+        &c,
+        "proxy",
+        &[
+            "server=192.0.2.1",
+            "auth_method=anonymous",
+            "tunnel_mode=v6v4",
+            "keepalive=no",
+            "proxy_client=yes",
+        ],
+        &[],
+    );
+    client.wait_for_output("TSP_CLIENT_ADDRESS_IPV6=", 10 * SEC).unwrap();
+    // Give a (wrong) local configuration time to happen.
+    std::thread::sleep(2 * SEC);
+    let out = client.output();
+    assert!(client.status().is_none(), "tspc ended:\n{out}");
+    let var = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(var("TSP_CLIENT_ADDRESS_IPV6").starts_with("2001:db8:b::"), "{out}");
+    assert_eq!(var("TSP_SERVER_ADDRESS_IPV6"), BROKER_V6);
+    assert_eq!(var("TSP_SERVER_ADDRESS_IPV4"), "192.0.2.1");
+    assert_eq!(var("TSP_CLIENT_ADDRESS_IPV4"), "192.0.2.2");
+    assert_eq!(var("TSP_TUNNEL_MODE"), "v6v4");
+    assert_eq!(var("TSP_OPERATION"), "TSP_TUNNEL_CREATION");
+    assert!(!out.contains("(up)"), "{out}");
+    assert_eq!(
+        host_state(&c),
+        before,
+        "proxy mode changed the client's links, addresses or routes"
+    );
+    assert!(!c.link_exists("sit1") && !c.link_exists("tun"));
+    client.signal(Signal::Term).unwrap();
+    let status = client.wait_exit(5 * SEC).expect("tspc did not exit on SIGTERM");
+    assert!(status.success(), "{}", client.output());
+    assert_eq!(host_state(&c), before);
+}

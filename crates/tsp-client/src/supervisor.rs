@@ -112,12 +112,19 @@ pub struct Profile {
     pub persist_device: bool,
     /// A router request answered without a prefix: fail or run as a host.
     pub no_prefix: NoPrefix,
+    /// gogoc's `proxy_client=yes`: the tunnel is negotiated for an external router, its
+    /// endpoint. Nothing is built locally (no device, no datapath, no keepalive): the hooks get
+    /// the tunnel with `ifindex` 0 and hand it on; the TSP session is held until stopped or
+    /// until the offer's lifetime runs out (then it is negotiated again).
+    pub proxy: bool,
 }
 
 /// A tunnel that is up, as the hooks see it.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
+    /// The tunnel interface's name (in proxy mode: the configured name, on the router).
     pub ifname: String,
+    /// The local interface's index; 0 in proxy mode, where there is none.
     pub ifindex: u32,
     pub negotiated: Negotiated,
     /// The broker that gave the tunnel, as a server string, and its socket address.
@@ -294,6 +301,9 @@ impl<H: Hooks> Supervisor<H> {
     /// Builds the datapath for a negotiated tunnel, hands it to the hooks, and waits for the
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
+        if self.profile.proxy {
+            return self.carry_proxy(est).await;
+        }
         let Established {
             conn,
             negotiated,
@@ -405,6 +415,54 @@ impl<H: Hooks> Supervisor<H> {
         {
             tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the tunnel link");
         }
+        self.hooks.down(&info, &reason).await;
+        Ok(reason)
+    }
+}
+
+impl<H: Hooks> Supervisor<H> {
+    /// Proxy mode: hands the tunnel to the hooks without building anything locally, and holds
+    /// the TSP session (a TCP session's tunnel ends with it at the bundled broker) until
+    /// stopped or until the lease runs out.
+    async fn carry_proxy(&mut self, est: Established) -> Result<DownReason, String> {
+        let Established {
+            conn,
+            negotiated,
+            server,
+            local,
+            peer,
+            ..
+        } = est;
+        let ifname = self.profile.interfaces.for_mode(negotiated.offer.mode).to_owned();
+        let lease = negotiated
+            .offer
+            .lifetime
+            .filter(|l| *l > 0)
+            .map(|l| Duration::from_secs(u64::from(l)));
+        let info = TunnelInfo {
+            ifname,
+            ifindex: 0,
+            transport: conn.transport(),
+            negotiated,
+            server,
+            peer,
+            local,
+        };
+        let _session = conn;
+        if let Err(e) = self.hooks.up(&info).await {
+            self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
+            return Err(e);
+        }
+        let reason = tokio::select! {
+            _ = async {
+                match lease {
+                    Some(l) => tokio::time::sleep(l).await,
+                    None => std::future::pending().await,
+                }
+            } => DownReason::LeaseExpired,
+            _ = self.stop.changed() => DownReason::Stopped,
+        };
+        tracing::info!(ifname = %info.ifname, %reason, "proxy tunnel down");
         self.hooks.down(&info, &reason).await;
         Ok(reason)
     }

@@ -567,6 +567,9 @@ async fn run_session(
             (HostType::Router, true) => NoPrefix::RunAsHost,
             _ => NoPrefix::NotRouter,
         },
+        // NetworkManager configures a local device; proxy mode (a tunnel for an external
+        // router) is tspc's.
+        proxy: false,
     };
     let hooks = NmHooks {
         shared: shared.clone(),

@@ -868,7 +868,7 @@ fn teardown_leaves_nothing() {
     let cases = [
         ("v6udpv4", "192.0.2.1", "tun", BROKER_V6),
         ("v6v4", "192.0.2.1", "sit1", BROKER_V6),
-        ("v4v6", "[2001:db8:1::1]", "sit0", "198.51.100.1"),
+        ("v4v6", "[2001:db8:1::1]", "tsp-v4v6", "198.51.100.1"),
     ];
     let results: Vec<Result<String, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = cases

@@ -63,7 +63,7 @@ fn each_mode_carries_traffic_and_cleans_up() {
     for (mode, server, ifname, target) in [
         ("v6udpv4", "192.0.2.1", "tun", BROKER_V6),
         ("v6v4", "192.0.2.1", "sit1", BROKER_V6),
-        ("v4v6", "[2001:db8:1::1]", "sit0", "198.51.100.1"),
+        ("v4v6", "[2001:db8:1::1]", "tsp-v4v6", "198.51.100.1"),
     ] {
         let (lab, c, b, _) = pair(&format!("modes_{mode}"));
         let before = (
@@ -91,7 +91,10 @@ fn each_mode_carries_traffic_and_cleans_up() {
         if mode == "v4v6" {
             assert!(addrs.iter().any(|a| a.starts_with("198.51.100.")), "{addrs:?}");
             assert!(
-                c.routes_v4().unwrap().iter().any(|r| r.starts_with("default dev sit0")),
+                c.routes_v4()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.starts_with("default dev tsp-v4v6")),
                 "{:?}",
                 c.routes_v4()
             );
@@ -451,7 +454,7 @@ fn tunnels_carry_bulk_tcp_intact() {
     for (i, (mode, server, ifname, env)) in [
         ("v6udpv4", "192.0.2.1", "tun", ""),
         ("v6v4", "192.0.2.1", "sit1", ""),
-        ("v4v6", "[2001:db8:1::1]", "sit0", ""),
+        ("v4v6", "[2001:db8:1::1]", "tsp-v4v6", ""),
         ("v6udpv4", "192.0.2.1", "tun", "off"),
     ]
     .into_iter()

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
 use tsp_client::net::{NegotiateOptions, NetError, negotiate};
 use tsp_client::supervisor::{
-    DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
+    DownReason, Ended, Hooks, InterfaceNames, NoPrefix, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
 };
 use tsp_client::template::{self, Operation, TemplateInputs};
 use tsp_config::{AutoAddr, Dialect, GogocConfig};
@@ -150,8 +150,10 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         v4v6: cfg.if_tunnel_v4v6.clone(),
     };
     // A TUN device vanishes with its descriptor; only a kernel link of ours can be stale.
+    // In proxy mode the interfaces are the router's: nothing local is ours.
     for (name, kind) in [(&interfaces.v6v4, "sit"), (&interfaces.v4v6, "ip6tnl")] {
         if !name.is_empty()
+            && !cfg.proxy_client
             && let Err(e) = netlink::remove_stale_link(&nl, name, kind).await
         {
             tracing::debug!(interface = %name, error = %e, "stale link check");
@@ -183,6 +185,8 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         interfaces,
         sites: Some(sites),
         persist_device: false,
+        no_prefix: no_prefix_policy(&cfg),
+        proxy: cfg.proxy_client,
     };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {
@@ -202,6 +206,15 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
     match ended {
         Ended::Stopped => Ok(()),
         Ended::GaveUp(e) => Err(e.to_string()),
+    }
+}
+
+/// `host_type=router` answered without a prefix: an error unless `router_fallback_host=yes`.
+fn no_prefix_policy(cfg: &GogocConfig) -> NoPrefix {
+    match (cfg.host_type, cfg.router_fallback_host) {
+        (HostType::Router, false) => NoPrefix::Fail,
+        (HostType::Router, true) => NoPrefix::RunAsHost,
+        _ => NoPrefix::NotRouter,
     }
 }
 
@@ -245,12 +258,45 @@ impl TspcHooks {
     }
 }
 
+impl TspcHooks {
+    /// proxy_client=yes: the tunnel's endpoint is an external router, so nothing is configured
+    /// here. With --template its script gets the tunnel (gogoc's proxy templates, e.g. cisco,
+    /// configure the router); otherwise gogoc's TSP_* variables are printed on stdout, one
+    /// `NAME=value` line each, for whatever configures the router.
+    async fn hand_over(&self, info: &TunnelInfo) -> Result<(), String> {
+        print!(
+            "{}",
+            describe(&info.server, info.peer, info.transport, &info.negotiated)
+        );
+        if self.template.is_some() {
+            self.run_template(Operation::Creation, info).await?;
+            println!("  proxy:       tunnel handed to the template script; nothing configured here");
+        } else {
+            let inputs = TemplateInputs {
+                offer: &info.negotiated.offer,
+                cfg: &self.cfg,
+                tunnel_interface: &info.ifname,
+            };
+            let env = template::environment(Operation::Creation, inputs).map_err(|e| e.to_string())?;
+            println!("  proxy:       nothing configured here; the tunnel for the router follows");
+            for (k, v) in env.iter().filter(|(k, _)| k.starts_with("TSP_")) {
+                println!("{k}={v}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+}
+
 impl Hooks for TspcHooks {
     fn connecting(&mut self, attempt: u32, server: &str) {
         tracing::info!(attempt, %server, "connecting");
     }
 
     async fn up(&mut self, info: &TunnelInfo) -> Result<(), String> {
+        if self.cfg.proxy_client {
+            return self.hand_over(info).await;
+        }
         if self.template.is_some() {
             self.run_template(Operation::Creation, info).await?;
             print!(

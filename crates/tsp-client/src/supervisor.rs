@@ -83,6 +83,20 @@ pub struct SiteFiles {
     pub always_use_same_server: bool,
 }
 
+/// What to do when a router request (`host_type=router`) is answered without a prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NoPrefix {
+    /// A host request: no prefix is expected.
+    #[default]
+    NotRouter,
+    /// A failure ([`NetError::NoPrefix`]) before any tunnel is built, retried like a broker's
+    /// refusal on the slow schedule: never at once, at least `retry_delay`, doubling up to
+    /// `retry_delay_max`; without `auto_retry` the run ends.
+    Fail,
+    /// `router_fallback_host=yes`: a warning, and the tunnel runs as a host's.
+    RunAsHost,
+}
+
 /// Everything the supervisor needs for one connection.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -96,12 +110,21 @@ pub struct Profile {
     /// next start removes it by name), so its owner decides when it goes — nm-tsp-service
     /// deletes it after each tunnel. tspc lets it vanish with its descriptor instead.
     pub persist_device: bool,
+    /// A router request answered without a prefix: fail or run as a host.
+    pub no_prefix: NoPrefix,
+    /// gogoc's `proxy_client=yes`: the tunnel is negotiated for an external router, its
+    /// endpoint. Nothing is built locally (no device, no datapath, no keepalive): the hooks get
+    /// the tunnel with `ifindex` 0 and hand it on; the TSP session is held until stopped or
+    /// until the offer's lifetime runs out (then it is negotiated again).
+    pub proxy: bool,
 }
 
 /// A tunnel that is up, as the hooks see it.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
+    /// The tunnel interface's name (in proxy mode: the configured name, on the router).
     pub ifname: String,
+    /// The local interface's index; 0 in proxy mode, where there is none.
     pub ifindex: u32,
     pub negotiated: Negotiated,
     /// The broker that gave the tunnel, as a server string, and its socket address.
@@ -189,8 +212,22 @@ impl<H: Hooks> Supervisor<H> {
                 r = negotiate_any(&self.profile, &mut self.hooks, attempt) => r,
                 _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
             };
-            let est = match est {
+            let est = match est.and_then(|est| self.check_prefix(est)) {
                 Ok(est) => est,
+                Err(e @ NetError::NoPrefix { .. }) => {
+                    failures += 1;
+                    if !self.profile.retry.auto_retry {
+                        self.hooks.failed(&e, None);
+                        return (Ended::GaveUp(e), self.hooks);
+                    }
+                    // The broker answered; asking again at once would get the same answer.
+                    let wait = self.profile.retry.backoff(failures).max(self.profile.retry.delay);
+                    self.hooks.failed(&e, Some(wait));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     // A wrong password stays wrong: asking again is the caller's business.
@@ -232,6 +269,26 @@ impl<H: Hooks> Supervisor<H> {
         }
     }
 
+    /// A router request needs a prefix in the offer ([`Profile::no_prefix`]). The session is
+    /// dropped with the error: nothing local has been built yet.
+    fn check_prefix(&self, est: Established) -> Result<Established, NetError> {
+        if est.negotiated.offer.prefix.is_some() {
+            return Ok(est);
+        }
+        match self.profile.no_prefix {
+            NoPrefix::NotRouter => Ok(est),
+            NoPrefix::Fail => Err(NetError::NoPrefix { server: est.server }),
+            NoPrefix::RunAsHost => {
+                tracing::warn!(
+                    server = %est.server,
+                    "host_type=router, but the broker answered without a prefix: running as a host \
+                     (router_fallback_host=yes); the LAN gets no IPv6 from this tunnel"
+                );
+                Ok(est)
+            }
+        }
+    }
+
     fn open_tun(&self, ifname: &str) -> Result<TunDevice, String> {
         let tun = TunDevice::open(ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
         if self.profile.persist_device {
@@ -244,6 +301,9 @@ impl<H: Hooks> Supervisor<H> {
     /// Builds the datapath for a negotiated tunnel, hands it to the hooks, and waits for the
     /// reason it ends.
     async fn carry(&mut self, est: Established) -> Result<DownReason, String> {
+        if self.profile.proxy {
+            return self.carry_proxy(est).await;
+        }
         let Established {
             conn,
             negotiated,
@@ -355,6 +415,54 @@ impl<H: Hooks> Supervisor<H> {
         {
             tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the tunnel link");
         }
+        self.hooks.down(&info, &reason).await;
+        Ok(reason)
+    }
+}
+
+impl<H: Hooks> Supervisor<H> {
+    /// Proxy mode: hands the tunnel to the hooks without building anything locally, and holds
+    /// the TSP session (a TCP session's tunnel ends with it at the bundled broker) until
+    /// stopped or until the lease runs out.
+    async fn carry_proxy(&mut self, est: Established) -> Result<DownReason, String> {
+        let Established {
+            conn,
+            negotiated,
+            server,
+            local,
+            peer,
+            ..
+        } = est;
+        let ifname = self.profile.interfaces.for_mode(negotiated.offer.mode).to_owned();
+        let lease = negotiated
+            .offer
+            .lifetime
+            .filter(|l| *l > 0)
+            .map(|l| Duration::from_secs(u64::from(l)));
+        let info = TunnelInfo {
+            ifname,
+            ifindex: 0,
+            transport: conn.transport(),
+            negotiated,
+            server,
+            peer,
+            local,
+        };
+        let _session = conn;
+        if let Err(e) = self.hooks.up(&info).await {
+            self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
+            return Err(e);
+        }
+        let reason = tokio::select! {
+            _ = async {
+                match lease {
+                    Some(l) => tokio::time::sleep(l).await,
+                    None => std::future::pending().await,
+                }
+            } => DownReason::LeaseExpired,
+            _ = self.stop.changed() => DownReason::Stopped,
+        };
+        tracing::info!(ifname = %info.ifname, %reason, "proxy tunnel down");
         self.hooks.down(&info, &reason).await;
         Ok(reason)
     }

@@ -33,7 +33,8 @@ pub use error::{ConfigError, Location};
 pub use gogoc::{
     AutoAddr, Dialect, GogocConfig, LogLevels, LogRotationSize, MAX_DIR_LEN, MAX_DNS_SERVER_LEN, MAX_FILENAME_LEN,
     MAX_IFNAME_LEN, MAX_KEEPALIVE_INTERVAL, MAX_LINE_LEN, MAX_LOG_LEVEL, MAX_PASSWD_LEN, MAX_RETRY_DELAY, MAX_TEXT_LEN,
-    MAX_USERID_LEN, SyslogFacility, non_default_keys, parse, parse_without_password, to_text, to_text_with,
+    MAX_USERID_LEN, SyslogFacility, kernel_owned_ifname, non_default_keys, parse, parse_without_password, to_text,
+    to_text_with,
 };
 pub use server::{Host, MAX_SERVER_LEN, ServerError, split_server};
 

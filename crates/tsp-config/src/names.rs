@@ -11,7 +11,7 @@ pub const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
 
 /// vpn.data keys and the gogoc.conf key each one stands for (the values are checked by the
 /// file's own rules).
-pub const DATA_KEYS: [(&str, &str); 17] = [
+pub const DATA_KEYS: [(&str, &str); 18] = [
     (KEY_SERVER, "server"),
     (KEY_AUTH_METHOD, "auth_method"),
     ("username", "userid"),
@@ -27,6 +27,7 @@ pub const DATA_KEYS: [(&str, &str); 17] = [
     ("always-use-same-server", "always_use_same_server"),
     ("proxy-client", "proxy_client"),
     ("allow-plain", "allow_plain"),
+    ("router-fallback-host", "router_fallback_host"),
     ("retry-delay", "retry_delay"),
     ("retry-delay-max", "retry_delay_max"),
 ];

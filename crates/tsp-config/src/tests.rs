@@ -85,7 +85,7 @@ fn defaults_are_gogoc_1_2_linux() {
     assert_eq!(c.tunnel_mode, TunnelMode::V6AnyV4);
     assert_eq!(c.if_tunnel_v6v4, "sit1");
     assert_eq!(c.if_tunnel_v6udpv4, "tun");
-    assert_eq!(c.if_tunnel_v4v6, "sit0");
+    assert_eq!(c.if_tunnel_v4v6, "tsp-v4v6");
     assert_eq!(c.client_v4, AutoAddr::Auto);
     assert_eq!(AutoAddr::<Ipv4Addr>::default(), AutoAddr::Auto);
     assert_eq!(c.client_v6, AutoAddr::Auto);
@@ -180,6 +180,13 @@ fn sample_file_parses() {
     };
     assert_eq!(c, expected);
     assert!(c.validate_for_connect(origin()).is_ok());
+    // No interface name the kernel creates by itself (sit0 …): those never come up as ours.
+    for mode in [TunnelMode::V6V4, TunnelMode::V6UdpV4, TunnelMode::V4V6] {
+        let name = c.tunnel_interface(mode);
+        assert!(crate::kernel_owned_ifname(name).is_none(), "{mode}: {name}");
+    }
+    assert!(!text.contains("=sit0"), "the sample still names sit0");
+    assert!(!c.router_fallback_host);
     assert_eq!(c.server_endpoint(), Ok((Host::V4(Ipv4Addr::new(192, 0, 2, 1)), 3653)));
     // Every key is documented (written out) in the sample.
     for line in to_text(&c).lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
@@ -555,6 +562,58 @@ fn tunnel_interface_rules() {
 }
 
 #[test]
+fn kernel_owned_interface_names_are_refused() {
+    for (mode_line, key, name) in [
+        ("tunnel_mode=v4v6", "if_tunnel_v4v6", "sit0"),
+        ("tunnel_mode=v6v4", "if_tunnel_v6v4", "sit0"),
+        ("tunnel_mode=v6v4", "if_tunnel_v6v4", "ip6tnl0"),
+        ("tunnel_mode=v6udpv4", "if_tunnel_v6udpv4", "tunl0"),
+        ("tunnel_mode=v6anyv4", "if_tunnel_v6udpv4", "ip6gre0"),
+        ("tunnel_mode=v4v6", "if_tunnel_v4v6", "gre0"),
+        ("tunnel_mode=v4v6", "if_tunnel_v4v6", "gretap0"),
+    ] {
+        let e = parse_err(&with_line(&format!("{mode_line}\n{key}={name}")));
+        let msg = assert_at(&e, Some(3), &[key]);
+        assert!(
+            msg.contains(&format!("{key}={name}")) && msg.contains("fallback device"),
+            "{msg}"
+        );
+        // validate() (the command line's -i/-u go through it) says the same.
+        let mut c = parse_ok(&with_line(mode_line));
+        match key {
+            "if_tunnel_v4v6" => c.if_tunnel_v4v6 = name.into(),
+            "if_tunnel_v6v4" => c.if_tunnel_v6v4 = name.into(),
+            _ => c.if_tunnel_v6udpv4 = name.into(),
+        }
+        let e = c.validate(origin()).unwrap_err();
+        assert!(e.to_string().contains("fallback device"), "{e}");
+    }
+    // gogoc's stock line stays accepted where the mode does not use it, and names close to
+    // the kernel's are ordinary names.
+    assert_eq!(
+        parse_ok(&with_line("tunnel_mode=v6anyv4\nif_tunnel_v4v6=sit0")).if_tunnel_v4v6,
+        "sit0"
+    );
+    assert_eq!(
+        parse_ok(&with_line("tunnel_mode=v6v4\nif_tunnel_v6v4=sit1")).if_tunnel_v6v4,
+        "sit1"
+    );
+    assert_eq!(
+        parse_ok(&with_line("tunnel_mode=v4v6\nif_tunnel_v4v6=sit00")).if_tunnel_v4v6,
+        "sit00"
+    );
+}
+
+#[test]
+fn router_fallback_host_key() {
+    let c = parse_ok(&with_line("router_fallback_host=yes"));
+    assert!(c.router_fallback_host);
+    assert!(to_text(&c).contains("\nrouter_fallback_host=yes\n"));
+    assert_eq!(parse_ok(&to_text(&c)), c);
+    err_on_line2("router_fallback_host=maybe", "router_fallback_host");
+}
+
+#[test]
 fn interface_names() {
     let c = parse_ok(&with_line(
         "if_tunnel_v6v4=sit-1.a\nif_tunnel_v6udpv4=tsp0\nif_prefix=br_lan",
@@ -769,7 +828,8 @@ fn to_text_round_trips_and_can_omit_the_password() {
     let redacted = to_text_with(&c, false);
     assert!(!redacted.contains(SECRET));
     assert!(redacted.contains("\npasswd=\n"));
-    // Every gogoc key is written explicitly; our `allow_plain` only when set.
+    // Every gogoc key is written explicitly; our `allow_plain` and `router_fallback_host`
+    // only when set.
     assert_eq!(
         text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(),
         39
@@ -1126,6 +1186,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             host_type: if router { HostType::Router } else { HostType::Host },
             prefixlen,
             if_prefix,
+            router_fallback_host: bools[1] != bools[3],
             dns_server,
             gogoc_dir: dir,
             auto_retry_connect: bools[0],
@@ -1193,7 +1254,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             c.if_tunnel_v6udpv4 = "tun".into();
         }
         if needs(TunnelMode::V4V6) && c.if_tunnel_v4v6.is_empty() {
-            c.if_tunnel_v4v6 = "sit0".into();
+            c.if_tunnel_v4v6 = "tsp-v4v6".into();
         }
         if c.host_type == HostType::Router && c.if_prefix.is_empty() {
             c.if_prefix = "eth0".into();

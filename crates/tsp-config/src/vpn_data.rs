@@ -300,6 +300,9 @@ pub fn to_vpn_data(cfg: &GogocConfig, mtu: u16, password_flags: SecretFlags) -> 
     if cfg.allow_plain != d.allow_plain {
         put("allow-plain", yes_no(cfg.allow_plain));
     }
+    if cfg.router_fallback_host != d.router_fallback_host {
+        put("router-fallback-host", yes_no(cfg.router_fallback_host));
+    }
     if cfg.retry_delay != d.retry_delay {
         put("retry-delay", cfg.retry_delay.to_string());
     }

@@ -23,10 +23,10 @@ use super::ipconfig::TunnelReport;
 use tsp_client::net::hostkeys::{KnownHostsFile, TrustMode};
 use tsp_client::net::{NegotiateOptions, NetError};
 use tsp_client::supervisor::{
-    DownReason, Ended, Hooks, InterfaceNames, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
+    DownReason, Ended, Hooks, InterfaceNames, NoPrefix, Profile, RetryPolicy, SiteFiles, Supervisor, TunnelInfo,
 };
 use tsp_config::vpn_data::{self, VpnSettings};
-use tsp_proto::types::TunnelMode;
+use tsp_proto::types::{HostType, TunnelMode};
 use tsp_tunnel::host::{self, Configured};
 use tsp_tunnel::netlink::{self, Netlink};
 
@@ -560,6 +560,16 @@ async fn run_session(
         },
         sites,
         persist_device: true,
+        // As tspc: a router request answered without a prefix fails the connection (see
+        // `NmHooks::failed`) unless router-fallback-host=yes.
+        no_prefix: match (cfg.host_type, cfg.router_fallback_host) {
+            (HostType::Router, false) => NoPrefix::Fail,
+            (HostType::Router, true) => NoPrefix::RunAsHost,
+            _ => NoPrefix::NotRouter,
+        },
+        // NetworkManager configures a local device; proxy mode (a tunnel for an external
+        // router) is tspc's.
+        proxy: false,
     };
     let hooks = NmHooks {
         shared: shared.clone(),
@@ -688,6 +698,14 @@ impl Hooks for NmHooks {
         if error.is_auth_failure() {
             tracing::error!(error = %error, "login failed");
             self.failure = Some(failure::LOGIN_FAILED);
+            return;
+        }
+        // Not worth the slow retries: NetworkManager shows the cause now and its own
+        // autoconnect policy decides about trying again.
+        if error.is_no_prefix() {
+            tracing::error!(error = %error, "router request answered without a prefix");
+            self.failure = Some(failure::CONNECT_FAILED);
+            let _ = self.stop.send(true);
             return;
         }
         match retry_in {

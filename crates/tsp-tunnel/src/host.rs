@@ -36,6 +36,20 @@ impl HostSettings {
     }
 }
 
+/// The metric of the tunnel's routes (`settings.routes`). gogoc's template added `::/0` with
+/// the kernel's default metric (1024), which collides (`EEXIST`) with a default route a
+/// native IPv6 network already has (router advertisements install theirs with 1024 too), so
+/// tspc failed and renegotiated for ever. With a metric of our own both coexist: a tunnel the
+/// user asked for should carry the traffic, so ours is lower (preferred) than the kernel's
+/// default 1024 — an RA-learned default route loses to it. A route someone set with a lower
+/// metric still (say NetworkManager's 100 on an Ethernet) wins for `::/0`, but then
+/// `2000::/3`, more specific, still sends all global unicast through the tunnel, as gogoc did.
+/// If a route with exactly this metric exists, the next free metrics are tried.
+pub const TUNNEL_ROUTE_METRIC: u32 = 512;
+
+/// How many metrics after [`TUNNEL_ROUTE_METRIC`] are tried when one is taken.
+const METRIC_TRIES: u32 = 16;
+
 /// The configuration in force; `remove` takes it back.
 #[derive(Debug)]
 pub struct Configured {
@@ -115,11 +129,36 @@ async fn apply(
         }
     }
     for (dst, len) in &settings.routes {
-        applied.apply_route(nl, *dst, *len, ifindex).await?;
+        apply_route_beside(nl, applied, *dst, *len, ifindex).await?;
     }
     match &settings.lan_interface {
         Some(lan) => apply_lan(nl, applied, offer, lan).await,
         None => Ok(None),
+    }
+}
+
+/// Adds `dst/len dev ifindex` with [`TUNNEL_ROUTE_METRIC`] (or the next free metric) beside
+/// any route to the same destination that is already there; only ours is recorded, so
+/// teardown deletes ours (by device and metric) and leaves the other untouched.
+async fn apply_route_beside(
+    nl: &Netlink,
+    applied: &mut Applied,
+    dst: IpAddr,
+    len: u8,
+    ifindex: u32,
+) -> Result<(), NetlinkError> {
+    let mut metric = TUNNEL_ROUTE_METRIC;
+    loop {
+        match applied
+            .apply_route_with_metric(nl, dst, len, ifindex, Some(metric))
+            .await
+        {
+            Err(e) if e.errno() == Some(libc::EEXIST) && metric < TUNNEL_ROUTE_METRIC + METRIC_TRIES => {
+                tracing::debug!(%dst, len, metric, "a route with this metric exists; trying the next metric");
+                metric += 1;
+            }
+            r => return r,
+        }
     }
 }
 

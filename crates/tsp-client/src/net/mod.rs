@@ -45,6 +45,12 @@ pub enum NetError {
     TooManyRedirects(usize),
     #[error("no broker could be reached: {}", summarize(.0))]
     AllFailed(Vec<(String, NetError)>),
+    /// A router request (`host_type=router`) answered with a tunnel but no delegated prefix.
+    #[error(
+        "host_type=router, but broker {server} answered without a prefix (it delegates none to this account); \
+         no tunnel was set up — set router_fallback_host=yes to accept a host tunnel instead"
+    )]
+    NoPrefix { server: String },
 }
 
 fn summarize(errors: &[(String, NetError)]) -> String {
@@ -68,6 +74,11 @@ impl NetError {
             Self::AllFailed(list) => !list.is_empty() && list.iter().all(|(_, e)| e.is_auth_failure()),
             _ => false,
         }
+    }
+
+    /// A router request answered without a prefix ([`NetError::NoPrefix`]).
+    pub fn is_no_prefix(&self) -> bool {
+        matches!(self, Self::NoPrefix { .. })
     }
 
     /// How far the exchange got before this error: 0 nothing listening, 1 connected but

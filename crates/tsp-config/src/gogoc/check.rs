@@ -251,6 +251,29 @@ pub(super) fn check_cross(c: &GogocConfig, seen: &Seen, file: &str, require_pass
             ),
         ));
     }
+    // The kernel's fallback devices (`sit0` once the sit module is loaded, …) exist in every
+    // namespace and cannot be ours: a tunnel by that name never comes up. Only the interfaces
+    // this tunnel_mode uses are checked, so that gogoc's stock file (`if_tunnel_v4v6=sit0`,
+    // tunnel_mode=v6anyv4) still loads.
+    for f in need {
+        if let Some(module) = kernel_owned_ifname(iface(f)) {
+            return Err(conflict(
+                &[*f],
+                format!(
+                    "{}={} is the kernel's own fallback device of the {module} module (it exists in every \
+                     network namespace once the module is loaded), so tspc cannot create its tunnel under \
+                     that name; choose another, e.g. the default {}",
+                    name(*f),
+                    iface(f),
+                    GogocConfig::default().tunnel_interface(match f {
+                        Field::IfTunnelV6v4 => TunnelMode::V6V4,
+                        Field::IfTunnelV6udpv4 => TunnelMode::V6UdpV4,
+                        _ => TunnelMode::V4V6,
+                    })
+                ),
+            ));
+        }
+    }
     if c.host_type == HostType::Router && c.if_prefix.is_empty() {
         return Err(conflict(
             &[Field::IfPrefix, Field::HostType],
@@ -287,4 +310,23 @@ pub(super) fn check_cross(c: &GogocConfig, seen: &Seen, file: &str, require_pass
         ));
     }
     Ok(())
+}
+
+/// The fallback devices the kernel creates itself in every namespace when a tunnel module is
+/// loaded, by name, with the module: none of them can be a tunnel of ours.
+const KERNEL_IFNAMES: &[(&str, &str)] = &[
+    ("sit0", "sit"),
+    ("tunl0", "ipip"),
+    ("ip6tnl0", "ip6_tunnel"),
+    ("gre0", "ip_gre"),
+    ("gretap0", "ip_gre"),
+    ("erspan0", "ip_gre"),
+    ("ip6gre0", "ip6_gre"),
+    ("ip_vti0", "ip_vti"),
+    ("ip6_vti0", "ip6_vti"),
+];
+
+/// The kernel module whose fallback device is called `name`, if any.
+pub fn kernel_owned_ifname(name: &str) -> Option<&'static str> {
+    KERNEL_IFNAMES.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
 }

@@ -99,6 +99,9 @@ fields! {
     IfPrefix "if_prefix",
         read |c, _, v| { check_lan_ifname(v)?; c.if_prefix = v.to_owned() },
         write |c| c.if_prefix.clone();
+    RouterFallbackHost "router_fallback_host",
+        read |c, d, v| c.router_fallback_host = parse_bool(v, d.router_fallback_host)?,
+        write |c| yes_no(c.router_fallback_host);
     DnsServer "dns_server",
         read |c, _, v| c.dns_server = parse_dns_servers(v)?,
         write |c| c.dns_server.join(":");

@@ -18,6 +18,7 @@ mod read;
 mod values;
 mod write;
 
+pub use check::kernel_owned_ifname;
 pub use model::{
     AutoAddr, Dialect, GogocConfig, LogLevels, LogRotationSize, MAX_DIR_LEN, MAX_DNS_SERVER_LEN, MAX_FILENAME_LEN,
     MAX_IFNAME_LEN, MAX_KEEPALIVE_INTERVAL, MAX_LINE_LEN, MAX_LOG_LEVEL, MAX_PASSWD_LEN, MAX_RETRY_DELAY, MAX_TEXT_LEN,

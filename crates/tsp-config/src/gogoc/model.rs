@@ -264,6 +264,10 @@ pub struct GogocConfig {
     pub prefixlen: u8,
     /// `if_prefix`: LAN interface a router advertises the prefix on (empty = none).
     pub if_prefix: String,
+    /// `router_fallback_host` (NetworkManager-tsp extension): with `host_type=router`, accept
+    /// a broker's answer without a prefix and run as a host (with a warning). Without it such
+    /// an answer is an error: the LAN would silently get no IPv6.
+    pub router_fallback_host: bool,
     /// `dns_server`: names of DNS servers for reverse delegation (`:`-separated in the file).
     pub dns_server: Vec<String>,
     /// `gogoc_dir` (gw6c: `gw6_dir`): home of the template scripts; empty = compile-time one.
@@ -334,7 +338,9 @@ impl Default for GogocConfig {
 const DEFAULT_TEMPLATE: &str = "linux";
 const DEFAULT_IF_V6V4: &str = "sit1";
 const DEFAULT_IF_V6UDPV4: &str = "tun";
-const DEFAULT_IF_V4V6: &str = "sit0";
+/// Not gogoc's `sit0`: that is the sit module's fallback device, present in every namespace
+/// once the module is loaded (see `check::kernel_owned_ifname`).
+const DEFAULT_IF_V4V6: &str = "tsp-v4v6";
 const DEFAULT_BROKER_LIST: &str = "tsp-broker-list.txt";
 const DEFAULT_LAST_SERVER: &str = "tsp-last-server.txt";
 pub(super) const DEFAULT_DSLITE_SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 1);
@@ -357,6 +363,7 @@ impl GogocConfig {
             host_type: HostType::Host,
             prefixlen: DEFAULT_PREFIXLEN,
             if_prefix: String::new(),
+            router_fallback_host: false,
             dns_server: Vec::new(),
             gogoc_dir: String::new(),
             auto_retry_connect: true,

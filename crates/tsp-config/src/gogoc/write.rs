@@ -38,6 +38,11 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }
             Field::AllowPlain => {}
+            Field::RouterFallbackHost if cfg.router_fallback_host => {
+                out.push_str("# NetworkManager-tsp only (gogoc ignores it): a router answered without a prefix runs as a host.\n");
+                let _ = writeln!(out, "{key}={}", field.text(cfg));
+            }
+            Field::RouterFallbackHost => {}
             _ => {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }

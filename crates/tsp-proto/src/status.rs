@@ -110,7 +110,7 @@ impl StatusCode {
             Self::NoMoreTunnels => "the broker has no more tunnels available (capacity reached)",
             Self::UnsupportedVersion => "the broker does not support this TSP protocol version",
             Self::UnsupportedTunnelType => {
-                "the broker does not offer the requested tunnel mode, or not to this client (v6v4 cannot cross a NAT)"
+                "the broker does not offer the requested tunnel mode to this client: not at all, or not across a NAT (v6v4)"
             }
             Self::ServerError => "the broker reported an internal error",
             Self::InvalidRequest => "the broker found the tunnel request invalid",

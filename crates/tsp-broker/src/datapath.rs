@@ -150,8 +150,9 @@ pub struct BrokerDatapath {
     udp: Vec<Arc<UdpSocket>>,
     tun6: Arc<TunDevice>,
     tun4: Option<Arc<TunDevice>>,
-    /// Protocol 41 sockets, each bound to one of our IPv4 tunnel endpoints (or one unbound
-    /// socket when those are not known in advance: a wildcard listener, no `server_ipv4`).
+    /// Protocol 41 sockets, each bound to one of our IPv4 tunnel endpoints, plus one unbound
+    /// socket when those are not all known in advance and local (a wildcard listener and no
+    /// `server_ipv4`, or an endpoint on the public side of a NAT).
     raw41: Vec<(Option<Ipv4Addr>, Arc<RawSocket>)>,
     /// Protocol 4 sockets (v4v6), likewise per IPv6 endpoint; empty without v4v6.
     raw4: Vec<(Option<Ipv6Addr>, Arc<RawSocket>)>,
@@ -221,30 +222,46 @@ impl BrokerDatapath {
             applied.apply_forwarding(true).map_err(err)?;
         }
         let (local4, local6) = tunnel_endpoints(cfg);
-        let open = |protocol: i32, local: Option<IpAddr>| -> io::Result<Arc<RawSocket>> {
+        // A socket per tunnel endpoint, bound to it; an endpoint not on this host (the public
+        // side of a 1:1 NAT in front of the broker) gets the unbound socket instead.
+        let open = |protocol: i32, local: Option<IpAddr>| -> io::Result<(bool, Arc<RawSocket>)> {
             let s = RawSocket::open(protocol, protocol == raw::IPPROTO_IPV4_IN_IPV6)?;
-            if let Some(a) = local {
-                s.bind(a)
-                    .map_err(|e| io::Error::new(e.kind(), format!("raw socket (protocol {protocol}) on {a}: {e}")))?;
+            let Some(a) = local else {
+                return Ok((false, Arc::new(s)));
+            };
+            match s.bind(a) {
+                Ok(()) => Ok((true, Arc::new(s))),
+                Err(e) => {
+                    tracing::warn!(%a, protocol, error = %e, "cannot send tunnel packets from this address; the kernel picks the source");
+                    Ok((
+                        false,
+                        Arc::new(RawSocket::open(protocol, protocol == raw::IPPROTO_IPV4_IN_IPV6)?),
+                    ))
+                }
             }
-            Ok(Arc::new(s))
         };
-        let raw41 = if local4.is_empty() {
-            vec![(None, open(raw::IPPROTO_IPV6_IN_IPV4, None)?)]
-        } else {
-            local4
-                .iter()
-                .map(|a| Ok((Some(*a), open(raw::IPPROTO_IPV6_IN_IPV4, Some(IpAddr::V4(*a)))?)))
-                .collect::<io::Result<Vec<_>>>()?
-        };
-        let raw4 = match (v4v6, local6.is_empty()) {
-            (false, _) => Vec::new(),
-            (true, true) => vec![(None, open(raw::IPPROTO_IPV4_IN_IPV6, None)?)],
-            (true, false) => local6
-                .iter()
-                .map(|a| Ok((Some(*a), open(raw::IPPROTO_IPV4_IN_IPV6, Some(IpAddr::V6(*a)))?)))
-                .collect::<io::Result<Vec<_>>>()?,
-        };
+        let mut raw41 = Vec::new();
+        for a in &local4 {
+            let (bound, s) = open(raw::IPPROTO_IPV6_IN_IPV4, Some(IpAddr::V4(*a)))?;
+            if bound {
+                raw41.push((Some(*a), s));
+            }
+        }
+        if raw41.len() < local4.len() || local4.is_empty() {
+            raw41.push((None, open(raw::IPPROTO_IPV6_IN_IPV4, None)?.1));
+        }
+        let mut raw4 = Vec::new();
+        if v4v6 {
+            for a in &local6 {
+                let (bound, s) = open(raw::IPPROTO_IPV4_IN_IPV6, Some(IpAddr::V6(*a)))?;
+                if bound {
+                    raw4.push((Some(*a), s));
+                }
+            }
+            if raw4.len() < local6.len() || local6.is_empty() {
+                raw4.push((None, open(raw::IPPROTO_IPV4_IN_IPV6, None)?.1));
+            }
+        }
         let udp_gso = !tundev::offload_disabled_by_env() && {
             let ok = udp.iter().all(|s| mmsg::udp_gso_supported(&**s));
             if !ok && tsp_tunnel::first_fallback(&tsp_tunnel::fallback::UDP_GSO) {
@@ -263,14 +280,23 @@ impl BrokerDatapath {
             tasks: Mutex::new(Vec::new()),
             applied: Mutex::new(Some(applied)),
         });
+        // Receive on every bound socket, or on the unbound one alone when there is one: it
+        // gets a copy of every packet of its protocol (reading the others too would deliver
+        // packets twice); the bound ones then only send.
+        fn receivers<A>(socks: &[(Option<A>, Arc<RawSocket>)]) -> Vec<Arc<RawSocket>> {
+            match socks.iter().find(|(a, _)| a.is_none()) {
+                Some((_, s)) => vec![s.clone()],
+                None => socks.iter().map(|(_, s)| s.clone()).collect(),
+            }
+        }
         let mut tasks = vec![tokio::spawn(dp.clone().tun_loop(true))];
-        for (_, sock) in &dp.raw41 {
-            tasks.push(tokio::spawn(dp.clone().raw_loop(sock.clone(), false)));
+        for sock in receivers(&dp.raw41) {
+            tasks.push(tokio::spawn(dp.clone().raw_loop(sock, false)));
         }
         if dp.tun4.is_some() {
             tasks.push(tokio::spawn(dp.clone().tun_loop(false)));
-            for (_, sock) in &dp.raw4 {
-                tasks.push(tokio::spawn(dp.clone().raw_loop(sock.clone(), true)));
+            for sock in receivers(&dp.raw4) {
+                tasks.push(tokio::spawn(dp.clone().raw_loop(sock, true)));
             }
         }
         if let Ok(mut t) = dp.tasks.lock() {
@@ -392,17 +418,20 @@ impl BrokerDatapath {
         }
     }
 
-    /// The socket number of the raw socket bound to `local` (else the first).
+    /// The socket numbers (protocol 41, protocol 4) of the raw sockets bound to `local`, else
+    /// of the unbound ones.
     fn raw_via(&self, local: Option<IpAddr>) -> (usize, usize) {
         let i41 = self
             .raw41
             .iter()
             .position(|(a, _)| a.map(IpAddr::V4) == local)
+            .or_else(|| self.raw41.iter().position(|(a, _)| a.is_none()))
             .unwrap_or(0);
         let i4 = self
             .raw4
             .iter()
             .position(|(a, _)| a.map(IpAddr::V6) == local)
+            .or_else(|| self.raw4.iter().position(|(a, _)| a.is_none()))
             .unwrap_or(0);
         (VIA_RAW41 + i41, VIA_RAW4 + i4)
     }

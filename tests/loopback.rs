@@ -336,3 +336,119 @@ async fn broker_answers_probes_and_retransmissions() {
     );
     assert_eq!(rudp(&c2, 0xf2, b"\0user1\0pass1\r\n").await, b"200 Success\r\n");
 }
+
+/// Over raw RUDP from `from`: VERSION, ANONYMOUS, a v6udpv4 create reporting `reported`; the
+/// create's answer, and the never-accepting client's socket (kept open by the caller).
+async fn half_negotiation(broker: std::net::SocketAddr, from: &str, reported: &str) -> (String, tokio::net::UdpSocket) {
+    use tsp_proto::xml::{CreateRequest, build_create};
+    let c = tokio::net::UdpSocket::bind(from).await.unwrap();
+    c.connect(broker).await.unwrap();
+    rudp(&c, 0xf0, b"VERSION=2.0.2\r\n").await;
+    assert!(
+        rudp(&c, 0xf1, b"AUTHENTICATE ANONYMOUS\r\n\0")
+            .await
+            .starts_with(b"200")
+    );
+    let req = CreateRequest {
+        mode: TunnelMode::V6UdpV4,
+        proxy: false,
+        client_addr: reported.parse().unwrap(),
+        keepalive: Some(30),
+        router: None,
+    };
+    let create = tsp_proto::frame::frame_request(&build_create(&req));
+    let answer = rudp(&c, 0xf2, &create).await;
+    (String::from_utf8_lossy(&answer).into_owned(), c)
+}
+
+/// Offers never accepted do not hold tunnel slots forever: `max_tunnels` half-negotiations
+/// fill the broker (301), and once they expire (`offer_timeout`) a client gets a tunnel.
+#[tokio::test]
+async fn unaccepted_offers_expire_and_free_their_slots() {
+    let dir = scratch_dir("pending-expire");
+    let extra = "max_tunnels = 3\noffer_timeout = 1";
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", extra), None).await;
+    let mut held = Vec::new();
+    for i in 1..=3 {
+        let (answer, sock) = half_negotiation(broker.addr, "127.0.0.1:0", &format!("10.0.0.{i}")).await;
+        assert!(answer.contains("200 Success"), "offer {i}: {answer}");
+        held.push(sock);
+    }
+    let opts = options(TunnelMode::V6UdpV4, AuthMethod::Anonymous, "", "", dir.join("k"));
+    match negotiate(&broker.server(), &opts).await {
+        Err(NetError::Proto(ProtoError::Status {
+            status: StatusCode::NoMoreTunnels,
+            ..
+        })) => {}
+        other => panic!(
+            "expected 301 while the offers pend, got {:?}",
+            other.map(|e| e.negotiated.offer)
+        ),
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let est = negotiate(&broker.server(), &opts)
+        .await
+        .expect("a slot after the offers expired");
+    assert_eq!(est.negotiated.offer.mode, TunnelMode::V6UdpV4);
+    assert_eq!(broker.running.shared.lock().sessions().count(), 1);
+}
+
+/// One source address cannot hold more than `max_pending_per_source` offers; another source
+/// still gets its own.
+#[tokio::test]
+async fn one_source_holds_a_bounded_number_of_pending_offers() {
+    let dir = scratch_dir("pending-per-source");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", "max_pending_per_source = 4"), None).await;
+    let mut held = Vec::new();
+    for i in 1..=4 {
+        let (answer, sock) = half_negotiation(broker.addr, "127.0.0.1:0", &format!("10.0.0.{i}")).await;
+        assert!(answer.contains("200 Success"), "offer {i}: {answer}");
+        held.push(sock);
+    }
+    let (answer, _s) = half_negotiation(broker.addr, "127.0.0.1:0", "10.0.0.5").await;
+    assert!(
+        answer.contains("530 "),
+        "fifth pending offer from one address: {answer}"
+    );
+    // Another address (loopback holds all of 127/8) is not affected.
+    let (answer, _s) = half_negotiation(broker.addr, "127.0.0.2:0", "10.0.0.5").await;
+    assert!(answer.contains("200 Success"), "{answer}");
+    assert_eq!(broker.running.shared.lock().sessions().count(), 5);
+}
+
+/// Failed logins are throttled: the answers to repeated wrong DIGEST-MD5 passwords come ever
+/// later (a lower bound only), and the right password still works afterwards.
+#[tokio::test]
+async fn failed_logins_are_throttled_but_never_lock_out() {
+    for transport in [Transport::Tcp, Transport::Udp] {
+        let dir = scratch_dir(&format!("throttle-{transport:?}"));
+        // Short delays so the test is quick: 40 ms doubling up to 320 ms.
+        let only = if transport == Transport::Tcp { "udp = false" } else { "" };
+        let extra = format!("{only}\nlogin_delay_ms = 40\nlogin_delay_max_ms = 320");
+        let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", &extra), None).await;
+        let wrong = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "user1", "wrong", dir.join("k"));
+        let t0 = Instant::now();
+        let mut tenth = Duration::ZERO;
+        for i in 1..=10 {
+            let t = Instant::now();
+            let err = negotiate(&broker.server(), &wrong).await.unwrap_err();
+            assert!(err.is_auth_failure(), "{transport:?} attempt {i}: {err}");
+            tenth = t.elapsed();
+        }
+        // Three free failures per user, then 40, 80, 160, 320, 320, 320, 320 ms.
+        assert!(
+            tenth >= Duration::from_millis(300),
+            "{transport:?}: 10th failure answered after {tenth:?}"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1500),
+            "{transport:?}: 10 failures took only {:?}",
+            t0.elapsed()
+        );
+        let right = options(TunnelMode::V6V4, AuthMethod::DigestMd5, "user1", "pass1", dir.join("k"));
+        let est = negotiate(&broker.server(), &right)
+            .await
+            .expect("the right password after the burst");
+        assert_eq!(est.conn.transport(), transport);
+    }
+}

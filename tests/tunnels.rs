@@ -67,7 +67,8 @@ fn each_mode_carries_traffic_and_cleans_up() {
     ] {
         let (lab, c, b, _) = pair(&format!("modes_{mode}"));
         let before = (
-            c.ip(&["-o", "addr"]).unwrap(),
+            // A link-local address may still be in DAD (tentative) at the first snapshot.
+            c.ip(&["-o", "addr"]).unwrap().replace("tentative ", ""),
             c.routes_v6().unwrap(),
             c.routes_v4().unwrap(),
         );
@@ -130,7 +131,8 @@ fn each_mode_carries_traffic_and_cleans_up() {
         );
         assert!(!c.link_exists(ifname), "{mode}: {ifname} left behind");
         let after = (
-            c.ip(&["-o", "addr"]).unwrap(),
+            // A link-local address may still be in DAD (tentative) at the first snapshot.
+            c.ip(&["-o", "addr"]).unwrap().replace("tentative ", ""),
             c.routes_v6().unwrap(),
             c.routes_v4().unwrap(),
         );
@@ -478,4 +480,151 @@ fn bulk_tcp_through_nat_intact() {
     n.route_add("default", "198.51.100.1").unwrap();
     r.masquerade(&r_out).unwrap();
     bulk_both_ways(&lab, &n, &b, "v6udpv4", "203.0.113.1", "tun", "", 11);
+}
+
+/// Packets of rule `rule` (an nftables match) counted in `host`'s input chain of `table`.
+fn counted(h: &Host, family: &str, table: &str, needle: &str) -> u64 {
+    let out = h.run("nft", &["list", "chain", family, table, "input"]).unwrap();
+    out.stdout
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for {needle:?} in\n{}", out.stdout))
+}
+
+/// Counts, in `h`, the incoming packets of protocol `proto` from `src` and from elsewhere.
+fn count_outer_sources(h: &Host, family: &str, proto: &str, src: &str) {
+    let table = format!("obs{family}");
+    let saddr = if family == "ip" { "ip saddr" } else { "ip6 saddr" };
+    let chain = "{ type filter hook input priority 0; policy accept; }";
+    h.run("nft", &["add", "table", family, &table])
+        .unwrap()
+        .check()
+        .unwrap();
+    h.run("nft", &["add", "chain", family, &table, "input", chain])
+        .unwrap()
+        .check()
+        .unwrap();
+    for op in ["==", "!="] {
+        let rule = format!("meta l4proto {proto} {saddr} {op} {src} counter");
+        let mut args = vec!["add", "rule", family, &table, "input"];
+        args.extend(rule.split(' '));
+        h.run("nft", &args).unwrap().check().unwrap();
+    }
+}
+
+/// The broker listens on a secondary address of its interface: the tunnel packets it sends
+/// (protocol 41 for v6v4, 4 for v4v6) must leave from that address, not the primary one, or
+/// the client drops them and the tunnel carries nothing.
+#[test]
+fn tunnel_packets_leave_from_the_address_the_client_talks_to() {
+    if !require_root() {
+        return;
+    }
+    for (mode, server, secondary, family, proto, target, ifname) in [
+        ("v6v4", "192.0.2.11", "192.0.2.11", "ip", "41", BROKER_V6, "sit1"),
+        (
+            "v4v6",
+            "[2001:db8:1::11]",
+            "2001:db8:1::11",
+            "ip6",
+            "4",
+            "198.51.100.1",
+            "sit0",
+        ),
+    ] {
+        let lab = Lab::new(&format!("secondary_{mode}")).unwrap();
+        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+        let (_, b_if) = lab
+            .link(
+                &c,
+                &["192.0.2.2/24", "2001:db8:1::2/64"],
+                &b,
+                &["192.0.2.1/24", "2001:db8:1::1/64"],
+            )
+            .unwrap();
+        b.add_addr(&b_if, "192.0.2.11/24").unwrap();
+        b.add_addr(&b_if, "2001:db8:1::11/64").unwrap();
+        let toml = format!(
+            "listen = [\"192.0.2.11:3653\", \"[2001:db8:1::11]:3653\"]\nserver_ipv4 = \"192.0.2.11\"\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\nkeepalive_min = 1\n"
+        );
+        let conf = lab.file("broker.toml", &toml).unwrap();
+        let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+        broker.wait_for_output("listening", 10 * SEC).unwrap();
+        count_outer_sources(&c, family, proto, secondary);
+        let client = start_client(
+            &lab,
+            &c,
+            "c",
+            &[
+                &format!("server={server}"),
+                "auth_method=anonymous",
+                &format!("tunnel_mode={mode}"),
+            ],
+        );
+        assert_eq!(field(&client.output(), "mode:").as_deref(), Some(mode));
+        assert!(c.link_exists(ifname), "{mode}: no {ifname}");
+        assert!(
+            c.ping(target, 3, 2),
+            "{mode}: no ping through the tunnel via the secondary address\n{}",
+            broker.output()
+        );
+        let table = format!("obs{family}");
+        let from_secondary = counted(&c, family, &table, &format!("saddr {secondary} counter"));
+        let from_elsewhere = counted(&c, family, &table, &format!("!= {secondary}"));
+        assert!(from_secondary >= 3, "{mode}: {from_secondary} packets from {secondary}");
+        assert_eq!(from_elsewhere, 0, "{mode}: tunnel packets from another broker address");
+    }
+}
+
+/// A client asking for v6anyv4 (or v6v4) from behind a NAT that reaches the broker over TCP
+/// only (UDP 3653 filtered) is refused clearly, naming the NAT, and never reports the tunnel up.
+#[test]
+fn natted_client_over_tcp_is_refused_v6v4_clearly() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new("nat_tcp_refused").unwrap();
+    let [n, b, r] = ["n", "b", "r"].map(|h| lab.host(h).unwrap());
+    lab.link(&n, &["198.51.100.2/24"], &r, &["198.51.100.1/24"]).unwrap();
+    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
+    n.route_add("default", "198.51.100.1").unwrap();
+    r.masquerade(&r_out).unwrap();
+    let chain = "{ type filter hook forward priority 0; policy accept; }";
+    r.run("nft", &["add", "table", "inet", "udpblock"])
+        .unwrap()
+        .check()
+        .unwrap();
+    r.run("nft", &["add", "chain", "inet", "udpblock", "blockfwd", chain])
+        .unwrap()
+        .check()
+        .unwrap();
+    r.run(
+        "nft",
+        &[
+            "add", "rule", "inet", "udpblock", "blockfwd", "udp", "dport", "3653", "drop",
+        ],
+    )
+    .unwrap()
+    .check()
+    .unwrap();
+    let broker = start_broker(&lab, &b, "");
+    for mode in ["v6anyv4", "v6v4"] {
+        let conf = lab
+            .file(
+                &format!("{mode}.conf"),
+                &format!("server=203.0.113.1\nauth_method=anonymous\ntunnel_mode={mode}\n"),
+            )
+            .unwrap();
+        let client = n.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+        let seen = client.wait_for_output("cannot cross the NAT", 30 * SEC);
+        let out = client.output();
+        client.kill();
+        seen.unwrap_or_else(|e| panic!("{mode}: no clear refusal ({e}):\n{out}\nbroker:\n{}", broker.output()));
+        assert!(out.contains("303"), "{mode}: {out}");
+        assert!(!out.contains("(up)"), "{mode}: tunnel reported up:\n{out}");
+    }
+    assert!(!broker.output().contains("tunnel established"), "{}", broker.output());
 }

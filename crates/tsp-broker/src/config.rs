@@ -67,6 +67,10 @@ struct Raw {
     dns_server: Option<Ipv6Addr>,
     dns_suffix: Option<String>,
     max_tunnels: usize,
+    offer_timeout: u32,
+    max_pending_per_source: usize,
+    login_delay_ms: u64,
+    login_delay_max_ms: u64,
     keepalive_min: u32,
     keepalive_max: u32,
     lifetime: u32,
@@ -100,6 +104,10 @@ impl Default for Raw {
             dns_server: None,
             dns_suffix: None,
             max_tunnels: 1000,
+            offer_timeout: 60,
+            max_pending_per_source: 4,
+            login_delay_ms: 100,
+            login_delay_max_ms: 4000,
             keepalive_min: 5,
             keepalive_max: 300,
             lifetime: 604_800,
@@ -142,6 +150,15 @@ pub struct BrokerConfig {
     /// Authenticated users get the DNS name `<user>.<dns_suffix>`.
     pub dns_suffix: Option<String>,
     pub max_tunnels: usize,
+    /// An offer not accepted within this time is withdrawn (its tunnel slot comes back).
+    pub offer_timeout: std::time::Duration,
+    /// At most this many offers awaiting their accept per client source address.
+    pub max_pending_per_source: usize,
+    /// First delay before answering a failed login (doubling per further failure of the same
+    /// user or source); zero turns login throttling off.
+    pub login_delay: std::time::Duration,
+    /// The longest such delay.
+    pub login_delay_max: std::time::Duration,
     pub keepalive_min: u32,
     pub keepalive_max: u32,
     pub lifetime: u32,
@@ -296,6 +313,18 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
     if raw.max_tunnels == 0 {
         return Err(invalid("max_tunnels", "must be at least 1".into()));
     }
+    if !(1..=60).contains(&raw.offer_timeout) {
+        return Err(invalid("offer_timeout", "must be 1..=60 seconds".into()));
+    }
+    if raw.max_pending_per_source == 0 {
+        return Err(invalid("max_pending_per_source", "must be at least 1".into()));
+    }
+    if raw.login_delay_ms > raw.login_delay_max_ms || raw.login_delay_max_ms > 60_000 {
+        return Err(invalid(
+            "login_delay_ms",
+            "need login_delay_ms <= login_delay_max_ms <= 60000".into(),
+        ));
+    }
     if raw.redirect.len() > tsp_proto::types::MAX_BROKERS {
         return Err(invalid(
             "redirect",
@@ -356,6 +385,10 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         dns_server: raw.dns_server.unwrap_or(raw.server_ipv6),
         dns_suffix: raw.dns_suffix,
         max_tunnels: raw.max_tunnels,
+        offer_timeout: std::time::Duration::from_secs(u64::from(raw.offer_timeout)),
+        max_pending_per_source: raw.max_pending_per_source,
+        login_delay: std::time::Duration::from_millis(raw.login_delay_ms),
+        login_delay_max: std::time::Duration::from_millis(raw.login_delay_max_ms),
         keepalive_min: raw.keepalive_min,
         keepalive_max: raw.keepalive_max,
         lifetime: raw.lifetime,

@@ -25,9 +25,10 @@ use tsp_tunnel::raw::{self, RawSocket};
 use tsp_tunnel::tundev::{self, TunDevice};
 use tsp_tunnel::{TUNNEL_MTU, mmsg, valid_inner};
 
-/// Socket numbers of [`Outbox`] messages beyond the UDP listeners (which are 0..).
-const VIA_RAW41: usize = usize::MAX - 1;
-const VIA_RAW4: usize = usize::MAX;
+/// Socket numbers of [`Outbox`] messages beyond the UDP listeners (which are 0..): the raw
+/// sockets, one per local address (index added to the base).
+const VIA_RAW41: usize = usize::MAX / 4;
+const VIA_RAW4: usize = usize::MAX / 2;
 
 /// Where a client's tunnel ends on the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +48,9 @@ struct Route {
     inner_v4: Option<Ipv4Addr>,
     last_seen: Instant,
     idle_limit: Duration,
+    /// Our address the client's tunnel ends at (the offer's server address): its packets
+    /// must leave from there, or the client drops them.
+    local: Option<IpAddr>,
 }
 
 impl Route {
@@ -114,6 +118,31 @@ impl Table {
     }
 }
 
+/// Our tunnel endpoints, when known in advance: the IPv4 ones (`server_ipv4`, else the
+/// IPv4 listen addresses) and the IPv6 ones (the IPv6 listen addresses). Empty: a wildcard
+/// listener makes them the address each client happens to reach; one unbound socket then.
+fn tunnel_endpoints(cfg: &BrokerConfig) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let wildcard4 = cfg.listen.iter().any(|l| l.ip().is_unspecified());
+    let wildcard6 = cfg.listen.iter().any(|l| l.ip().is_unspecified() && l.is_ipv6());
+    for l in &cfg.listen {
+        match l.ip() {
+            IpAddr::V4(a) if !wildcard4 && !v4.contains(&a) => v4.push(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(m) if !wildcard4 && !v4.contains(&m) => v4.push(m),
+                None if !wildcard6 && !v6.contains(&a) => v6.push(a),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    if let Some(a) = cfg.server_ipv4 {
+        v4 = vec![a];
+    }
+    (v4, v6)
+}
+
 /// The running datapath.
 #[derive(Debug)]
 pub struct BrokerDatapath {
@@ -121,8 +150,12 @@ pub struct BrokerDatapath {
     udp: Vec<Arc<UdpSocket>>,
     tun6: Arc<TunDevice>,
     tun4: Option<Arc<TunDevice>>,
-    raw41: Arc<RawSocket>,
-    raw4: Option<Arc<RawSocket>>,
+    /// Protocol 41 sockets, each bound to one of our IPv4 tunnel endpoints, plus one unbound
+    /// socket when those are not all known in advance and local (a wildcard listener and no
+    /// `server_ipv4`, or an endpoint on the public side of a NAT).
+    raw41: Vec<(Option<Ipv4Addr>, Arc<RawSocket>)>,
+    /// Protocol 4 sockets (v4v6), likewise per IPv6 endpoint; empty without v4v6.
+    raw4: Vec<(Option<Ipv6Addr>, Arc<RawSocket>)>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     applied: Mutex<Option<Applied>>,
     /// UDP GSO on every listener (and not disabled by the environment).
@@ -188,12 +221,47 @@ impl BrokerDatapath {
         if cfg.forwarding {
             applied.apply_forwarding(true).map_err(err)?;
         }
-        let raw41 = Arc::new(RawSocket::open(raw::IPPROTO_IPV6_IN_IPV4, false)?);
-        let raw4 = if v4v6 {
-            Some(Arc::new(RawSocket::open(raw::IPPROTO_IPV4_IN_IPV6, true)?))
-        } else {
-            None
+        let (local4, local6) = tunnel_endpoints(cfg);
+        // A socket per tunnel endpoint, bound to it; an endpoint not on this host (the public
+        // side of a 1:1 NAT in front of the broker) gets the unbound socket instead.
+        let open = |protocol: i32, local: Option<IpAddr>| -> io::Result<(bool, Arc<RawSocket>)> {
+            let s = RawSocket::open(protocol, protocol == raw::IPPROTO_IPV4_IN_IPV6)?;
+            let Some(a) = local else {
+                return Ok((false, Arc::new(s)));
+            };
+            match s.bind(a) {
+                Ok(()) => Ok((true, Arc::new(s))),
+                Err(e) => {
+                    tracing::warn!(%a, protocol, error = %e, "cannot send tunnel packets from this address; the kernel picks the source");
+                    Ok((
+                        false,
+                        Arc::new(RawSocket::open(protocol, protocol == raw::IPPROTO_IPV4_IN_IPV6)?),
+                    ))
+                }
+            }
         };
+        let mut raw41 = Vec::new();
+        for a in &local4 {
+            let (bound, s) = open(raw::IPPROTO_IPV6_IN_IPV4, Some(IpAddr::V4(*a)))?;
+            if bound {
+                raw41.push((Some(*a), s));
+            }
+        }
+        if raw41.len() < local4.len() || local4.is_empty() {
+            raw41.push((None, open(raw::IPPROTO_IPV6_IN_IPV4, None)?.1));
+        }
+        let mut raw4 = Vec::new();
+        if v4v6 {
+            for a in &local6 {
+                let (bound, s) = open(raw::IPPROTO_IPV4_IN_IPV6, Some(IpAddr::V6(*a)))?;
+                if bound {
+                    raw4.push((Some(*a), s));
+                }
+            }
+            if raw4.len() < local6.len() || local6.is_empty() {
+                raw4.push((None, open(raw::IPPROTO_IPV4_IN_IPV6, None)?.1));
+            }
+        }
         let udp_gso = !tundev::offload_disabled_by_env() && {
             let ok = udp.iter().all(|s| mmsg::udp_gso_supported(&**s));
             if !ok && tsp_tunnel::first_fallback(&tsp_tunnel::fallback::UDP_GSO) {
@@ -212,13 +280,24 @@ impl BrokerDatapath {
             tasks: Mutex::new(Vec::new()),
             applied: Mutex::new(Some(applied)),
         });
-        let mut tasks = vec![
-            tokio::spawn(dp.clone().tun_loop(true)),
-            tokio::spawn(dp.clone().raw_loop(false)),
-        ];
+        // Receive on every bound socket, or on the unbound one alone when there is one: it
+        // gets a copy of every packet of its protocol (reading the others too would deliver
+        // packets twice); the bound ones then only send.
+        fn receivers<A>(socks: &[(Option<A>, Arc<RawSocket>)]) -> Vec<Arc<RawSocket>> {
+            match socks.iter().find(|(a, _)| a.is_none()) {
+                Some((_, s)) => vec![s.clone()],
+                None => socks.iter().map(|(_, s)| s.clone()).collect(),
+            }
+        }
+        let mut tasks = vec![tokio::spawn(dp.clone().tun_loop(true))];
+        for sock in receivers(&dp.raw41) {
+            tasks.push(tokio::spawn(dp.clone().raw_loop(sock, false)));
+        }
         if dp.tun4.is_some() {
             tasks.push(tokio::spawn(dp.clone().tun_loop(false)));
-            tasks.push(tokio::spawn(dp.clone().raw_loop(true)));
+            for sock in receivers(&dp.raw4) {
+                tasks.push(tokio::spawn(dp.clone().raw_loop(sock, true)));
+            }
         }
         if let Ok(mut t) = dp.tasks.lock() {
             *t = tasks;
@@ -251,6 +330,7 @@ impl BrokerDatapath {
                 inner_v4: Some(offer.client_v4),
                 last_seen: Instant::now(),
                 idle_limit,
+                local: Some(IpAddr::V6(offer.server_v6)),
             },
             _ => Route {
                 inner_v6: Some(offer.client_v6),
@@ -258,6 +338,7 @@ impl BrokerDatapath {
                 inner_v4: None,
                 last_seen: Instant::now(),
                 idle_limit,
+                local: Some(IpAddr::V4(offer.server_v4)),
             },
         };
         let mut t = lock(&self.table);
@@ -328,11 +409,31 @@ impl BrokerDatapath {
     }
 
     fn sock(&self, via: usize) -> Option<Sock<'_>> {
-        match via {
-            VIA_RAW41 => Some(Sock::Raw(&self.raw41)),
-            VIA_RAW4 => self.raw4.as_deref().map(Sock::Raw),
-            i => self.udp.get(i).map(|s| Sock::Udp(s)),
+        if via >= VIA_RAW4 {
+            self.raw4.get(via - VIA_RAW4).map(|(_, s)| Sock::Raw(s))
+        } else if via >= VIA_RAW41 {
+            self.raw41.get(via - VIA_RAW41).map(|(_, s)| Sock::Raw(s))
+        } else {
+            self.udp.get(via).map(|s| Sock::Udp(s))
         }
+    }
+
+    /// The socket numbers (protocol 41, protocol 4) of the raw sockets bound to `local`, else
+    /// of the unbound ones.
+    fn raw_via(&self, local: Option<IpAddr>) -> (usize, usize) {
+        let i41 = self
+            .raw41
+            .iter()
+            .position(|(a, _)| a.map(IpAddr::V4) == local)
+            .or_else(|| self.raw41.iter().position(|(a, _)| a.is_none()))
+            .unwrap_or(0);
+        let i4 = self
+            .raw4
+            .iter()
+            .position(|(a, _)| a.map(IpAddr::V6) == local)
+            .or_else(|| self.raw4.iter().position(|(a, _)| a.is_none()))
+            .unwrap_or(0);
+        (VIA_RAW41 + i41, VIA_RAW4 + i4)
     }
 
     /// Packets the kernel routed to our TUN: to the client whose address or prefix they target.
@@ -354,22 +455,20 @@ impl BrokerDatapath {
                 .gather(&tun, n, v6, |o, first| {
                     // All packets of one read share their destination.
                     let pkt = o.segs.get(first);
-                    let ep = {
+                    let (ep, local) = {
                         let t = lock(table);
-                        if v6 {
+                        let ep = if v6 {
                             v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
                         } else {
                             v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
-                        }
+                        };
+                        (ep, ep.and_then(|ep| t.routes.get(&ep)).and_then(|r| r.local))
                     };
+                    let (via41, via4) = self.raw_via(local);
                     match ep {
                         Some(Endpoint::Udp { listener, peer }) => o.queue(first, Some(peer), listener, true),
-                        Some(Endpoint::V4(a)) => {
-                            o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), VIA_RAW41, false)
-                        }
-                        Some(Endpoint::V6(a)) => {
-                            o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), VIA_RAW4, false)
-                        }
+                        Some(Endpoint::V4(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), via41, false),
+                        Some(Endpoint::V6(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), via4, false),
                         None => {}
                     }
                 })
@@ -385,14 +484,7 @@ impl BrokerDatapath {
     }
 
     /// Protocol 41 (IPv6 in IPv4) or protocol 4 (IPv4 in IPv6) from clients.
-    async fn raw_loop(self: Arc<Self>, v4v6: bool) {
-        let Some(sock) = (if v4v6 {
-            self.raw4.clone()
-        } else {
-            Some(self.raw41.clone())
-        }) else {
-            return;
-        };
+    async fn raw_loop(self: Arc<Self>, sock: Arc<RawSocket>, v4v6: bool) {
         let tun = if v4v6 {
             self.tun4.clone()
         } else {
@@ -462,6 +554,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tunnel_endpoints_follow_the_listeners() {
+        let cfg = |t: &str| BrokerConfig::parse(t, std::path::Path::new("t.toml")).unwrap();
+        assert_eq!(tunnel_endpoints(&cfg("")), (vec![], vec![]), "wildcard: unbound");
+        let c = cfg("listen = [\"192.0.2.11:3653\", \"[2001:db8:1::11]:3653\"]");
+        assert_eq!(
+            tunnel_endpoints(&c),
+            (
+                vec!["192.0.2.11".parse().unwrap()],
+                vec!["2001:db8:1::11".parse().unwrap()]
+            )
+        );
+        let c = cfg("server_ipv4 = \"192.0.2.12\"");
+        assert_eq!(tunnel_endpoints(&c), (vec!["192.0.2.12".parse().unwrap()], vec![]));
+    }
+
+    #[test]
     fn prefix_match() {
         let base = u128::from("2001:db8:c000:1200::".parse::<Ipv6Addr>().unwrap());
         assert!(in_prefix("2001:db8:c000:12ff::1".parse().unwrap(), base, 56));
@@ -477,6 +585,7 @@ mod tests {
                 inner_v4: None,
                 last_seen: Instant::now(),
                 idle_limit: Duration::ZERO,
+                local: None,
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
@@ -492,6 +601,7 @@ mod tests {
             inner_v4: None,
             last_seen: Instant::now(),
             idle_limit: Duration::ZERO,
+            local: None,
         };
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;

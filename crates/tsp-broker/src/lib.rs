@@ -14,11 +14,12 @@ pub mod config;
 pub mod datapath;
 pub mod pool;
 pub mod serve;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use accounts::Accounts;
 use config::BrokerConfig;
@@ -27,7 +28,7 @@ use pool::Pool;
 use tsp_proto::caps::{self, Capabilities};
 use tsp_proto::client::Transport;
 use tsp_proto::sasl::{Mechanism, passdss::HostKeyPair};
-use tsp_proto::server::{Backend, ServerConfig, SessionInfo};
+use tsp_proto::server::{Backend, LoginAttempt, Refusal, ServerConfig, SessionInfo};
 use tsp_proto::status::StatusCode;
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::{CreateRequest, Keepalive, Offer, OfferedPrefix};
@@ -42,6 +43,8 @@ pub struct SessionRecord {
     pub offer: Offer,
     pub established: bool,
     pub since: SystemTime,
+    /// When the offer went out: an offer not accepted within `offer_timeout` is withdrawn.
+    pub offered: Instant,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,7 @@ pub struct Broker {
     prefix6: Pool,
     addr4: Pool,
     sessions: HashMap<String, SessionRecord>,
+    logins: throttle::LoginThrottle,
 }
 
 fn v4_mapped(ip: IpAddr) -> IpAddr {
@@ -75,6 +79,7 @@ impl Broker {
         for a in [net4, net4 + 1, bcast4] {
             addr4.reserve(u128::from(a));
         }
+        let logins = throttle::LoginThrottle::new(c.login_delay, c.login_delay_max);
         let mut b = Self {
             cfg,
             accounts,
@@ -82,6 +87,7 @@ impl Broker {
             prefix6,
             addr4,
             sessions: HashMap::new(),
+            logins,
         };
         b.load_state();
         b
@@ -139,15 +145,41 @@ impl Broker {
         }
     }
 
-    /// The client accepted its offer.
-    pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) {
-        if let Some(s) = self
+    /// A login from `source` was decided: how long to hold its answer back (failed logins
+    /// are throttled per user and per address, [`throttle`]).
+    pub fn login_hold(&mut self, attempt: &LoginAttempt, source: IpAddr) -> std::time::Duration {
+        self.logins
+            .on_login(attempt.user.as_deref(), source, attempt.ok, std::time::Instant::now())
+    }
+
+    /// The client accepted its offer; false when that offer was withdrawn meanwhile (it
+    /// expired, [`Self::expire_offers`]) and the tunnel must not be carried.
+    pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) -> bool {
+        self.expire_offers();
+        match self
             .sessions
             .values_mut()
             .find(|s| s.peer == info.peer && &s.offer == offer)
         {
-            s.established = true;
+            Some(s) => {
+                s.established = true;
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Withdraws the offers not accepted within `offer_timeout` (a client that sent its create
+    /// request and vanished, or never meant to accept): their tunnel slots come back.
+    pub fn expire_offers(&mut self) {
+        let timeout = self.cfg.offer_timeout;
+        self.sessions.retain(|_, s| {
+            let keep = s.established || s.offered.elapsed() < timeout;
+            if !keep {
+                tracing::info!(peer = %s.peer, "offer not accepted in time; withdrawn");
+            }
+            keep
+        });
     }
 
     /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone.
@@ -163,38 +195,57 @@ impl Broker {
         self.sessions.retain(|_, s| s.peer != peer);
     }
 
-    fn choose_mode(&self, info: &SessionInfo, req: &CreateRequest) -> Result<TunnelMode, StatusCode> {
+    fn choose_mode(&self, info: &SessionInfo, req: &CreateRequest) -> Result<TunnelMode, Refusal> {
         let offered = |m: TunnelMode| self.cfg.tunnel_modes.contains(&m);
         let udp = info.transport == Transport::Udp;
         let observed = v4_mapped(info.peer.ip());
         match req.mode {
             TunnelMode::V4V6 => {
                 if !req.client_addr.is_ipv6() {
-                    return Err(StatusCode::InvalidIpv6);
+                    return Err(StatusCode::InvalidIpv6.into());
                 }
                 if offered(TunnelMode::V4V6) && observed.is_ipv6() {
                     Ok(TunnelMode::V4V6)
                 } else {
-                    Err(StatusCode::UnsupportedTunnelType)
+                    Err(StatusCode::UnsupportedTunnelType.into())
                 }
             }
             m => {
                 if !req.client_addr.is_ipv4() {
-                    return Err(StatusCode::InvalidIpv4);
+                    return Err(StatusCode::InvalidIpv4.into());
                 }
+                // NAT detection, over either transport: a client whose reported address is
+                // not the one we see sits behind a NAT, which protocol 41 cannot cross; it
+                // needs the UDP encapsulation, which only the UDP path carries.
                 let nat = req.client_addr != observed;
+                let behind_nat = || {
+                    let how = if udp && offered(TunnelMode::V6UdpV4) {
+                        ""
+                    } else if offered(TunnelMode::V6UdpV4) {
+                        "; v6udpv4 is offered over UDP only and this request came over TCP (is UDP port 3653 blocked?)"
+                    } else {
+                        "; this broker does not offer v6udpv4"
+                    };
+                    Refusal::because(
+                        StatusCode::UnsupportedTunnelType,
+                        format!(
+                            "v6v4 cannot cross the NAT between client and broker (client reports IPv4 {}, broker sees {observed}){how}",
+                            req.client_addr
+                        ),
+                    )
+                };
                 match m {
+                    TunnelMode::V6V4 if offered(m) && nat => Err(behind_nat()),
                     TunnelMode::V6V4 if offered(m) => Ok(m),
                     TunnelMode::V6UdpV4 if offered(m) && udp => Ok(m),
-                    // NAT detection: a client whose reported address is not the one we see
-                    // sits behind a NAT and needs the UDP encapsulation.
                     TunnelMode::V6AnyV4
                         if udp && offered(TunnelMode::V6UdpV4) && (nat || !offered(TunnelMode::V6V4)) =>
                     {
                         Ok(TunnelMode::V6UdpV4)
                     }
+                    TunnelMode::V6AnyV4 if offered(TunnelMode::V6V4) && nat => Err(behind_nat()),
                     TunnelMode::V6AnyV4 if offered(TunnelMode::V6V4) => Ok(TunnelMode::V6V4),
-                    _ => Err(StatusCode::UnsupportedTunnelType),
+                    _ => Err(StatusCode::UnsupportedTunnelType.into()),
                 }
             }
         }
@@ -344,11 +395,27 @@ impl Backend for Broker {
         self.accounts.ha1(user)
     }
 
-    fn offer(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Offer, StatusCode> {
+    fn offer(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Offer, Refusal> {
         let key = Self::session_key(info, req);
-        if !self.sessions.contains_key(&key) && self.sessions.len() >= self.cfg.max_tunnels {
-            tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
-            return Err(StatusCode::NoMoreTunnels);
+        self.expire_offers();
+        if !self.sessions.contains_key(&key) {
+            if self.sessions.len() >= self.cfg.max_tunnels {
+                tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
+                return Err(StatusCode::NoMoreTunnels.into());
+            }
+            let source = v4_mapped(info.peer.ip());
+            let pending = self
+                .sessions
+                .values()
+                .filter(|s| !s.established && v4_mapped(s.peer.ip()) == source)
+                .count();
+            if pending >= self.cfg.max_pending_per_source {
+                tracing::warn!(peer = %info.peer, pending, "too many offers awaiting their accept from one address");
+                return Err(Refusal::because(
+                    StatusCode::ServerTooBusy,
+                    format!("{pending} offers to this address await their accept"),
+                ));
+            }
         }
         let mode = self.choose_mode(info, req)?;
         let offer = self.build_offer(&key, info, req, mode)?;
@@ -372,6 +439,7 @@ impl Backend for Broker {
                 offer: offer.clone(),
                 established: false,
                 since: SystemTime::now(),
+                offered: Instant::now(),
             },
         );
         self.save_state();
@@ -431,21 +499,44 @@ mod tests {
             .unwrap();
         assert_eq!(o.mode, TunnelMode::V6UdpV4);
         assert_eq!(o.client_v4.to_string(), "203.0.113.2");
-        // Over TCP there is no UDP socket to carry v6udpv4.
-        let o = b
+        // Over TCP there is no UDP socket to carry v6udpv4, and v6v4 cannot cross the NAT:
+        // refused, saying why.
+        let r = b
             .offer(
                 &info("203.0.113.2:40001", Transport::Tcp, None),
                 &req(TunnelMode::V6AnyV4, "198.51.100.3"),
             )
-            .unwrap();
-        assert_eq!(o.mode, TunnelMode::V6V4);
+            .unwrap_err();
+        assert_eq!(r.status, StatusCode::UnsupportedTunnelType);
+        let why = r.reason.unwrap();
+        assert!(why.contains("NAT") && why.contains("TCP"), "{why}");
+        assert!(why.contains("198.51.100.3") && why.contains("203.0.113.2"), "{why}");
+        // An explicit v6v4 from behind a NAT is refused the same way, over either transport.
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let r = b
+                .offer(
+                    &info("203.0.113.2:40003", transport, None),
+                    &req(TunnelMode::V6V4, "198.51.100.5"),
+                )
+                .unwrap_err();
+            assert_eq!(r.status, StatusCode::UnsupportedTunnelType);
+            assert!(r.reason.unwrap().contains("NAT"));
+        }
         assert_eq!(
             b.offer(
                 &info("203.0.113.2:40002", Transport::Tcp, None),
                 &req(TunnelMode::V6UdpV4, "198.51.100.4")
             ),
-            Err(StatusCode::UnsupportedTunnelType)
+            Err(StatusCode::UnsupportedTunnelType.into())
         );
+        // Without NAT, TCP gets v6v4.
+        let o = b
+            .offer(
+                &info("192.0.2.7:40001", Transport::Tcp, None),
+                &req(TunnelMode::V6AnyV4, "192.0.2.7"),
+            )
+            .unwrap();
+        assert_eq!(o.mode, TunnelMode::V6V4);
         // Keepalive intervals are clamped to the configured range (5 s minimum).
         assert_eq!(o.keepalive.map(|k| k.interval), Some(5));
         // Wrong address families are refused with their own codes.
@@ -454,14 +545,14 @@ mod tests {
                 &info("192.0.2.2:4000", Transport::Udp, None),
                 &req(TunnelMode::V6V4, "2001:db8::1")
             ),
-            Err(StatusCode::InvalidIpv4)
+            Err(StatusCode::InvalidIpv4.into())
         );
         assert_eq!(
             b.offer(
                 &info("192.0.2.2:4000", Transport::Udp, None),
                 &req(TunnelMode::V4V6, "192.0.2.2")
             ),
-            Err(StatusCode::InvalidIpv6)
+            Err(StatusCode::InvalidIpv6.into())
         );
     }
 
@@ -491,10 +582,45 @@ mod tests {
             info("192.0.2.3:4000", Transport::Udp, Some("b")),
             req(TunnelMode::V6V4, "192.0.2.3"),
         );
-        assert_eq!(b.offer(&other.0, &other.1), Err(StatusCode::NoMoreTunnels));
+        assert_eq!(b.offer(&other.0, &other.1), Err(StatusCode::NoMoreTunnels.into()));
         // The datapath reports `a`'s tunnel silent: the slot is free again.
         b.end_tunnel(IpAddr::V6(a.client_v6));
         assert!(b.offer(&other.0, &other.1).is_ok());
+    }
+
+    #[test]
+    fn unaccepted_offers_expire_and_are_bounded_per_source() {
+        let mut b = broker("max_tunnels = 3\noffer_timeout = 1\nmax_pending_per_source = 2");
+        let half = |b: &mut Broker, peer: &str, reported: &str| {
+            b.offer(&info(peer, Transport::Udp, None), &req(TunnelMode::V6UdpV4, reported))
+        };
+        // One source: two pending offers, the third is refused (530), not counted.
+        assert!(half(&mut b, "192.0.2.2:1", "10.0.0.1").is_ok());
+        assert!(half(&mut b, "192.0.2.2:2", "10.0.0.2").is_ok());
+        let r = half(&mut b, "192.0.2.2:3", "10.0.0.3").unwrap_err();
+        assert_eq!(r.status, StatusCode::ServerTooBusy);
+        // The same client asking again keeps its own slot.
+        assert!(half(&mut b, "192.0.2.2:2", "10.0.0.2").is_ok());
+        // Another source fills the broker; then everyone gets 301.
+        assert!(half(&mut b, "192.0.2.3:1", "10.0.0.1").is_ok());
+        assert_eq!(
+            half(&mut b, "192.0.2.4:1", "10.0.0.1").unwrap_err().status,
+            StatusCode::NoMoreTunnels
+        );
+        // An accepted offer stays; the others expire and give their slots back.
+        let i = info("192.0.2.3:1", Transport::Udp, None);
+        let o = b.session("anon:10.0.0.1@192.0.2.3").unwrap().offer.clone();
+        assert!(b.mark_established(&i, &o));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(half(&mut b, "192.0.2.4:1", "10.0.0.1").is_ok());
+        assert!(half(&mut b, "192.0.2.2:4", "10.0.0.4").is_ok());
+        assert_eq!(b.sessions().count(), 3);
+        assert!(b.session("anon:10.0.0.1@192.0.2.3").is_some_and(|s| s.established));
+        // An accept for a withdrawn offer is not honoured.
+        let gone = info("192.0.2.2:1", Transport::Udp, None);
+        let mut stale = o.clone();
+        stale.client_v4 = "192.0.2.2".parse().unwrap();
+        assert!(!b.mark_established(&gone, &stale));
     }
 
     #[test]
@@ -512,7 +638,7 @@ mod tests {
                 &info("192.0.2.2:4001", Transport::Udp, None),
                 &req(TunnelMode::V6V4, "192.0.2.3")
             ),
-            Err(StatusCode::UnsupportedTunnelType)
+            Err(StatusCode::UnsupportedTunnelType.into())
         );
     }
 

@@ -214,16 +214,25 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let result = {
+        let (result, hold) = {
             let mut broker = shared.lock();
-            session.on_bytes(&buf[..n], &mut *broker, &mut rand::rngs::OsRng)
+            let r = session.on_bytes(&buf[..n], &mut *broker, &mut rand::rngs::OsRng);
+            let hold = session.take_login().map(|l| broker.login_hold(&l, peer.ip()));
+            (r, hold.unwrap_or_default())
         };
+        if !hold.is_zero() {
+            // Failed logins are throttled (and the answers after them held alike).
+            sleep(hold).await;
+        }
         if flush_tcp(&mut stream, &mut session).await.is_err() {
             break;
         }
         match result {
             Ok(Progress::Established(offer)) => {
-                shared.lock().mark_established(session.info(), &offer);
+                if !shared.lock().mark_established(session.info(), &offer) {
+                    tracing::info!(%peer, "accept for a withdrawn offer; closing");
+                    break;
+                }
                 shared.established(raw_endpoint(&offer), &offer);
                 established = Some(raw_endpoint(&offer));
                 tracing::info!(%peer, mode = %offer.mode, "tunnel established (TCP)");
@@ -260,6 +269,9 @@ struct UdpPeer {
     /// gets the same answer (tsps answered it as a new exchange and broke gogoc).
     last: Option<(u32, Vec<u8>)>,
     touched: Instant,
+    /// The last reply is held back until then (login throttling): retransmissions meanwhile
+    /// get no answer.
+    held_until: Option<Instant>,
 }
 
 /// The local address a reply to `peer` leaves from (the socket may be bound to 0.0.0.0).
@@ -329,10 +341,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                 let Some((_, payload)) = Header::decode(dgram) else {
                     continue;
                 };
-                let Some(reply) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
+                let Some((reply, hold)) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
                     continue;
                 };
-                if let Err(e) = socket.send_to(&reply, peer).await {
+                if !hold.is_zero() {
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        sleep(hold).await;
+                        let _ = socket.send_to(&reply, peer).await;
+                    });
+                } else if let Err(e) = socket.send_to(&reply, peer).await {
                     tracing::debug!(%peer, error = %e, "UDP send failed");
                 }
                 if last_sweep.elapsed() > Duration::from_secs(10) || peers.len() > MAX_UDP_PEERS {
@@ -353,7 +371,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     }
 }
 
-/// The datagram answering `dgram` (header echoed verbatim), or `None` to stay silent.
+/// The datagram answering `dgram` (header echoed verbatim) and how long to hold it back, or
+/// `None` to stay silent.
 fn answer_udp(
     peers: &mut HashMap<SocketAddr, UdpPeer>,
     shared: &Shared,
@@ -362,18 +381,28 @@ fn answer_udp(
     peer: SocketAddr,
     dgram: &[u8],
     payload: &[u8],
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Duration)> {
     let header = &dgram[..HEADER_LEN];
     let seq = Header::decode(dgram)?.0.seq;
     if payload.starts_with(b"ECHO REQUEST") {
-        return Some([header, ECHO_REPLY].concat());
+        return Some(([header, ECHO_REPLY].concat(), Duration::ZERO));
     }
     if let Some(p) = peers.get_mut(&peer)
         && let Some((last_seq, last_reply)) = &p.last
         && *last_seq == seq
     {
         p.touched = Instant::now();
-        return Some(last_reply.clone());
+        if p.held_until.is_some_and(|t| t > Instant::now()) {
+            return None;
+        }
+        return Some((last_reply.clone(), Duration::ZERO));
+    }
+    if peers
+        .get(&peer)
+        .is_some_and(|p| p.held_until.is_some_and(|t| t > Instant::now()))
+    {
+        // A new message before the held answer went out: the client cannot have read it.
+        return None;
     }
     if payload.starts_with(b"VERSION=") {
         let local = local_towards(bound, peer);
@@ -384,21 +413,27 @@ fn answer_udp(
                 session,
                 last: None,
                 touched: Instant::now(),
+                held_until: None,
             },
         );
     }
     let p = peers.get_mut(&peer)?;
     p.touched = Instant::now();
-    let result = {
+    let (result, hold) = {
         let mut broker = shared.lock();
-        p.session.on_bytes(payload, &mut *broker, &mut rand::rngs::OsRng)
+        let r = p.session.on_bytes(payload, &mut *broker, &mut rand::rngs::OsRng);
+        let hold = p.session.take_login().map(|l| broker.login_hold(&l, peer.ip()));
+        (r, hold.unwrap_or_default())
     };
     let body = p.session.next_reply().unwrap_or_default();
     let reply = [header, &body].concat();
     p.last = Some((seq, reply.clone()));
+    p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
     match result {
+        Ok(Progress::Established(offer)) if !shared.lock().mark_established(p.session.info(), &offer) => {
+            tracing::info!(%peer, "accept for a withdrawn offer (not accepted in time); ignored");
+        }
         Ok(Progress::Established(offer)) => {
-            shared.lock().mark_established(p.session.info(), &offer);
             let ep = match offer.mode {
                 TunnelMode::V6UdpV4 => Endpoint::Udp { listener, peer },
                 _ => raw_endpoint(&offer),
@@ -409,5 +444,5 @@ fn answer_udp(
         Ok(Progress::Continue) => {}
         Err(e) => tracing::info!(%peer, error = %e, "UDP session ended"),
     }
-    Some(reply)
+    Some((reply, hold))
 }

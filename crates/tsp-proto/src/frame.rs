@@ -108,7 +108,19 @@ pub fn frame_request(xml: &str) -> Vec<u8> {
 
 /// `Content-length: M\r\n` + status line + XML, as the broker frames replies to `create`.
 pub fn frame_reply(status: StatusCode, xml: &str) -> Vec<u8> {
-    let mut body = status_line(status);
+    frame_reply_because(status, None, xml)
+}
+
+/// [`frame_reply`] with words after the status text saying why (`303 Unsupported tunnel
+/// type: …`); line breaks and control characters in `reason` become spaces.
+pub fn frame_reply_because(status: StatusCode, reason: Option<&str>, xml: &str) -> Vec<u8> {
+    let mut body = match reason {
+        None => status_line(status),
+        Some(r) => {
+            let r: String = r.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            format!("{} {}: {r}\r\n", status.code(), status.wire_text()).into_bytes()
+        }
+    };
     body.extend_from_slice(xml.as_bytes());
     let mut out = format!("Content-length: {}\r\n", body.len()).into_bytes();
     out.extend_from_slice(&body);

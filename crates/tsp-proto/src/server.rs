@@ -45,12 +45,35 @@ pub struct SessionInfo {
     pub version: Version,
 }
 
+/// Why the broker refuses a tunnel request: the status code, and optionally words for the
+/// client saying why (sent after the status text on the status line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: Option<String>,
+}
+
+impl Refusal {
+    pub fn because(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+impl From<StatusCode> for Refusal {
+    fn from(status: StatusCode) -> Self {
+        Self { status, reason: None }
+    }
+}
+
 /// The broker's resources: accounts and address pools.
 pub trait Backend {
     /// `MD5(user ":" realm ":" password)` of an account, if the user exists.
     fn account_ha1(&self, user: &str) -> Option<[u8; 16]>;
-    /// The offer for this client, or the status that refuses it.
-    fn offer(&mut self, session: &SessionInfo, request: &CreateRequest) -> Result<Offer, StatusCode>;
+    /// The offer for this client, or the status (and reason) that refuses it.
+    fn offer(&mut self, session: &SessionInfo, request: &CreateRequest) -> Result<Offer, Refusal>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +92,15 @@ pub enum ServerError {
     Version(String),
     #[error("client was redirected")]
     Redirected,
+}
+
+/// A login the session just decided, for the broker's throttling of failed logins
+/// ([`ServerSession::take_login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginAttempt {
+    /// The user name tried, when the client got as far as naming one.
+    pub user: Option<String>,
+    pub ok: bool,
 }
 
 /// What a call to [`ServerSession::on_bytes`] achieved.
@@ -102,6 +134,9 @@ pub struct ServerSession {
     /// gogoc follows every AUTHENTICATE line with one NUL byte (§10.1).
     skip_nul: bool,
     out: VecDeque<Vec<u8>>,
+    /// The user name being authenticated (known once the client sent it).
+    trying: Option<String>,
+    login: Option<LoginAttempt>,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -129,7 +164,15 @@ impl ServerSession {
             buf: Vec::new(),
             skip_nul: false,
             out: VecDeque::new(),
+            trying: None,
+            login: None,
         }
+    }
+
+    /// The outcome of a password login decided by the last [`Self::on_bytes`], once: the
+    /// caller may hold the replies back (throttling) before sending them.
+    pub fn take_login(&mut self) -> Option<LoginAttempt> {
+        self.login.take()
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -209,6 +252,10 @@ impl ServerSession {
 
     fn auth_failed(&mut self, m: Mechanism, e: impl ToString) -> ServerError {
         self.status(StatusCode::AuthenticationFailed);
+        self.login = Some(LoginAttempt {
+            user: self.trying.take(),
+            ok: false,
+        });
         ServerError::AuthFailed {
             mechanism: m.wire_name(),
             reason: e.to_string(),
@@ -296,6 +343,7 @@ impl ServerSession {
                 let line = line.to_vec();
                 let (user, password) =
                     plain::parse_client_message(&line).map_err(|e| self.auth_failed(Mechanism::Plain, e))?;
+                self.trying = Some(user.clone());
                 self.check_password(Mechanism::Plain, &user, &password, backend)?;
                 self.authenticated(Some(user));
                 Ok(Some((State::Create, used, None)))
@@ -307,6 +355,7 @@ impl ServerSession {
                 let line = line.to_vec();
                 let m = Mechanism::DigestMd5;
                 let resp = digest_md5::parse_response(&line).map_err(|e| self.auth_failed(m, e))?;
+                self.trying = Some(resp.username.clone());
                 let Some(ha1) = backend.account_ha1(&resp.username) else {
                     return Err(self.auth_failed(m, format!("unknown user {:?}", resp.username)));
                 };
@@ -335,6 +384,7 @@ impl ServerSession {
                     return self.wait_bounded(State::PassDssMsg2(exchange, user));
                 };
                 let m = Mechanism::PassDss3Des1;
+                self.trying = Some(user.clone());
                 let stored = backend.account_ha1(&user);
                 let realm = self.cfg.realm.clone();
                 let msg2 = self.buf[..used].to_vec();
@@ -366,8 +416,9 @@ impl ServerSession {
                             Ok(Some((State::Established, used, Some(Progress::Established(offer)))))
                         }
                     }
-                    Err(status) => {
-                        self.reply(frame::frame_reply(status, ""));
+                    Err(refusal) => {
+                        let status = refusal.status;
+                        self.reply(frame::frame_reply_because(status, refusal.reason.as_deref(), ""));
                         Err(ServerError::Refused(status))
                     }
                 }
@@ -401,6 +452,11 @@ impl ServerSession {
     }
 
     fn authenticated(&mut self, user: Option<String>) {
+        self.trying = None;
+        self.login = Some(LoginAttempt {
+            user: user.clone(),
+            ok: true,
+        });
         self.info.user = user;
         self.status(StatusCode::Success);
     }
@@ -446,7 +502,7 @@ mod tests {
             (user == "user1").then_some(self.user1)
         }
 
-        fn offer(&mut self, _session: &SessionInfo, _request: &CreateRequest) -> Result<Offer, StatusCode> {
+        fn offer(&mut self, _session: &SessionInfo, _request: &CreateRequest) -> Result<Offer, Refusal> {
             Ok(Offer {
                 mode: crate::types::TunnelMode::V6V4,
                 lifetime: Some(604_800),

@@ -109,7 +109,9 @@ impl StatusCode {
             Self::AuthenticationFailed => "the broker rejected the user name or password",
             Self::NoMoreTunnels => "the broker has no more tunnels available (capacity reached)",
             Self::UnsupportedVersion => "the broker does not support this TSP protocol version",
-            Self::UnsupportedTunnelType => "the broker does not offer the requested tunnel mode",
+            Self::UnsupportedTunnelType => {
+                "the broker does not offer the requested tunnel mode to this client: not at all, or not across a NAT (v6v4)"
+            }
             Self::ServerError => "the broker reported an internal error",
             Self::InvalidRequest => "the broker found the tunnel request invalid",
             Self::InvalidIpv4 => "the broker rejected the client's IPv4 address",

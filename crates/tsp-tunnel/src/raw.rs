@@ -63,6 +63,13 @@ impl RawSocket {
         Ok(Self { fd, v6 })
     }
 
+    /// Binds the socket to one local address: what it sends leaves from that address (an
+    /// unbound raw socket gets the kernel's choice, the interface's primary address), and it
+    /// receives only packets to it.
+    pub fn bind(&self, local: IpAddr) -> io::Result<()> {
+        SockRef::from(&self.fd).bind(&sockaddr(local))
+    }
+
     /// Restricts the socket to one interface (SO_BINDTODEVICE).
     pub fn bind_device(&self, ifname: &str) -> io::Result<()> {
         SockRef::from(&self.fd).bind_device(Some(ifname.as_bytes()))

@@ -532,7 +532,7 @@ fn tunnel_packets_leave_from_the_address_the_client_talks_to() {
             "ip6",
             "4",
             "198.51.100.1",
-            "sit0",
+            "tsp-v4v6",
         ),
     ] {
         let lab = Lab::new(&format!("secondary_{mode}")).unwrap();

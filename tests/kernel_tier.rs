@@ -312,3 +312,38 @@ fn no_icmp_unreachables_from_either_host() {
         }
     });
 }
+
+/// The harness itself: a failing guest command fails the boot with its status, and a guest that
+/// hangs is killed at the time limit instead of hanging the test.
+#[test]
+fn harness_reports_failures_and_timeouts() {
+    if uml::in_guest() || !require_root() {
+        return;
+    }
+    let kernel = match uml::prepare() {
+        Ok(k) => k,
+        Err(uml::Skip(why)) => {
+            println!("skipped: harness_reports_failures_and_timeouts: {why}");
+            return;
+        }
+    };
+    let boot = kernel.run("harness_status", &["false"], &[], GUEST_TIMEOUT).unwrap();
+    println!("{}", boot.console);
+    assert_eq!(
+        (boot.guest_status, boot.exit, boot.timed_out),
+        (Some(1), Some(1), false)
+    );
+    assert!(!boot.success());
+    let t0 = Instant::now();
+    let boot = kernel.run("harness_hang", &["sleep", "600"], &[], 8 * SEC).unwrap();
+    println!("{}", boot.console);
+    assert!(
+        boot.timed_out && boot.guest_status.is_none() && !boot.success(),
+        "{boot:?}"
+    );
+    assert!(
+        t0.elapsed() < 20 * SEC,
+        "the hung guest was not killed in time: {:.1?}",
+        t0.elapsed()
+    );
+}

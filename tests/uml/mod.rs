@@ -228,11 +228,7 @@ impl Kernel {
         let run = target_dir()
             .join("uml/runs")
             .join(format!("{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
         let init = run.join("init.sh");
-        fs::write(&init, INIT).map_err(|e| e.to_string())?;
-        fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         let mut cmdline: Vec<String> = [
             "mem=384M",
             "root=/dev/root",
@@ -257,6 +253,10 @@ impl Kernel {
         if let Some(bad) = cmdline.iter().find(|w| w.contains(char::is_whitespace) || w.is_empty()) {
             return Err(format!("kernel command line word {bad:?} is empty or has white space"));
         }
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
+        fs::write(&init, INIT).map_err(|e| e.to_string())?;
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         // stdout must be a pipe (a regular file fails linux.uml's epoll), stdin /dev/null.
         // Its own process group: UML runs its guest processes as host processes, killed as one.

@@ -347,3 +347,18 @@ fn harness_reports_failures_and_timeouts() {
         t0.elapsed()
     );
 }
+
+/// v4v6 when the kernel already has `sit` loaded (a distribution kernel after any 6in4 use, or
+/// after anything looked up a device named `sit0`): every namespace then has sit's fallback
+/// device `sit0`, tspc's default v4v6 device name.
+///
+/// Fails today: creating the ip6tnl link `sit0` answers EEXIST, the TUN fallback finds "an
+/// interface of another type already has that name", and tspc retries forever.
+#[test]
+#[ignore = "known client-side issue: tspc's default v4v6 device name sit0 is taken by sit's fallback device once sit is loaded"]
+fn v4v6_with_sit_loaded() {
+    in_uml(|| {
+        uml::modprobe(&["sit"]);
+        tunnel(&V4V6, Expect::Kernel("ip6tnl ipip6"));
+    });
+}

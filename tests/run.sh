@@ -25,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The kernel tier (tests/kernel_tier.rs, harness tests/uml) fetches Debian's user-mode-linux and
+# kmod with `apt-get download` (dpkg-deb and perl, essential packages, do the rest); it needs
+# apt's package lists, which minimal images ship without.
+if ! apt-cache policy user-mode-linux 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  echo "== apt-get update (for the kernel tier's user-mode-linux)"
+  apt-get update -qq
+fi
+
 echo "== cargo fetch"
 cargo fetch --locked
 # The house rules the compiler alone does not hold: one format, and clippy clean with the

@@ -1,0 +1,364 @@
+//! The kernel tier: tspc's kernel tunnel links (crates/tsp-tunnel/src/kernel.rs: sit for v6v4,
+//! ip6tnl for v4v6) and its fallback to the userspace datapath, under a real Linux kernel that
+//! has those links: Debian's user-mode Linux, booted by tests/uml (docs/testbed.md §8), since
+//! this machine's kernel has none.
+//!
+//! Each test boots the kernel and re-runs itself inside (`--exact <test>`, with `TSP_UML_GUEST`
+//! set), where it builds the namespace scenario of tests/tunnels.rs: client `c` and broker `b`
+//! on one veth, `tsp-broker` (userspace datapath) in `b`, `tspc` in `c`. Root only; each test
+//! prints a skip line and passes when it cannot boot the kernel (apt cannot fetch the packages,
+//! /dev/shm is noexec).
+
+mod netns;
+mod uml;
+
+use std::time::{Duration, Instant};
+
+use netns::{Host, Lab, Proc, Signal, require_root};
+
+const SEC: Duration = Duration::from_secs(1);
+const TSPC: &str = env!("CARGO_BIN_EXE_tspc");
+const BROKER: &str = env!("CARGO_BIN_EXE_tsp-broker");
+const BROKER_V6: &str = "2001:db8:b::1";
+/// Boot, scenario and power-off; the guest is slow (one CPU, every syscall trapped).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `guest` in the user-mode Linux guest: on the host, boots the kernel with this test
+/// binary re-running this test inside and fails unless it passed there; in the guest, runs it.
+fn in_uml(guest: fn()) {
+    if uml::in_guest() {
+        guest();
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    let name = std::thread::current().name().unwrap_or_default().to_string();
+    let kernel = match uml::prepare() {
+        Ok(k) => k,
+        Err(uml::Skip(why)) => {
+            println!("skipped: {name}: {why}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let argv = [
+        exe,
+        "--exact",
+        &name,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    let boot = kernel
+        .run(&name, &argv, &[("RUST_BACKTRACE", "1")], GUEST_TIMEOUT)
+        .unwrap();
+    println!("{name}: boot and guest run took {:.1?}\n{}", boot.elapsed, boot.console);
+    assert!(
+        boot.success(),
+        "{name} failed in the guest (guest status {:?}, linux.uml exit {:?}, timed out: {}); its console is above",
+        boot.guest_status,
+        boot.exit,
+        boot.timed_out,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario (runs in the guest)
+
+/// One tunnel mode of tests/tunnels.rs: the server= line, tspc's default device, a ping target.
+struct Mode {
+    mode: &'static str,
+    server: &'static str,
+    ifname: &'static str,
+    target: &'static str,
+}
+
+const V6V4: Mode = Mode {
+    mode: "v6v4",
+    server: "192.0.2.1",
+    ifname: "sit1",
+    target: BROKER_V6,
+};
+const V4V6: Mode = Mode {
+    mode: "v4v6",
+    server: "[2001:db8:1::1]",
+    ifname: "sit0",
+    target: "198.51.100.1",
+};
+
+/// Which datapath tspc must have chosen: a kernel link whose `ip -d link` kind line starts
+/// with this, or the userspace TUN.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Kernel(&'static str),
+    Tun,
+}
+
+/// ICMP destination unreachables a host sent: (IPv4 OutDestUnreachs, ICMPv6 OutDestUnreachs).
+fn unreachables_sent(h: &Host) -> (u64, u64) {
+    let read = |path: &str| h.run("cat", &[path]).and_then(|o| o.check()).unwrap().stdout;
+    let snmp = read("/proc/net/snmp");
+    let icmp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Icmp: "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let v4 = icmp[0]
+        .iter()
+        .position(|k| *k == "OutDestUnreachs")
+        .and_then(|i| icmp[1][i].parse().ok())
+        .unwrap();
+    let v6 = read("/proc/net/snmp6")
+        .lines()
+        .find_map(|l| l.strip_prefix("Icmp6OutDestUnreachs"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    (v4, v6)
+}
+
+/// True when the host has a link of this name. Lists the links instead of asking for one by
+/// name: a lookup of a missing name makes the kernel load the module that has the alias
+/// `netdev-<name>`, and `sit` has `netdev-sit0`, whose fallback device is then found.
+fn has_link(h: &Host, ifname: &str) -> bool {
+    let links = h.ip(&["-o", "link"]).unwrap();
+    links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .any(|name| name.split('@').next() == Some(ifname))
+}
+
+/// What a run of [`tunnel`] measured.
+struct Run {
+    /// ICMP unreachables sent during the pings by the client and by the broker.
+    client_unreachables: (u64, u64),
+    broker_unreachables: (u64, u64),
+}
+
+/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1), broker
+/// started; tspc brings the tunnel up in `mode`, must have chosen the `expect`ed datapath,
+/// pings through it, and leaves the client's links, addresses and routes as they were after
+/// SIGTERM.
+fn tunnel(m: &Mode, expect: Expect) -> Run {
+    let t0 = Instant::now();
+    let lab = Lab::new(&format!("uml_{}", m.mode)).unwrap();
+    let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+    lab.link(
+        &c,
+        &["192.0.2.2/24", "2001:db8:1::2/64"],
+        &b,
+        &["192.0.2.1/24", "2001:db8:1::1/64"],
+    )
+    .unwrap();
+    // The link-local addresses finish duplicate address detection first (slow in the guest),
+    // or the snapshot would differ in a `tentative` flag only.
+    let settled = Instant::now() + 10 * SEC;
+    while c.ip(&["-o", "addr"]).unwrap().contains("tentative") && Instant::now() < settled {
+        std::thread::sleep(SEC / 10);
+    }
+    let before = (
+        c.ip(&["-o", "addr"]).unwrap(),
+        c.routes_v6().unwrap(),
+        c.routes_v4().unwrap(),
+    );
+    let conf = lab
+        .file(
+            "broker.toml",
+            &format!(
+                "listen = [\"[::]:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\nkeepalive_min = 1\n"
+            ),
+        )
+        .unwrap();
+    let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+    broker.wait_for_output("listening", 30 * SEC).unwrap();
+    let conf = lab
+        .file(
+            "c.conf",
+            &format!("server={}\nauth_method=anonymous\ntunnel_mode={}\n", m.server, m.mode),
+        )
+        .unwrap();
+    let client: Proc = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+    client.wait_for_output("(up)", 30 * SEC).unwrap();
+    let out = client.output();
+    let link = c.ip(&["-d", "link", "show", m.ifname]).unwrap();
+    println!(
+        "{} ({expect:?}): tspc log:\n{out}\nip -d link show {}:\n{link}",
+        m.mode, m.ifname
+    );
+    let kind_line = |prefix: &str| link.lines().any(|l| l.trim_start().starts_with(prefix));
+    match expect {
+        Expect::Kernel(kind) => {
+            assert!(
+                out.contains(&format!("kernel datapath ({} link)", kind.split(' ').next().unwrap())),
+                "{}: tspc did not choose the kernel datapath:\n{out}",
+                m.mode
+            );
+            assert!(
+                kind_line(&format!("{kind} ")),
+                "{}: {} is no {kind} link:\n{link}",
+                m.mode,
+                m.ifname
+            );
+        }
+        Expect::Tun => {
+            assert!(
+                out.contains("userspace datapath"),
+                "{}: tspc did not fall back:\n{out}",
+                m.mode
+            );
+            assert!(kind_line("tun "), "{}: {} is no tun device:\n{link}", m.mode, m.ifname);
+        }
+    }
+    let (c0, b0) = (unreachables_sent(&c), unreachables_sent(&b));
+    assert!(
+        c.ping(m.target, 3, 5),
+        "{}: no ping through the tunnel to {}",
+        m.mode,
+        m.target
+    );
+    let (c1, b1) = (unreachables_sent(&c), unreachables_sent(&b));
+    let run = Run {
+        client_unreachables: (c1.0 - c0.0, c1.1 - c0.1),
+        broker_unreachables: (b1.0 - b0.0, b1.1 - b0.1),
+    };
+    println!(
+        "{} ({expect:?}): ICMP/ICMPv6 destination unreachables sent during the pings: client {:?}, broker {:?}",
+        m.mode, run.client_unreachables, run.broker_unreachables
+    );
+    client.signal(Signal::Term).unwrap();
+    assert!(
+        client.wait_exit(10 * SEC).is_some(),
+        "{}: tspc did not exit on SIGTERM",
+        m.mode
+    );
+    assert!(!has_link(&c, m.ifname), "{}: {} left behind", m.mode, m.ifname);
+    let after = (
+        c.ip(&["-o", "addr"]).unwrap(),
+        c.routes_v6().unwrap(),
+        c.routes_v4().unwrap(),
+    );
+    assert_eq!(before, after, "{}: addresses or routes left behind", m.mode);
+    println!("{} ({expect:?}): passed in {:.1?}", m.mode, t0.elapsed());
+    drop(broker);
+    run
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// v6v4: tspc creates a kernel sit link (the kernel loads `sit` on demand), pings the broker's
+/// tunnel address through it, and removes the link, its addresses and routes on SIGTERM.
+#[test]
+fn v6v4_kernel_sit_link() {
+    in_uml(|| {
+        tunnel(&V6V4, Expect::Kernel("sit"));
+    });
+}
+
+/// v4v6: tspc creates a kernel ip6tnl link in ipip6 mode and pings the broker's IPv4 tunnel
+/// address through it.
+#[test]
+fn v4v6_kernel_ip6tnl_link() {
+    in_uml(|| {
+        tunnel(&V4V6, Expect::Kernel("ip6tnl ipip6"));
+    });
+}
+
+/// With module autoloading off, the kernel answers both link kinds with EOPNOTSUPP (like this
+/// host's): tspc falls back to the TUN datapath and traffic flows. Then, in the same boot,
+/// autoloading on again: the kernel link comes back.
+#[test]
+fn falls_back_to_userspace_without_the_modules() {
+    in_uml(|| {
+        uml::modprobe(&["ipv6", "veth", "tun"]);
+        uml::autoload(false);
+        tunnel(&V6V4, Expect::Tun);
+        tunnel(&V4V6, Expect::Tun);
+        assert!(!uml::module_loaded("sit") && !uml::module_loaded("ip6_tunnel"));
+        uml::autoload(true);
+        tunnel(&V6V4, Expect::Kernel("sit"));
+    });
+}
+
+/// Neither host sends ICMP destination unreachables while pings cross the tunnel, with the
+/// kernel links on the client and the broker's userspace datapath.
+///
+/// Fails today: once the kernel has the tunnel modules (the client's link loads them, for every
+/// namespace), the broker's kernel hands each encapsulated packet to its own tunnel handlers as
+/// well as to the userspace datapath's raw socket, finds no tunnel and answers "port
+/// unreachable" (v6v4: one ICMP error per ping from the broker host; v4v6: ICMPv6 errors from
+/// the broker, which the client's ip6tnl turns into ICMP errors of its own).
+#[test]
+#[ignore = "known broker-side issue: the broker host's kernel sends ICMP unreachables for the tunnel packets its userspace datapath handles"]
+fn no_icmp_unreachables_from_either_host() {
+    in_uml(|| {
+        let runs: Vec<(&str, Run)> = [(&V6V4, "sit"), (&V4V6, "ip6tnl ipip6")]
+            .into_iter()
+            .map(|(m, kind)| (m.mode, tunnel(m, Expect::Kernel(kind))))
+            .collect();
+        for (mode, run) in &runs {
+            assert_eq!(
+                run.client_unreachables,
+                (0, 0),
+                "{mode}: the client sent ICMP/ICMPv6 destination unreachables"
+            );
+            assert_eq!(
+                run.broker_unreachables,
+                (0, 0),
+                "{mode}: the broker host sent ICMP/ICMPv6 destination unreachables (its kernel's tunnel \
+                 handlers answer the encapsulated packets its userspace datapath reads from a raw socket)"
+            );
+        }
+    });
+}
+
+/// The harness itself: a failing guest command fails the boot with its status, and a guest that
+/// hangs is killed at the time limit instead of hanging the test.
+#[test]
+fn harness_reports_failures_and_timeouts() {
+    if uml::in_guest() || !require_root() {
+        return;
+    }
+    let kernel = match uml::prepare() {
+        Ok(k) => k,
+        Err(uml::Skip(why)) => {
+            println!("skipped: harness_reports_failures_and_timeouts: {why}");
+            return;
+        }
+    };
+    let boot = kernel.run("harness_status", &["false"], &[], GUEST_TIMEOUT).unwrap();
+    println!("{}", boot.console);
+    assert_eq!(
+        (boot.guest_status, boot.exit, boot.timed_out),
+        (Some(1), Some(1), false)
+    );
+    assert!(!boot.success());
+    let t0 = Instant::now();
+    let boot = kernel.run("harness_hang", &["sleep", "600"], &[], 8 * SEC).unwrap();
+    println!("{}", boot.console);
+    assert!(
+        boot.timed_out && boot.guest_status.is_none() && !boot.success(),
+        "{boot:?}"
+    );
+    assert!(
+        t0.elapsed() < 20 * SEC,
+        "the hung guest was not killed in time: {:.1?}",
+        t0.elapsed()
+    );
+}
+
+/// v4v6 when the kernel already has `sit` loaded (a distribution kernel after any 6in4 use, or
+/// after anything looked up a device named `sit0`): every namespace then has sit's fallback
+/// device `sit0`, tspc's default v4v6 device name.
+///
+/// Fails today: creating the ip6tnl link `sit0` answers EEXIST, the TUN fallback finds "an
+/// interface of another type already has that name", and tspc retries forever.
+#[test]
+#[ignore = "known client-side issue: tspc's default v4v6 device name sit0 is taken by sit's fallback device once sit is loaded"]
+fn v4v6_with_sit_loaded() {
+    in_uml(|| {
+        uml::modprobe(&["sit"]);
+        tunnel(&V4V6, Expect::Kernel("ip6tnl ipip6"));
+    });
+}

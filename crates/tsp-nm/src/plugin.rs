@@ -175,7 +175,18 @@ impl Request {
     }
 
     fn settings(&self) -> Result<VpnSettings, VpnError> {
-        vpn_data::parse_vpn_data(&self.data).map_err(|e| VpnError::InvalidConnection(e.to_string()))
+        let settings = vpn_data::parse_vpn_data(&self.data).map_err(|e| VpnError::InvalidConnection(e.to_string()))?;
+        // Proxy mode asks the broker for a tunnel that ends on another router (gogoCLIENT's
+        // cisco template): NetworkManager would configure it on this host, where nothing
+        // would answer. The key stays valid in vpn.data (import and export keep it).
+        if settings.cfg.proxy_client {
+            return Err(VpnError::InvalidConnection(
+                "proxy-client=yes negotiates a tunnel for another router, which NetworkManager cannot \
+                 configure here; use tspc with proxy_client=yes for that"
+                    .into(),
+            ));
+        }
+        Ok(settings)
     }
 }
 
@@ -763,6 +774,21 @@ mod tests {
         assert_eq!(r.data["server"], "192.0.2.1");
         assert_eq!(r.secrets["password"], "pw");
         assert!(!r.settings().unwrap().missing_password(&r.secrets));
+    }
+
+    /// A tunnel for another router (proxy mode) is refused with a clear error rather than
+    /// configured on this host.
+    #[test]
+    fn refuses_proxy_mode() {
+        let c = connection(
+            &[("server", "192.0.2.1"), ("proxy-client", "yes"), ("keepalive", "no")],
+            &[],
+        );
+        let r = Request::from_dbus(&c).unwrap();
+        match r.settings() {
+            Err(VpnError::InvalidConnection(m)) => assert!(m.contains("proxy-client=yes"), "{m}"),
+            other => panic!("proxy mode accepted: {other:?}"),
+        }
     }
 
     #[test]

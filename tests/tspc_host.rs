@@ -7,7 +7,7 @@ mod netns;
 
 use std::time::Duration;
 
-use netns::{Host, Lab, Proc, Signal, require_root};
+use netns::{Host, Lab, Proc, Signal, client_broker, require_root};
 
 const SEC: Duration = Duration::from_secs(1);
 const TSPC: &str = env!("CARGO_BIN_EXE_tspc");
@@ -29,21 +29,6 @@ fn spawn_client(lab: &Lab, host: &Host, name: &str, lines: &[&str], args: &[&str
     let mut all = vec!["-f", conf.to_str().unwrap()];
     all.extend_from_slice(args);
     host.spawn(TSPC, &all).unwrap()
-}
-
-/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1) on one link.
-fn pair(test: &str) -> (Lab, Host, Host, String) {
-    let lab = Lab::new(test).unwrap();
-    let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-    let (c_if, _) = lab
-        .link(
-            &c,
-            &["192.0.2.2/24", "2001:db8:1::2/64"],
-            &b,
-            &["192.0.2.1/24", "2001:db8:1::1/64"],
-        )
-        .unwrap();
-    (lab, c, b, c_if)
 }
 
 fn defaults_v6(h: &Host) -> Vec<String> {
@@ -95,7 +80,7 @@ fn existing_ipv6_default_route_coexists_and_survives() {
         return;
     }
     for mode in ["v6udpv4", "v6v4"] {
-        let (lab, c, b, _) = pair(&format!("native_default_{mode}"));
+        let (lab, c, b, _) = client_broker(&format!("native_default_{mode}"));
         let g = lab.host("g").unwrap();
         lab.link(&c, &["2001:db8:9::2/64"], &g, &["2001:db8:9::1/64"]).unwrap();
         c.route_add("default", "2001:db8:9::1").unwrap();
@@ -238,7 +223,7 @@ fn router_request_without_prefix_is_an_error_unless_accepted() {
     if !require_root() {
         return;
     }
-    let (lab, c, b, c_if) = pair("router_no_prefix");
+    let (lab, c, b, c_if) = client_broker("router_no_prefix");
     let sessions = prefixless_broker(&b);
     let if_prefix = format!("if_prefix={c_if}");
     let base = [
@@ -303,7 +288,7 @@ fn proxy_client_configures_nothing_locally() {
     if !require_root() {
         return;
     }
-    let (lab, c, b, _) = pair("proxy_client");
+    let (lab, c, b, _) = client_broker("proxy_client");
     let _broker = start_broker(&lab, &b);
     let before = host_state(&c);
     let client = spawn_client(

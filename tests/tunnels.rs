@@ -6,7 +6,7 @@ mod netns;
 
 use std::time::{Duration, Instant};
 
-use netns::{Host, Lab, Proc, Signal, require_root};
+use netns::{Host, Lab, Proc, Signal, behind_nat, client_broker, require_root};
 
 const SEC: Duration = Duration::from_secs(1);
 const TSPC: &str = env!("CARGO_BIN_EXE_tspc");
@@ -38,21 +38,6 @@ fn field(output: &str, key: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
 }
 
-/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1) on one link.
-fn pair(test: &str) -> (Lab, Host, Host, String) {
-    let lab = Lab::new(test).unwrap();
-    let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-    let (c_if, _) = lab
-        .link(
-            &c,
-            &["192.0.2.2/24", "2001:db8:1::2/64"],
-            &b,
-            &["192.0.2.1/24", "2001:db8:1::1/64"],
-        )
-        .unwrap();
-    (lab, c, b, c_if)
-}
-
 /// Every mode: the tunnel comes up, carries pings, and SIGTERM leaves the client's links,
 /// addresses and routes exactly as they were.
 #[test]
@@ -65,7 +50,7 @@ fn each_mode_carries_traffic_and_cleans_up() {
         ("v6v4", "192.0.2.1", "sit1", BROKER_V6),
         ("v4v6", "[2001:db8:1::1]", "tsp-v4v6", "198.51.100.1"),
     ] {
-        let (lab, c, b, _) = pair(&format!("modes_{mode}"));
+        let (lab, c, b, _) = client_broker(&format!("modes_{mode}"));
         let before = (
             // A link-local address may still be in DAD (tentative) at the first snapshot.
             c.ip(&["-o", "addr"]).unwrap().replace("tentative ", ""),
@@ -186,7 +171,7 @@ fn roaming_resumes_within_two_seconds() {
         return;
     }
     for mode in ["v6udpv4", "v6v4"] {
-        let (lab, c, b, c_if) = pair(&format!("roaming_{mode}"));
+        let (lab, c, b, c_if) = client_broker(&format!("roaming_{mode}"));
         let broker = start_broker(&lab, &b, "");
         let client = start_client(
             &lab,
@@ -226,7 +211,7 @@ fn template_mode_runs_the_script_with_gogocs_environment() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let (lab, c, b, _) = pair("template_mode");
+    let (lab, c, b, _) = client_broker("template_mode");
     let _broker = start_broker(&lab, &b, "");
     let home = lab.dir().join("home");
     std::fs::create_dir_all(home.join("template")).unwrap();
@@ -462,7 +447,7 @@ fn tunnels_carry_bulk_tcp_intact() {
     .into_iter()
     .enumerate()
     {
-        let (lab, c, b, _) = pair(&format!("bulk_{mode}{env}"));
+        let (lab, c, b, _) = client_broker(&format!("bulk_{mode}{env}"));
         bulk_both_ways(&lab, &c, &b, mode, server, ifname, env, 2 * i as u64 + 1);
     }
 }
@@ -473,12 +458,7 @@ fn bulk_tcp_through_nat_intact() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new("bulk_nat").unwrap();
-    let [n, b, r] = ["n", "b", "r"].map(|h| lab.host(h).unwrap());
-    lab.link(&n, &["198.51.100.2/24"], &r, &["198.51.100.1/24"]).unwrap();
-    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
-    n.route_add("default", "198.51.100.1").unwrap();
-    r.masquerade(&r_out).unwrap();
+    let (lab, n, b, _r, _) = behind_nat("bulk_nat");
     bulk_both_ways(&lab, &n, &b, "v6udpv4", "203.0.113.1", "tun", "", 11);
 }
 
@@ -586,12 +566,7 @@ fn natted_client_over_tcp_is_refused_v6v4_clearly() {
     if !require_root() {
         return;
     }
-    let lab = Lab::new("nat_tcp_refused").unwrap();
-    let [n, b, r] = ["n", "b", "r"].map(|h| lab.host(h).unwrap());
-    lab.link(&n, &["198.51.100.2/24"], &r, &["198.51.100.1/24"]).unwrap();
-    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
-    n.route_add("default", "198.51.100.1").unwrap();
-    r.masquerade(&r_out).unwrap();
+    let (lab, n, b, r, _) = behind_nat("nat_tcp_refused");
     let chain = "{ type filter hook forward priority 0; policy accept; }";
     r.run("nft", &["add", "table", "inet", "udpblock"])
         .unwrap()

@@ -70,6 +70,34 @@ const IFNAMSIZ: usize = 15;
 /// True when the test can build namespaces: running as root and `ip` is installed. Otherwise
 /// prints `skipped: <test> needs root` (the test name is the thread name libtest gives) and
 /// returns false, so a test can start with `if !netns::require_root() { return; }`.
+/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1) on one link;
+/// the client's interface name last.
+pub fn client_broker(test: &str) -> (Lab, Host, Host, String) {
+    let lab = Lab::new(test).unwrap();
+    let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+    let (c_if, _) = lab
+        .link(
+            &c,
+            &["192.0.2.2/24", "2001:db8:1::2/64"],
+            &b,
+            &["192.0.2.1/24", "2001:db8:1::1/64"],
+        )
+        .unwrap();
+    (lab, c, b, c_if)
+}
+
+/// A client `n` (198.51.100.2) behind a masquerading router `r`, and a broker `b` (203.0.113.1)
+/// beyond it; the router's outer interface name last.
+pub fn behind_nat(test: &str) -> (Lab, Host, Host, Host, String) {
+    let lab = Lab::new(test).unwrap();
+    let [n, b, r] = ["n", "b", "r"].map(|h| lab.host(h).unwrap());
+    lab.link(&n, &["198.51.100.2/24"], &r, &["198.51.100.1/24"]).unwrap();
+    let (r_out, _) = lab.link(&r, &["203.0.113.2/24"], &b, &["203.0.113.1/24"]).unwrap();
+    n.route_add("default", "198.51.100.1").unwrap();
+    r.masquerade(&r_out).unwrap();
+    (lab, n, b, r, r_out)
+}
+
 pub fn require_root() -> bool {
     let test = std::thread::current().name().unwrap_or("this test").to_string();
     if euid() != Some(0) {

@@ -325,6 +325,7 @@ impl<H: Hooks> Supervisor<H> {
                 interval: Duration::from_secs(u64::from(k.interval)),
                 target: k.address,
                 source,
+                probe: self.profile.negotiate.probe,
             }
             .start()
         });

@@ -828,11 +828,11 @@ fn to_text_round_trips_and_can_omit_the_password() {
     let redacted = to_text_with(&c, false);
     assert!(!redacted.contains(SECRET));
     assert!(redacted.contains("\npasswd=\n"));
-    // Every gogoc key is written explicitly; our `allow_plain` and `router_fallback_host`
+    // Every gogoc key (and our keepalive_probe_* keys) is written explicitly; our `allow_plain` and `router_fallback_host`
     // only when set.
     assert_eq!(
         text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(),
-        39
+        42
     );
     assert!(!text.contains("allow_plain"));
     let with_plain = to_text(&GogocConfig {
@@ -1194,6 +1194,9 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             retry_delay_max,
             keepalive: bools[1],
             keepalive_interval,
+            keepalive_probe_after: keepalive_interval % 61,
+            keepalive_probe_timeout: 1 + retry_delay % 60,
+            keepalive_probes: 1 + retry_delay_max % 10,
             tunnel_mode,
             if_tunnel_v6v4: if_v6v4,
             if_tunnel_v6udpv4: if_v6udpv4,
@@ -1227,6 +1230,8 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             c.retry_delay_max = c.retry_delay;
             let d = GogocConfig::default();
             (c.dslite_server, c.dslite_client) = (d.dslite_server, d.dslite_client);
+            (c.keepalive_probe_after, c.keepalive_probe_timeout, c.keepalive_probes) =
+                (d.keepalive_probe_after, d.keepalive_probe_timeout, d.keepalive_probes);
         } else if c.retry_delay > c.retry_delay_max {
             std::mem::swap(&mut c.retry_delay, &mut c.retry_delay_max);
         }

@@ -3,6 +3,13 @@
 //! first one a full interval after the tunnel came up; a reply is on time when it arrives within
 //! 5000 ms of its request; 3 consecutive missing or late replies mean the tunnel is dead.
 //!
+//! On top of that, a dead path is found from evidence rather than a faster timer
+//! ([`ProbeSettings`]): when packets went into the tunnel and nothing at all came back from the
+//! broker for `after` (3 s), an extra echo (a probe) goes out at once, each with a short
+//! `timeout` (1 s), and `count` (3) unanswered probes in a row declare the path dead. Any
+//! packet from the broker ends the probing. An idle tunnel sends nothing beyond the interval.
+//! The datapath reports its traffic with [`Keepalive::on_sent`] and [`Keepalive::on_received`].
+//!
 //! The caller owns the clock and the datapath: it sleeps until [`Keepalive::next_deadline`],
 //! calls [`Keepalive::on_deadline`] and writes the packet into the tunnel on [`Action::Send`],
 //! and offers every packet coming out of the tunnel to [`Keepalive::on_packet`], swallowing the
@@ -21,6 +28,35 @@ pub const DEFAULT_MAX_MISSES: u32 = 3;
 /// Bounds applied to the interval: 0 would spin, and a huge one would overflow `Instant`.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Probing defaults: 3 s of unanswered traffic, 1 s per probe, 3 probes: a path that dies under
+/// traffic is declared dead about 6 s after the first packet that got no answer.
+pub const DEFAULT_PROBE_AFTER: Duration = Duration::from_secs(3);
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_PROBES: u32 = 3;
+
+/// Evidence-driven dead-path detection (gogoc.conf `keepalive_probe_after`,
+/// `keepalive_probe_timeout`, `keepalive_probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Probe when traffic sent into the tunnel got nothing back for this long; `None`: never
+    /// probe (only the interval's keepalive judges the path).
+    pub after: Option<Duration>,
+    /// A probe not answered within this long is a miss.
+    pub timeout: Duration,
+    /// This many consecutive missed probes declare the path dead (0 behaves like 1).
+    pub count: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            after: Some(DEFAULT_PROBE_AFTER),
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            count: DEFAULT_PROBES,
+        }
+    }
+}
+
 /// Echo data. gogoc sent a `struct timeval`; the server only echoes it back, so a fixed marker
 /// of the same 16 bytes is as good and is recognisable in captures.
 pub const ECHO_PAYLOAD: &[u8; 16] = b"nm-tsp keepalive";
@@ -52,6 +88,18 @@ struct Sent {
     seq: u16,
     at: Instant,
     state: State,
+    /// A probe (judged by the probe timeout and counted among the probe misses).
+    probe: bool,
+}
+
+/// A probing episode: traffic went unanswered for `probe.after`.
+#[derive(Debug, Clone, Copy)]
+struct Probing {
+    misses: u32,
+    /// A probe is out and not yet judged.
+    outstanding: bool,
+    /// When the next probe goes (once the previous one was judged a miss).
+    due: Instant,
 }
 
 /// Keepalive state machine for one tunnel.
@@ -66,6 +114,8 @@ pub struct Keepalive {
     pub reply_timeout: Duration,
     /// This many consecutive misses declare the tunnel dead (0 behaves like 1).
     pub max_misses: u32,
+    /// Evidence-driven probing; may be changed at any time.
+    pub probe: ProbeSettings,
     interval: Duration,
     target: IpAddr,
     source: IpAddr,
@@ -76,6 +126,10 @@ pub struct Keepalive {
     misses: u32,
     last_rtt: Option<Duration>,
     dead_at: Option<Instant>,
+    /// The first packet sent into the tunnel since the broker was last heard from.
+    unanswered_since: Option<Instant>,
+    probing: Option<Probing>,
+    probes_sent: u64,
 }
 
 /// `t + d`, saturating instead of panicking on overflow (a deadline that far away never comes).
@@ -92,6 +146,7 @@ impl Keepalive {
         Keepalive {
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             max_misses: DEFAULT_MAX_MISSES,
+            probe: ProbeSettings::default(),
             interval,
             target,
             source,
@@ -102,6 +157,53 @@ impl Keepalive {
             misses: 0,
             last_rtt: None,
             dead_at: None,
+            unanswered_since: None,
+            probing: None,
+            probes_sent: 0,
+        }
+    }
+
+    /// The datapath sent traffic (not the keepalive's own echoes) toward the broker at `now`.
+    pub fn on_sent(&mut self, now: Instant) {
+        if self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+    }
+
+    /// Something came from the broker at `now` (any packet, ours or not): the path works, so
+    /// a probing episode ends and the unanswered-traffic clock stops.
+    pub fn on_received(&mut self, _now: Instant) {
+        self.unanswered_since = None;
+        self.probing = None;
+    }
+
+    /// Whether probes are out (traffic went unanswered for the probe delay).
+    pub fn probing(&self) -> bool {
+        self.probing.is_some()
+    }
+
+    /// Probes sent since the start.
+    pub fn probes_sent(&self) -> u64 {
+        self.probes_sent
+    }
+
+    fn timeout_of(&self, s: &Sent) -> Duration {
+        if s.probe {
+            self.probe.timeout
+        } else {
+            self.reply_timeout
+        }
+    }
+
+    /// When a probe is due (`None`: none is).
+    fn probe_due(&self) -> Option<Instant> {
+        match self.probing {
+            Some(p) if p.outstanding => None,
+            Some(p) => Some(p.due),
+            None => {
+                let after = self.probe.after?;
+                self.unanswered_since.map(|t| add(t, after))
+            }
         }
     }
 
@@ -139,11 +241,23 @@ impl Keepalive {
         if let Some(t) = self.dead_at {
             return t;
         }
+        let first = self.probe_due().map_or(self.next_send, |p| p.min(self.next_send));
         self.sent
             .iter()
             .filter(|s| s.state == State::Pending)
-            .map(|s| add(s.at, self.reply_timeout))
-            .fold(self.next_send, Instant::min)
+            .map(|s| add(s.at, self.timeout_of(s)))
+            .fold(first, Instant::min)
+    }
+
+    fn probe_miss(&mut self, now: Instant) {
+        let Some(p) = self.probing.as_mut() else { return };
+        p.misses = p.misses.saturating_add(1);
+        p.outstanding = false;
+        p.due = now;
+        if p.misses >= self.probe.count.max(1) && self.dead_at.is_none() {
+            self.misses = p.misses;
+            self.dead_at = Some(now);
+        }
     }
 
     fn miss(&mut self, now: Instant) {
@@ -161,16 +275,21 @@ impl Keepalive {
         if self.dead_at.is_none() {
             for i in 0..self.sent.len() {
                 let s = self.sent[i];
-                if s.state == State::Pending && now >= add(s.at, self.reply_timeout) {
+                if s.state == State::Pending && now >= add(s.at, self.timeout_of(&s)) {
                     self.sent[i].state = State::Missed;
-                    self.miss(now);
+                    if s.probe {
+                        self.probe_miss(now);
+                    } else {
+                        self.miss(now);
+                    }
                 }
             }
         }
         if self.dead_at.is_some() {
             return Action::Dead { misses: self.misses };
         }
-        if now < self.next_send {
+        let probe = self.probe_due().is_some_and(|t| now >= t);
+        if !probe && now < self.next_send {
             return Action::Wait;
         }
         let seq = self.next_seq;
@@ -187,13 +306,31 @@ impl Keepalive {
             && old.state == State::Pending
         {
             // Only reachable with a timeout over 32 intervals: forget it as a miss.
-            self.miss(now);
+            if old.probe {
+                self.probe_miss(now);
+            } else {
+                self.miss(now);
+            }
         }
         self.sent.push_back(Sent {
             seq,
             at: now,
             state: State::Pending,
+            probe,
         });
+        if probe {
+            self.probes_sent += 1;
+            let p = self.probing.get_or_insert(Probing {
+                misses: 0,
+                outstanding: false,
+                due: now,
+            });
+            p.outstanding = true;
+            if self.dead_at.is_some() {
+                return Action::Dead { misses: self.misses };
+            }
+            return if out.is_empty() { Action::Wait } else { Action::Send };
+        }
         // Keep the gogoc cadence relative to the schedule, but do not burst after a stall
         // (e.g. a suspended machine): skip the sends that were missed.
         self.next_send = add(self.next_send, self.interval);
@@ -226,6 +363,15 @@ impl Keepalive {
             return true;
         }
         let rtt = now.saturating_duration_since(s.at);
+        if s.probe {
+            // Any answer proves the path, late or not.
+            self.sent[i].state = State::Answered;
+            self.on_received(now);
+            if rtt < self.reply_timeout {
+                self.last_rtt = Some(rtt);
+            }
+            return true;
+        }
         if rtt < self.reply_timeout {
             self.sent[i].state = State::Answered;
             self.misses = 0;
@@ -541,6 +687,171 @@ mod tests {
         let log = drive(&mut ka, t0 + ms(70_000), |_| Some(Duration::ZERO));
         assert_eq!(log.len(), 70_000);
         assert_eq!(ka.misses(), 0);
+    }
+
+    /// Sends traffic at every `step` from `from` until the path is declared dead (nothing is
+    /// ever received); returns the deadline log.
+    fn one_way_traffic(ka: &mut Keepalive, from: Instant, step: Duration, until: Instant) -> Vec<(Instant, Action)> {
+        let mut log = Vec::new();
+        let mut out = Vec::new();
+        let mut next_tx = from;
+        loop {
+            let dl = ka.next_deadline();
+            if next_tx <= dl && next_tx <= until {
+                ka.on_sent(next_tx);
+                next_tx += step;
+                continue;
+            }
+            if dl > until {
+                return log;
+            }
+            let a = ka.on_deadline(dl, &mut out);
+            if a != Action::Wait {
+                log.push((dl, a));
+            }
+            if matches!(a, Action::Dead { .. }) {
+                return log;
+            }
+        }
+    }
+
+    #[test]
+    fn unanswered_traffic_is_probed_and_declared_dead_within_seconds() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        // The interval's echoes at +30, +60, +90 go unanswered in this test (no replies are
+        // fed): keep them from judging the path, and look only at what follows the drop.
+        ka.max_misses = u32::MAX;
+        // The path dies at +100 s; the user keeps pinging every 200 ms and hears nothing.
+        let drop = t0 + ms(100_000);
+        let log = one_way_traffic(&mut ka, drop, ms(200), t0 + ms(200_000));
+        let after: Vec<_> = log.iter().filter(|(t, _)| *t >= drop).collect();
+        // Probes at +3, +4, +5 s; the third one's timeout at +6 s kills the path.
+        assert_eq!(
+            after.iter().map(|(t, a)| (*t - drop, *a)).collect::<Vec<_>>(),
+            vec![
+                (ms(3000), Action::Send),
+                (ms(4000), Action::Send),
+                (ms(5000), Action::Send),
+                (ms(6000), Action::Dead { misses: 3 }),
+            ]
+        );
+        assert_eq!(ka.probes_sent(), 3);
+    }
+
+    #[test]
+    fn probes_are_judged_dead_at_default_settings_well_under_ten_seconds() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        let mut out = Vec::new();
+        // Keep the interval keepalive happy (answered), traffic answered until +40 s.
+        assert_eq!(ka.on_deadline(t0 + KA, &mut out), Action::Send);
+        assert!(ka.on_packet(&answer(&out), t0 + KA + ms(30)));
+        ka.on_received(t0 + KA + ms(30));
+        let drop = t0 + ms(40_000);
+        ka.on_sent(drop + ms(1));
+        let log = one_way_traffic(&mut ka, drop + ms(1), ms(1000), t0 + ms(100_000));
+        let (dead_at, a) = *log.last().unwrap();
+        assert_eq!(a, Action::Dead { misses: 3 });
+        assert!(dead_at - drop <= Duration::from_secs(10), "{:?}", dead_at - drop);
+    }
+
+    #[test]
+    fn any_packet_from_the_broker_ends_probing() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        let mut out = Vec::new();
+        ka.on_sent(t0 + ms(1000));
+        assert_eq!(ka.next_deadline(), t0 + ms(4000));
+        assert_eq!(ka.on_deadline(t0 + ms(4000), &mut out), Action::Send);
+        assert!(ka.probing());
+        let req = icmp::parse_echo_request(&out).unwrap();
+        assert_eq!(req.seq, 0);
+        // Data comes back before the probe's answer: probing ends, no death later.
+        ka.on_received(t0 + ms(4500));
+        assert!(!ka.probing());
+        assert_eq!(ka.on_deadline(t0 + ms(5000), &mut out), Action::Wait);
+        // The probe's late answer is still claimed.
+        assert!(ka.on_packet(
+            &answer(&{
+                let mut p = Vec::new();
+                icmp::echo_request_v6(CLIENT6, SERVER6, ID, 0, ECHO_PAYLOAD, &mut p);
+                p
+            }),
+            t0 + ms(5100)
+        ));
+        assert_eq!(ka.misses(), 0);
+        assert!(!ka.is_dead());
+        // Nothing pending and nothing unanswered: the next deadline is the interval's.
+        assert_eq!(ka.next_deadline(), t0 + KA);
+    }
+
+    #[test]
+    fn an_answered_probe_resets_and_traffic_restarts_the_clock() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        let mut out = Vec::new();
+        ka.on_sent(t0);
+        assert_eq!(ka.on_deadline(t0 + ms(3000), &mut out), Action::Send);
+        assert_eq!(
+            ka.on_deadline(t0 + ms(4000), &mut out),
+            Action::Send,
+            "first probe missed: next at once"
+        );
+        // Second probe answered by the broker (the datapath claims it).
+        assert!(ka.on_packet(&answer(&out), t0 + ms(4200)));
+        assert!(!ka.probing());
+        assert_eq!(ka.on_deadline(t0 + ms(5000), &mut out), Action::Wait);
+        // A one-way stream (say, a UDP upload) costs one probe per `after` at most.
+        let log = drive_probes(&mut ka, t0 + ms(5000), t0 + ms(29_000));
+        assert!(log <= 8, "{log} probes in 24 s");
+    }
+
+    /// One-way traffic every 100 ms with every probe answered after 50 ms; returns the
+    /// number of probes sent.
+    fn drive_probes(ka: &mut Keepalive, from: Instant, until: Instant) -> u64 {
+        let start = ka.probes_sent();
+        let mut out = Vec::new();
+        let mut t = from;
+        let mut reply: Option<(Instant, Vec<u8>)> = None;
+        while t < until {
+            ka.on_sent(t);
+            if let Some((at, pkt)) = reply.take_if(|(at, _)| *at <= t) {
+                assert!(ka.on_packet(&pkt, at));
+            }
+            while ka.next_deadline() <= t {
+                let dl = ka.next_deadline();
+                match ka.on_deadline(dl, &mut out) {
+                    Action::Send => reply = Some((dl + ms(50), answer(&out))),
+                    a => assert_eq!(a, Action::Wait),
+                }
+            }
+            t += ms(100);
+        }
+        ka.probes_sent() - start
+    }
+
+    #[test]
+    fn idle_tunnel_sends_only_the_interval() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        // Ten idle minutes with every echo answered: 20 packets, no probe.
+        let log = drive(&mut ka, t0 + ms(600_000), |_| Some(ms(20)));
+        assert_eq!(log.len(), 20);
+        assert_eq!(ka.probes_sent(), 0);
+    }
+
+    #[test]
+    fn probing_off_keeps_gogoc_timing() {
+        let t0 = Instant::now();
+        let mut ka = ka6(t0);
+        ka.probe.after = None;
+        let log = one_way_traffic(&mut ka, t0, ms(500), t0 + ms(200_000));
+        assert_eq!(ka.probes_sent(), 0);
+        assert_eq!(
+            log.last(),
+            Some(&(t0 + KA * 3 + DEFAULT_REPLY_TIMEOUT, Action::Dead { misses: 3 }))
+        );
     }
 
     proptest! {

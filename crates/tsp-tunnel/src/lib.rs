@@ -282,6 +282,11 @@ async fn run(
                     Ok(f) => {
                         counters.to_broker.fetch_add(f.sent, Relaxed);
                         counters.dropped.fetch_add(f.dropped, Relaxed);
+                        if f.sent > 0
+                            && let Some(k) = keepalive.as_mut()
+                        {
+                            k.on_sent(std::time::Instant::now());
+                        }
                     }
                     Err(e) => return Exit::Failed(e),
                 }
@@ -310,6 +315,10 @@ async fn run(
                         dropped += 1;
                         continue;
                     };
+                    // Anything from the broker proves the path (docs/tsp-wire.md §5).
+                    if let Some(k) = keepalive.as_mut() {
+                        k.on_received(now);
+                    }
                     for d in mmsg::datagrams(inner, m.seg) {
                         let pkt = &inbox.rx.buf[d.clone()];
                         // The broker may still answer a retransmitted control message after
@@ -363,18 +372,22 @@ pub struct KeepaliveSpec {
     pub target: IpAddr,
     /// Our tunnel address (the echo's source).
     pub source: IpAddr,
+    /// Evidence-driven probing (gogoc.conf `keepalive_probe_*`).
+    pub probe: keepalive::ProbeSettings,
 }
 
 impl KeepaliveSpec {
     pub fn start(&self) -> Keepalive {
         // gogoc used its pid as the echo identifier.
-        Keepalive::new(
+        let mut k = Keepalive::new(
             self.interval,
             self.target,
             self.source,
             std::process::id() as u16,
             std::time::Instant::now(),
-        )
+        );
+        k.probe = self.probe;
+        k
     }
 }
 

@@ -75,6 +75,8 @@ pub struct NegotiateOptions {
     pub proxy: bool,
     /// Keepalive interval to request; `None` sends no `<keepalive>` element.
     pub keepalive: Option<u32>,
+    /// Evidence-driven dead-path probing on top of the keepalive (docs/tsp-wire.md §5).
+    pub probe: tsp_tunnel::keepalive::ProbeSettings,
     pub router: Option<RouterRequest>,
     /// Our tunnel endpoint address to announce; `None` = the local address of the TSP socket.
     pub client_addr: Option<IpAddr>,
@@ -100,6 +102,7 @@ impl NegotiateOptions {
             mode,
             proxy: false,
             keepalive: Some(30),
+            probe: tsp_tunnel::keepalive::ProbeSettings::default(),
             router: None,
             client_addr: None,
             first_version: Version::V2_0_2,
@@ -123,6 +126,11 @@ impl NegotiateOptions {
         o.password = cfg.passwd.clone();
         o.proxy = cfg.proxy_client;
         o.keepalive = cfg.keepalive.then_some(cfg.keepalive_interval);
+        o.probe = tsp_tunnel::keepalive::ProbeSettings {
+            after: (cfg.keepalive_probe_after > 0).then(|| Duration::from_secs(cfg.keepalive_probe_after.into())),
+            timeout: Duration::from_secs(cfg.keepalive_probe_timeout.max(1).into()),
+            count: cfg.keepalive_probes.max(1),
+        };
         o.router = (cfg.host_type == HostType::Router).then(|| RouterRequest {
             prefix_len: cfg.prefixlen,
             dns_names: cfg.dns_server.clone(),

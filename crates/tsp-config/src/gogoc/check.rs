@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::keys::{Field, Seen};
 use super::model::{
-    DEFAULT_DSLITE_CLIENT, DEFAULT_DSLITE_SERVER, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL, MAX_LOG_LEVEL,
-    MAX_RETRY_DELAY,
+    DEFAULT_DSLITE_CLIENT, DEFAULT_DSLITE_SERVER, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL,
+    MAX_KEEPALIVE_PROBE_AFTER, MAX_KEEPALIVE_PROBE_TIMEOUT, MAX_KEEPALIVE_PROBES, MAX_LOG_LEVEL, MAX_RETRY_DELAY,
 };
 use super::values::{
     Problem, check_dir, check_lan_ifname, check_passwd, check_template, check_tunnel_ifname, check_userid, is_blank,
@@ -96,17 +96,30 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
     }
     check_dir(&c.gogoc_dir).map_err(at(Dir))?;
     no_blank_ends(Dir, &c.gogoc_dir, "the directory")?;
-    for (f, n, max) in [
-        (RetryDelay, c.retry_delay, MAX_RETRY_DELAY),
-        (RetryDelayMax, c.retry_delay_max, MAX_RETRY_DELAY),
-        (KeepaliveInterval, c.keepalive_interval, MAX_KEEPALIVE_INTERVAL),
+    for (f, n, min, max) in [
+        (RetryDelay, c.retry_delay, 0, MAX_RETRY_DELAY),
+        (RetryDelayMax, c.retry_delay_max, 0, MAX_RETRY_DELAY),
+        (KeepaliveInterval, c.keepalive_interval, 0, MAX_KEEPALIVE_INTERVAL),
+        (
+            KeepaliveProbeAfter,
+            c.keepalive_probe_after,
+            0,
+            MAX_KEEPALIVE_PROBE_AFTER,
+        ),
+        (
+            KeepaliveProbeTimeout,
+            c.keepalive_probe_timeout,
+            1,
+            MAX_KEEPALIVE_PROBE_TIMEOUT,
+        ),
+        (KeepaliveProbes, c.keepalive_probes, 1, MAX_KEEPALIVE_PROBES),
     ] {
-        if n > max {
+        if n < min || n > max {
             return Err((
                 f,
                 Problem::Range {
                     value: n.to_string(),
-                    min: 0,
+                    min: min.into(),
                     max: max.into(),
                 },
             ));

@@ -1,7 +1,10 @@
 //! The one list of gogoc.conf / gw6c.conf settings: each field's key names, how it is read and
 //! how it is written, plus the old tspc keys (docs/tsp-wire.md §9).
 
-use super::model::{AutoAddr, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL, MAX_RETRY_DELAY};
+use super::model::{
+    AutoAddr, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_PROBE_AFTER, MAX_KEEPALIVE_PROBE_TIMEOUT,
+    MAX_KEEPALIVE_PROBES, MAX_RETRY_DELAY,
+};
 use super::values::{
     Problem, check_dir, check_lan_ifname, check_passwd, check_template, check_tunnel_ifname, check_userid, or_default,
     parse_bool, parse_client_v4, parse_client_v6, parse_dns_servers, parse_facility, parse_filename, parse_keyword,
@@ -125,6 +128,21 @@ fields! {
             parse_num(v, 0, MAX_KEEPALIVE_INTERVAL)
         })?,
         write |c| c.keepalive_interval.to_string();
+    KeepaliveProbeAfter "keepalive_probe_after" gw6c none,
+        read |c, d, v| c.keepalive_probe_after = or_default(v, d.keepalive_probe_after, |v| {
+            parse_num(v, 0, MAX_KEEPALIVE_PROBE_AFTER)
+        })?,
+        write |c| c.keepalive_probe_after.to_string();
+    KeepaliveProbeTimeout "keepalive_probe_timeout" gw6c none,
+        read |c, d, v| c.keepalive_probe_timeout = or_default(v, d.keepalive_probe_timeout, |v| {
+            parse_num(v, 1, MAX_KEEPALIVE_PROBE_TIMEOUT)
+        })?,
+        write |c| c.keepalive_probe_timeout.to_string();
+    KeepaliveProbes "keepalive_probes" gw6c none,
+        read |c, d, v| c.keepalive_probes = or_default(v, d.keepalive_probes, |v| {
+            parse_num(v, 1, MAX_KEEPALIVE_PROBES)
+        })?,
+        write |c| c.keepalive_probes.to_string();
     TunnelMode "tunnel_mode",
         read |c, d, v| c.tunnel_mode = or_default(v, d.tunnel_mode, parse_tunnel_mode)?,
         write |c| c.tunnel_mode.as_str().to_owned();

@@ -30,6 +30,10 @@ pub const MAX_RETRY_DELAY: u32 = 3600;
 /// Upper bound of `keepalive_interval`, seconds. gogoc sets none; we cap it like the retry
 /// delays so every timer stays bounded.
 pub const MAX_KEEPALIVE_INTERVAL: u32 = 3600;
+/// Bounds of `keepalive_probe_after` (0 = off), `keepalive_probe_timeout` and `keepalive_probes`.
+pub const MAX_KEEPALIVE_PROBE_AFTER: u32 = 3600;
+pub const MAX_KEEPALIVE_PROBE_TIMEOUT: u32 = 60;
+pub const MAX_KEEPALIVE_PROBES: u32 = 10;
 /// Highest log level (`log_<destination>=0..3`).
 pub const MAX_LOG_LEVEL: u8 = 3;
 
@@ -283,6 +287,13 @@ pub struct GogocConfig {
     pub keepalive: bool,
     /// `keepalive_interval`: seconds between keepalives (must be > 0 with `keepalive`).
     pub keepalive_interval: u32,
+    /// `keepalive_probe_after`: seconds of traffic sent into the tunnel with nothing back
+    /// from the broker before it is probed at once; 0 = never probe (gogoc's behaviour).
+    pub keepalive_probe_after: u32,
+    /// `keepalive_probe_timeout`: seconds one probe waits for its answer, 1..=60.
+    pub keepalive_probe_timeout: u32,
+    /// `keepalive_probes`: unanswered probes in a row that declare the path dead, 1..=10.
+    pub keepalive_probes: u32,
     /// `tunnel_mode`: the encapsulation requested.
     pub tunnel_mode: TunnelMode,
     /// `if_tunnel_v6v4`: interface for v6v4 (empty = not configured).
@@ -348,6 +359,9 @@ pub(super) const DEFAULT_DSLITE_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 2);
 const DEFAULT_RETRY_DELAY: u32 = 30;
 const DEFAULT_RETRY_DELAY_MAX: u32 = 300;
 const DEFAULT_KEEPALIVE_INTERVAL: u32 = 30;
+const DEFAULT_KEEPALIVE_PROBE_AFTER: u32 = 3;
+const DEFAULT_KEEPALIVE_PROBE_TIMEOUT: u32 = 1;
+const DEFAULT_KEEPALIVE_PROBES: u32 = 3;
 const DEFAULT_PREFIXLEN: u8 = 64;
 
 impl GogocConfig {
@@ -374,6 +388,9 @@ impl GogocConfig {
             },
             keepalive: true,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_probe_after: DEFAULT_KEEPALIVE_PROBE_AFTER,
+            keepalive_probe_timeout: DEFAULT_KEEPALIVE_PROBE_TIMEOUT,
+            keepalive_probes: DEFAULT_KEEPALIVE_PROBES,
             tunnel_mode: TunnelMode::V6AnyV4,
             if_tunnel_v6v4: DEFAULT_IF_V6V4.to_owned(),
             if_tunnel_v6udpv4: DEFAULT_IF_V6UDPV4.to_owned(),

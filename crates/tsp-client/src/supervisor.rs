@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::net::{Conn, Established, NegotiateOptions, NetError, negotiate};
+use crate::net::{Conn, Established, NegotiateOptions, NetError, negotiate, rank};
 use tsp_config::sites;
 use tsp_proto::client::{Negotiated, Transport};
 use tsp_proto::types::TunnelMode;
@@ -188,11 +188,41 @@ pub struct Supervisor<H: Hooks> {
     profile: Profile,
     hooks: H,
     stop: watch::Receiver<bool>,
+    /// The broker of the last tunnel that came up (probed during a path outage).
+    last_peer: Option<SocketAddr>,
+}
+
+/// During a path outage the broker is probed this often at first …
+pub const HEAL_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// … for this long, then ever less often (doubling) up to [`HEAL_PROBE_MAX`].
+pub const HEAL_FAST_FOR: Duration = Duration::from_secs(120);
+pub const HEAL_PROBE_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before the next reachability probe, `elapsed` into an outage.
+pub fn heal_probe_interval(elapsed: Duration) -> Duration {
+    if elapsed < HEAL_FAST_FOR {
+        return HEAL_PROBE_EVERY;
+    }
+    let doublings = ((elapsed - HEAL_FAST_FOR).as_secs() / HEAL_FAST_FOR.as_secs()).min(8) as u32 + 1;
+    HEAL_PROBE_EVERY.saturating_mul(1 << doublings).min(HEAL_PROBE_MAX)
+}
+
+/// Why the tunnel went down says whether the path failed (heal fast) or not.
+fn path_failure(reason: &DownReason) -> bool {
+    matches!(
+        reason,
+        DownReason::KeepaliveTimeout { .. } | DownReason::Roamed { .. } | DownReason::Resumed
+    )
 }
 
 impl<H: Hooks> Supervisor<H> {
     pub fn new(profile: Profile, hooks: H, stop: watch::Receiver<bool>) -> Self {
-        Self { profile, hooks, stop }
+        Self {
+            profile,
+            hooks,
+            stop,
+            last_peer: None,
+        }
     }
 
     pub fn hooks(&self) -> &H {
@@ -203,9 +233,18 @@ impl<H: Hooks> Supervisor<H> {
     pub async fn run(mut self) -> (Ended, H) {
         let mut failures = 0u32;
         let mut attempt = 0u32;
+        // A path outage: since when, and the broker to probe until it answers.
+        let mut outage: Option<(tokio::time::Instant, SocketAddr)> = None;
         loop {
             if *self.stop.borrow() {
                 return (Ended::Stopped, self.hooks);
+            }
+            if let Some((since, peer)) = outage {
+                let deadline = tokio::time::Instant::now() + self.profile.retry.delay.max(HEAL_PROBE_EVERY);
+                tokio::select! {
+                    () = wait_reachable(peer, since, deadline) => {}
+                    _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
+                }
             }
             attempt += 1;
             let est = tokio::select! {
@@ -235,6 +274,13 @@ impl<H: Hooks> Supervisor<H> {
                         self.hooks.failed(&e, None);
                         return (Ended::GaveUp(e), self.hooks);
                     }
+                    // Still no path after a path failure: back to probing the broker (each
+                    // probe is cheap) instead of gogoc's schedule, which is for brokers that
+                    // answer (refusals) or were never reached.
+                    if outage.is_some() && e.is_unreachable() {
+                        self.hooks.failed(&e, Some(HEAL_PROBE_EVERY));
+                        continue;
+                    }
                     let wait = self.profile.retry.backoff(failures);
                     self.hooks.failed(&e, Some(wait));
                     tokio::select! {
@@ -243,10 +289,17 @@ impl<H: Hooks> Supervisor<H> {
                     }
                 }
             };
+            outage = None;
             match self.carry(est).await {
                 Ok(DownReason::Stopped) => return (Ended::Stopped, self.hooks),
-                // The path died or moved: negotiate again at once (the counter restarts).
-                Ok(_) => failures = 0,
+                // The path died or moved: negotiate again as soon as the broker answers a
+                // probe (at once if it does already); the counter restarts.
+                Ok(reason) => {
+                    failures = 0;
+                    if path_failure(&reason) {
+                        outage = self.last_peer.map(|p| (tokio::time::Instant::now(), p));
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, "could not set up the tunnel");
@@ -291,6 +344,7 @@ impl<H: Hooks> Supervisor<H> {
 
     fn open_tun(&self, ifname: &str) -> Result<TunDevice, String> {
         let tun = TunDevice::open(ifname, TUNNEL_MTU).map_err(|e| format!("cannot create TUN device {ifname}: {e}"))?;
+        quiet_ipv6(ifname);
         if self.profile.persist_device {
             tun.set_persistent(true)
                 .map_err(|e| format!("cannot make {ifname} persistent: {e}"))?;
@@ -346,6 +400,7 @@ impl<H: Hooks> Supervisor<H> {
         // when it closes.
         let (mut dp, ifindex, _session) = match (kernel_link, mode, conn) {
             (Some(idx), _, conn) => {
+                quiet_ipv6(&ifname);
                 nl.set_up_mtu(idx, TUNNEL_MTU)
                     .await
                     .map_err(|e| format!("{ifname}: {e}"))?;
@@ -379,6 +434,7 @@ impl<H: Hooks> Supervisor<H> {
                 )
             }
         };
+        self.last_peer = Some(peer);
         let info = TunnelInfo {
             ifname,
             ifindex,
@@ -520,6 +576,52 @@ fn remember(profile: &Profile, est: &Established) {
     }
 }
 
+/// No router solicitations from the tunnel device: the broker sends no router advertisements
+/// into a tunnel (the offer carries the addresses), and the kernel's solicitations, repeated
+/// with back-off for as long as the link lives, would be the only packets of an idle tunnel
+/// besides the keepalive (docs/tsp-wire.md §5). Set before the device is up; a missing sysctl
+/// (no IPv6) is not an error.
+fn quiet_ipv6(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/router_solicitations");
+    if let Err(e) = std::fs::write(&path, "0") {
+        tracing::debug!(%path, error = %e, "cannot turn router solicitations off");
+    }
+}
+
+/// Returns once the broker at `peer` answers a cheap probe ([`rank::reachable`]), or at
+/// `deadline` (a broker that never answers probes is then negotiated with anyway, on gogoc's
+/// cadence). Probes every [`heal_probe_interval`] of the outage that began at `since`, and at
+/// once when an address or route changes.
+async fn wait_reachable(peer: SocketAddr, since: tokio::time::Instant, deadline: tokio::time::Instant) {
+    let mut events = netlink::address_events().ok().map(Box::pin);
+    loop {
+        let t = tokio::time::Instant::now();
+        if rank::reachable(peer, HEAL_PROBE_EVERY).await {
+            tracing::info!(%peer, outage = ?since.elapsed(), "broker reachable again");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        let next = (t + heal_probe_interval(since.elapsed())).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            ev = async {
+                match events.as_mut() {
+                    Some(s) => futures::StreamExt::next(s).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if ev.is_none() {
+                    events = None;
+                }
+                // Let a burst of changes settle a little before probing.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Resolves when the tunnel must be renegotiated although its datapath still runs: the
 /// local address toward the broker changed, the system slept, or the lease ran out.
 async fn watch_path(broker: IpAddr, local: IpAddr, lease: Option<Duration>) -> DownReason {
@@ -616,6 +718,19 @@ mod tests {
         // First retry at once, then 30 s three times, doubling every three failures, capped.
         assert_eq!(waits, vec![0, 30, 30, 30, 60, 60, 60, 120, 120, 120, 240, 240]);
         assert_eq!(p.backoff(40).as_secs(), 300);
+    }
+
+    #[test]
+    fn heal_probes_every_second_then_back_off() {
+        assert_eq!(heal_probe_interval(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(heal_probe_interval(Duration::from_secs(119)), Duration::from_secs(1));
+        assert_eq!(heal_probe_interval(Duration::from_secs(120)), Duration::from_secs(2));
+        assert_eq!(heal_probe_interval(Duration::from_secs(240)), Duration::from_secs(4));
+        assert_eq!(heal_probe_interval(Duration::from_secs(600)), Duration::from_secs(30));
+        assert_eq!(heal_probe_interval(Duration::from_secs(86_400)), HEAL_PROBE_MAX);
+        assert!(path_failure(&DownReason::KeepaliveTimeout { misses: 3 }));
+        assert!(!path_failure(&DownReason::LeaseExpired));
+        assert!(!path_failure(&DownReason::Stopped));
     }
 
     #[test]

@@ -251,6 +251,18 @@ async fn echo(
     Err(ProbeError::NoAnswer(sent.len() as u32))
 }
 
+/// Whether the broker at `addr` answers one `ECHO REQUEST` within `timeout`: the supervisor's
+/// cheap check, during a path outage, that negotiating again can succeed. An answer other than
+/// `200`, or an ICMP port unreachable (a TCP-only broker), also proves the path.
+pub async fn reachable(addr: SocketAddr, timeout: Duration) -> bool {
+    let start = Instant::now();
+    match echo(addr, timeout, 1, start, start + timeout).await {
+        Ok(_) | Err(ProbeError::Refused(_)) => true,
+        Err(ProbeError::Io { source, .. }) => source.kind() == std::io::ErrorKind::ConnectionRefused,
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

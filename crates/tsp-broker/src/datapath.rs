@@ -51,6 +51,8 @@ struct Route {
     /// Our address the client's tunnel ends at (the offer's server address): its packets
     /// must leave from there, or the client drops them.
     local: Option<IpAddr>,
+    /// Bounds the echoes to our keepalive address this client may have answered.
+    echo: crate::echo_limit::EchoBudget,
 }
 
 impl Route {
@@ -323,6 +325,7 @@ impl BrokerDatapath {
             IpAddr::V6(a) => Some((u128::from(a), p.len)),
             IpAddr::V4(_) => None,
         });
+        let echo = crate::echo_limit::EchoBudget::new(offer.keepalive.map(|k| k.address), Instant::now());
         let route = match offer.mode {
             TunnelMode::V4V6 => Route {
                 inner_v6: None,
@@ -331,6 +334,7 @@ impl BrokerDatapath {
                 last_seen: Instant::now(),
                 idle_limit,
                 local: Some(IpAddr::V6(offer.server_v6)),
+                echo,
             },
             _ => Route {
                 inner_v6: Some(offer.client_v6),
@@ -339,6 +343,7 @@ impl BrokerDatapath {
                 last_seen: Instant::now(),
                 idle_limit,
                 local: Some(IpAddr::V4(offer.server_v4)),
+                echo,
             },
         };
         let mut t = lock(&self.table);
@@ -383,8 +388,9 @@ impl BrokerDatapath {
         let mut t = lock(&self.table);
         match t.routes.get_mut(endpoint) {
             Some(r) if r.accepts_source(pkt) => {
-                r.last_seen = Instant::now();
-                true
+                let now = Instant::now();
+                r.last_seen = now;
+                r.echo.allow(pkt, now)
             }
             _ => false,
         }
@@ -586,6 +592,7 @@ mod tests {
                 last_seen: Instant::now(),
                 idle_limit: Duration::ZERO,
                 local: None,
+                echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
@@ -602,6 +609,7 @@ mod tests {
             last_seen: Instant::now(),
             idle_limit: Duration::ZERO,
             local: None,
+            echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
         };
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod config;
 pub mod datapath;
+pub mod echo_limit;
 pub mod pool;
 pub mod serve;
 pub mod throttle;

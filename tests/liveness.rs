@@ -170,6 +170,10 @@ fn idle_tunnel_sends_at_most_4_packets_a_minute() {
     let _broker = start_broker(&lab, &b);
     let _client = start_client(&lab, &c);
     assert!(c.ping(BROKER_V6, 2, 2), "no ping through the tunnel");
+    // No router solicitations from the tunnel device (the kernel repeats them, backing off,
+    // for as long as the link lives).
+    let rs = c.run("sysctl", &["-n", &format!("net.ipv6.conf.{TUN}.router_solicitations")]);
+    assert_eq!(rs.unwrap().check().unwrap().stdout.trim(), "0");
     // Let the start-up chatter (DAD, MLD reports, the pings' last replies) settle.
     std::thread::sleep(5 * SEC);
     nft(&c, &["add", "table", "inet", "idle"]);

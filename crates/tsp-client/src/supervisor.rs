@@ -188,8 +188,9 @@ pub struct Supervisor<H: Hooks> {
     profile: Profile,
     hooks: H,
     stop: watch::Receiver<bool>,
-    /// The broker of the last tunnel that came up (probed during a path outage).
-    last_peer: Option<SocketAddr>,
+    /// The broker of the last tunnel that came up (probed during a path outage): its server
+    /// string and socket address.
+    last_peer: Option<(String, SocketAddr)>,
 }
 
 /// During a path outage the broker is probed this often at first …
@@ -234,15 +235,18 @@ impl<H: Hooks> Supervisor<H> {
         let mut failures = 0u32;
         let mut attempt = 0u32;
         // A path outage: since when, and the broker to probe until it answers.
-        let mut outage: Option<(tokio::time::Instant, SocketAddr)> = None;
+        let mut outage: Option<(tokio::time::Instant, (String, SocketAddr))> = None;
         loop {
             if *self.stop.borrow() {
                 return (Ended::Stopped, self.hooks);
             }
-            if let Some((since, peer)) = outage {
+            if let Some((since, (server, peer))) = &outage {
                 let deadline = tokio::time::Instant::now() + self.profile.retry.delay.max(HEAL_PROBE_EVERY);
+                // The other brokers of a multi-site setup are probed too: one of them
+                // answering is as good a reason to negotiate (failover).
+                let others: Vec<String> = candidates(&self.profile).into_iter().filter(|s| s != server).collect();
                 tokio::select! {
-                    () = wait_reachable(peer, since, deadline) => {}
+                    () = wait_reachable(*peer, &others, *since, deadline) => {}
                     _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
                 }
             }
@@ -297,7 +301,7 @@ impl<H: Hooks> Supervisor<H> {
                 Ok(reason) => {
                     failures = 0;
                     if path_failure(&reason) {
-                        outage = self.last_peer.map(|p| (tokio::time::Instant::now(), p));
+                        outage = self.last_peer.clone().map(|p| (tokio::time::Instant::now(), p));
                     }
                 }
                 Err(e) => {
@@ -434,7 +438,7 @@ impl<H: Hooks> Supervisor<H> {
                 )
             }
         };
-        self.last_peer = Some(peer);
+        self.last_peer = Some((server.clone(), peer));
         let info = TunnelInfo {
             ifname,
             ifindex,
@@ -588,15 +592,37 @@ fn quiet_ipv6(ifname: &str) {
     }
 }
 
-/// Returns once the broker at `peer` answers a cheap probe ([`rank::reachable`]), or at
+/// Returns once the broker at `peer`, or one of the `others` (server strings), answers a cheap
+/// probe ([`rank::reachable`], [`rank::rank`]), or at
 /// `deadline` (a broker that never answers probes is then negotiated with anyway, on gogoc's
 /// cadence). Probes every [`heal_probe_interval`] of the outage that began at `since`, and at
 /// once when an address or route changes.
-async fn wait_reachable(peer: SocketAddr, since: tokio::time::Instant, deadline: tokio::time::Instant) {
+async fn wait_reachable(
+    peer: SocketAddr,
+    others: &[String],
+    since: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) {
     let mut events = netlink::address_events().ok().map(Box::pin);
+    let opts = rank::RankOptions {
+        timeout: HEAL_PROBE_EVERY,
+        tries: 1,
+        ..Default::default()
+    };
     loop {
         let t = tokio::time::Instant::now();
-        if rank::reachable(peer, HEAL_PROBE_EVERY).await {
+        let (this, other) = futures::join!(rank::reachable(peer, HEAL_PROBE_EVERY), async {
+            !others.is_empty()
+                && rank::rank(others, peer.is_ipv6(), &opts)
+                    .await
+                    .iter()
+                    .any(|p| p.answered)
+        });
+        if other {
+            tracing::info!(outage = ?since.elapsed(), "another broker answers");
+            return;
+        }
+        if this {
             tracing::info!(%peer, outage = ?since.elapsed(), "broker reachable again");
             return;
         }

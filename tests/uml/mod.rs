@@ -31,6 +31,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod system;
+
 /// Set (to 1) in the guest's environment.
 pub const GUEST_ENV: &str = "TSP_UML_GUEST";
 /// The guest's module loader wrapper (written by init.sh).

@@ -202,8 +202,12 @@ impl System {
     /// Boots the Debian root with systemd and runs `scenario` (a shell script; the guest runs
     /// it as `/bin/sh /uml/scenario.sh` from a oneshot unit after NetworkManager.service) in the
     /// run directory made by [`System::run_dir`]. The script's exit status is the guest's status
-    /// (the unit writes it to /uml/status); the guest powers off either way.
-    pub fn run(&self, run: &Path, scenario: &str, timeout: Duration) -> Result<Boot, String> {
+    /// (the unit writes it to /uml/status); the guest powers off either way. With `persist`, the
+    /// overlay's upper layer is a sparse ext4 image `run/overlay.ext4` (the guest's ubda) instead
+    /// of a tmpfs, so the guest's
+    /// changes survive a reboot in the guest (`systemctl reboot`: linux.uml re-executes itself,
+    /// and the scenario runs again in the new boot).
+    pub fn run(&self, run: &Path, scenario: &str, persist: bool, timeout: Duration) -> Result<Boot, String> {
         write_exec(&run.join("scenario.sh"), scenario)?;
         fs::write(run.join("uml-scenario.service"), UNIT).map_err(|e| e.to_string())?;
         let mut cmdline: Vec<String> = [
@@ -222,6 +226,21 @@ impl System {
         cmdline.push(format!("rootflags={}", self.root.display()));
         cmdline.push(format!("init=/{INIT_PATH}"));
         cmdline.push(format!("UML_RESULTS={}", run.display()));
+        if persist {
+            // A sparse ext4 image as the block device ubda: the upper layer of the guest's overlay.
+            let image = run.join("overlay.ext4");
+            let made = Command::new("truncate")
+                .args(["-s", "2G"])
+                .arg(&image)
+                .status()
+                .and_then(|_| Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status());
+            match made {
+                Ok(st) if st.success() => {}
+                other => return Err(format!("cannot make the ext4 image {}: {other:?}", image.display())),
+            }
+            cmdline.push(format!("ubd0={}", image.display()));
+            cmdline.push("UML_PERSIST=1".into());
+        }
         self.kernel.boot(run, &cmdline, timeout)
     }
 }

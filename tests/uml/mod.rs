@@ -31,6 +31,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod system;
+
 /// Set (to 1) in the guest's environment.
 pub const GUEST_ENV: &str = "TSP_UML_GUEST";
 /// The guest's module loader wrapper (written by init.sh).
@@ -79,7 +81,7 @@ impl Boot {
 }
 
 /// `<target>` of the running test executable (`<target>/<profile>/deps/<test>-<hash>`).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
@@ -250,20 +252,26 @@ impl Kernel {
         cmdline.push("--".into());
         cmdline.extend(argv.iter().map(|a| a.to_string()));
         cmdline.push("--uml-end".into());
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
+        write_exec(&init, INIT)?;
+        self.boot(&run, &cmdline, timeout)
+    }
+
+    /// Boots linux.uml with this command line in the run directory `run` (which the guest may
+    /// mount) and waits for it to power off, at most `timeout`; reads the guest's status from
+    /// `run/status` and removes `run`.
+    pub(crate) fn boot(&self, run: &Path, cmdline: &[String], timeout: Duration) -> Result<Boot, String> {
         if let Some(bad) = cmdline.iter().find(|w| w.contains(char::is_whitespace) || w.is_empty()) {
             return Err(format!("kernel command line word {bad:?} is empty or has white space"));
         }
-        let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
-        fs::write(&init, INIT).map_err(|e| e.to_string())?;
-        fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         // stdout must be a pipe (a regular file fails linux.uml's epoll), stdin /dev/null.
         // Its own process group: UML runs its guest processes as host processes, killed as one.
         let mut child = Command::new(self.dir.join("root/usr/bin/linux.uml"))
-            .args(&cmdline)
+            .args(cmdline)
             .env_remove("TMPDIR")
-            .current_dir(&run)
+            .current_dir(run)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -322,7 +330,7 @@ impl Kernel {
         let guest_status = fs::read_to_string(run.join("status"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        let _ = fs::remove_dir_all(&run);
+        let _ = fs::remove_dir_all(run);
         Ok(Boot {
             exit: status.and_then(|s| s.code().or(s.signal().map(|sig| 128 + sig))),
             guest_status,
@@ -331,6 +339,12 @@ impl Kernel {
             elapsed: t0.elapsed(),
         })
     }
+}
+
+/// Writes an executable file.
+pub(crate) fn write_exec(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,236 @@
+#!/bin/sh
+# The system tier's scenario (tests/system_tier.rs), run in a Debian 12 guest booted with systemd
+# (tests/uml/system.rs) from a oneshot unit after NetworkManager.service. /uml is the host's run
+# directory: debs/ holds the packages under test. Every step prints `system-tier: ok: <what>`
+# once it has checked the state it describes, or `system-tier: FAIL: <what>` and exits 1; the
+# host test checks the lines.
+set -u
+ok() { echo "system-tier: ok: $*"; }
+fail() {
+  echo "system-tier: FAIL: $*"
+  exit 1
+}
+# wait_for SECONDS COMMAND...: until COMMAND succeeds (every 0.5 s).
+wait_for() {
+  t=$(($1 * 2))
+  shift
+  while ! "$@" >/dev/null 2>&1; do
+    t=$((t - 1))
+    [ "$t" -gt 0 ] || return 1
+    sleep 0.5
+  done
+}
+PKGS="network-manager-tsp tspc tsp-broker"
+BROKER4=192.0.2.1 CLIENT4=192.0.2.2 BROKER6=2001:db8:b::1
+# Survives the reboot (the harness boots this scenario with a persistent overlay).
+STATE=/var/lib/uml-system-tier
+mkdir -p "$STATE"
+
+nm-online -s -q -t 60 || fail "NetworkManager finished starting"
+ok "NetworkManager is running ($(NetworkManager --version))"
+
+# The tunnel link: a kernel sit link to the broker, other than the fallback device sit0.
+sit_link() {
+  ip -d -o link show type sit | grep -v ': sit0@' | sed -n 's/^[0-9]*: \([^@:]*\).*/\1/p' | head -1
+}
+
+if [ ! -e "$STATE/rebooted" ]; then
+
+# a. The packages, installed by apt from the files (offline: their dependencies are in the root).
+# (The guest has no network: apt fetches nothing. `--no-download` would make apt fail with
+# "Internal Error, Pathname to install is not absolute" on local files.)
+if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+  /uml/debs/network-manager-tsp_*.deb /uml/debs/tspc_*.deb /uml/debs/tsp-broker_*.deb; then
+  fail "apt-get install /uml/debs/{network-manager-tsp,tspc,tsp-broker}_*.deb"
+fi
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}\n' "$p" | grep -qx 'install ok installed' || fail "dpkg shows $p installed"
+  dpkg -L "$p" >"$STATE/files-$p"
+done
+for f in /usr/libexec/nm-tsp-service /usr/libexec/nm-tsp-auth-dialog /usr/lib/NetworkManager/VPN/nm-tsp-service.name \
+  /usr/share/dbus-1/system.d/nm-tsp-service.conf /usr/lib/x86_64-linux-gnu/NetworkManager/libnm-vpn-plugin-tsp.so \
+  /usr/sbin/tspc /usr/sbin/tsp-broker /etc/tsp-broker/broker.toml; do
+  [ -f "$f" ] || fail "$f is installed"
+done
+unit=$(systemctl show -P FragmentPath tsp-broker.service)
+[ -n "$unit" ] && [ -f "$unit" ] || fail "tsp-broker.service is installed"
+ok "installed with apt-get: $(for p in $PKGS; do dpkg-query -W -f='${Package} ${Version}  ' "$p"; done)"
+
+# b. The broker from its packaged unit, in network namespace b on the far side of a veth pair.
+# The lab is made by units of its own, so it is there again after the reboot: uml-lab (before
+# NetworkManager and the broker) makes namespace b with both ends of the veth pair, b0 with the
+# broker's address; uml-lab-link (after the broker listens) moves c0 into the client's namespace,
+# as if the cable were plugged in once the broker host is up. (With c0 there from the start,
+# NetworkManager activates the base connection and its tsp secondary at boot before the broker
+# listens, the VPN fails, and the secondary's failure takes the base connection down with it.)
+cat >/usr/local/sbin/uml-lab <<'EOT'
+#!/bin/sh
+set -e
+modprobe tun
+modprobe sit
+ip netns add b
+ip -n b link set lo up
+ip -n b link add c0 type veth peer name b0
+ip -n b addr add 192.0.2.1/24 dev b0
+ip -n b link set b0 up
+EOT
+cat >/usr/local/sbin/uml-lab-link <<'EOT'
+#!/bin/sh
+n=40
+until ip netns exec b ss -Hltn "sport = :3653" | grep -q LISTEN || [ $n -eq 0 ]; do
+  n=$((n - 1))
+  sleep 0.5
+done
+exec ip -n b link set c0 netns 1
+EOT
+chmod 755 /usr/local/sbin/uml-lab /usr/local/sbin/uml-lab-link
+cat >/etc/systemd/system/uml-lab.service <<'EOT'
+[Unit]
+Description=system tier lab: network namespace b and the veth pair c0 -- b0
+DefaultDependencies=no
+After=systemd-modules-load.service
+Before=NetworkManager.service tsp-broker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/uml-lab
+
+[Install]
+WantedBy=multi-user.target
+EOT
+cat >/etc/systemd/system/uml-lab-link.service <<'EOT'
+[Unit]
+Description=system tier lab: c0 into the client's namespace once the broker listens
+Requires=uml-lab.service
+After=uml-lab.service tsp-broker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/uml-lab-link
+
+[Install]
+WantedBy=multi-user.target
+EOT
+systemctl daemon-reload
+systemctl enable --now uml-lab.service || fail "uml-lab.service (namespace b, veth pair c0 -- b0)"
+mkdir -p /etc/systemd/system/tsp-broker.service.d
+cat >/etc/systemd/system/tsp-broker.service.d/netns.conf <<EOT
+[Unit]
+Requires=uml-lab.service
+After=uml-lab.service
+
+[Service]
+NetworkNamespacePath=/run/netns/b
+EOT
+sed -i "s/^# example: server_ipv4 = .*/server_ipv4 = \"$BROKER4\"/" /etc/tsp-broker/broker.toml
+grep -qx "server_ipv4 = \"$BROKER4\"" /etc/tsp-broker/broker.toml || fail "broker.toml edited"
+systemctl daemon-reload
+systemctl start tsp-broker || { journalctl -b -u tsp-broker --no-pager | tail -20; fail "systemctl start tsp-broker"; }
+wait_for 10 sh -c 'ip netns exec b ss -Hltn "sport = :3653" | grep -q LISTEN' ||
+  { journalctl -b -u tsp-broker --no-pager | tail -20; fail "tsp-broker listens on 3653 in namespace b"; }
+[ "$(systemctl is-active tsp-broker)" = active ] || fail "systemctl is-active tsp-broker"
+pid=$(systemctl show -P MainPID tsp-broker)
+user=$(ps -o user= -p "$pid")
+[ "$user" = tsp-broker ] || fail "tsp-broker runs as user tsp-broker (is: $user)"
+[ "$(readlink /proc/$pid/ns/net)" = "$(ip netns exec b readlink /proc/self/ns/net)" ] ||
+  fail "tsp-broker runs in namespace b"
+ok "tsp-broker.service active, pid $pid, user $user, in namespace b, listening on 3653"
+systemctl enable --now uml-lab-link.service || fail "uml-lab-link.service (c0 into the client's namespace)"
+ip -o link | grep -q ': c0@' || fail "c0 in the client's namespace"
+
+# c. An NM-managed base connection on c0, then the tsp VPN on top.
+nmcli device set c0 managed yes || fail "nmcli device set c0 managed yes"
+nmcli connection add type ethernet ifname c0 con-name base ipv4.method manual \
+  ipv4.addresses "$CLIENT4/24" ipv4.gateway "$BROKER4" ipv6.method ignore >/dev/null || fail "base profile added"
+nmcli --wait 30 connection up base >/dev/null || fail "nmcli connection up base"
+ping -c 1 -W 5 "$BROKER4" >/dev/null || fail "ping $BROKER4 over the base connection"
+ok "base connection up on c0 ($CLIENT4), broker reachable"
+nmcli connection add type vpn vpn-type tsp con-name tsp ifname '*' \
+  vpn.data "server=$BROKER4, tunnel-mode=v6v4" >/dev/null || fail "tsp profile added"
+[ "$(nmcli -g vpn.service-type connection show tsp)" = org.freedesktop.NetworkManager.tsp ] ||
+  fail "vpn-type tsp resolved to org.freedesktop.NetworkManager.tsp"
+nmcli --wait 60 connection up tsp || { journalctl -b --no-pager | tail -40; fail "nmcli connection up tsp"; }
+svc=$(pgrep -f '^/usr/libexec/nm-tsp-service' | head -1)
+[ -n "$svc" ] || fail "nm-tsp-service runs"
+# GLib's g_spawn_async double-forks: the service's parent is PID 1, but it stays in
+# NetworkManager's cgroup (not dbus.service's: no D-Bus activation), and NM passes --bus-name
+# because the .name file says supports-multiple-connections=true.
+grep -q '/NetworkManager.service$' /proc/$svc/cgroup || fail "nm-tsp-service in NetworkManager.service's cgroup ($(cat /proc/$svc/cgroup))"
+grep -qa -- '--bus-name' /proc/$svc/cmdline || fail "nm-tsp-service started with --bus-name"
+ok "NetworkManager spawned $(tr '\0' ' ' </proc/$svc/cmdline)"
+sit=$(sit_link)
+[ -n "$sit" ] || { ip -d link; fail "a kernel sit link besides sit0"; }
+ip -d -o link show dev "$sit" | grep -q "remote $BROKER4 local $CLIENT4" || { ip -d link show dev "$sit"; fail "$sit goes $CLIENT4 -> $BROKER4"; }
+ok "kernel sit link: $(ip -d -o link show dev "$sit" | sed 's/\\/ /g' | tr -s ' ' | cut -c1-160)"
+wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || { ip -6 addr; ip -6 route; fail "ping -6 $BROKER6 through $sit"; }
+ping -6 -c 3 -i 0.3 -W 2 "$BROKER6" | tail -2
+ok "ping -6 $BROKER6 answers through $sit"
+ip -6 -o addr show dev "$sit" | grep -v 'scope link' | awk '{print $4}' >/run/tunnel-addr
+[ -s /run/tunnel-addr ] || fail "$sit has a global address"
+
+# d. Down: nothing of the tunnel left.
+nmcli --wait 30 connection down tsp >/dev/null || fail "nmcli connection down tsp"
+gone() {
+  ! pgrep -f /usr/libexec/nm-tsp-service >/dev/null &&
+    ! ip -o link | grep -q ": $sit[@:]" &&
+    ! ip -6 addr | grep -qF "$(cat /run/tunnel-addr)" &&
+    ! ip -6 route | grep -q '^2001:db8:b:'
+}
+wait_for 15 gone || { ps ax; ip -o link; ip -6 addr; ip -6 route; fail "after down: no nm-tsp-service, $sit, address or route"; }
+ok "down: no nm-tsp-service, no $sit, no $(cat /run/tunnel-addr), no 2001:db8:b: route"
+
+
+# e. A tsp VPN that comes up with its base connection (connection.secondaries), first by
+# bringing the base connection down and up, then across a reboot.
+uuid=$(nmcli -g connection.uuid connection show tsp)
+nmcli connection modify base connection.secondaries "$uuid" connection.autoconnect yes || fail "base: secondaries $uuid"
+nmcli --wait 30 connection down base >/dev/null
+nmcli --wait 60 connection up base >/dev/null || fail "nmcli connection up base (with the tsp VPN as secondary)"
+wait_for 30 sh -c '[ "$(nmcli -g GENERAL.STATE connection show tsp)" = activated ]' || fail "tsp up as base's secondary"
+wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || fail "ping -6 $BROKER6 with tsp as base's secondary"
+ok "secondary: nmcli connection up base brings up tsp (ping -6 $BROKER6 answers through $(sit_link))"
+# NetworkManager manages c0 after the reboot too (hand-made veths are unmanaged by default).
+printf '[device-uml-c0]\nmatch-device=interface-name:c0\nmanaged=1\n' >/etc/NetworkManager/conf.d/uml-c0.conf
+touch "$STATE/rebooted"
+# This boot ends in a reboot, not a power-off: the unit's actions are switched off for it
+# (/run does not survive), and the unit ends before the shutdown stops it.
+mkdir -p /run/systemd/system/uml-scenario.service.d
+printf '[Unit]\nSuccessAction=none\nFailureAction=none\n' >/run/systemd/system/uml-scenario.service.d/reboot.conf
+systemctl daemon-reload
+sync
+ok "rebooting"
+systemctl reboot --no-block
+exit 0
+fi
+
+# Second boot.
+ok "booted again: $(cat /proc/sys/kernel/random/boot_id)"
+wait_for 60 sh -c '[ "$(nmcli -g GENERAL.STATE connection show tsp)" = activated ]' ||
+  { nmcli connection; journalctl -b --no-pager | tail -40; fail "tsp up after the reboot"; }
+[ "$(systemctl is-active tsp-broker)" = active ] || fail "tsp-broker active after the reboot"
+sit=$(sit_link)
+[ -n "$sit" ] || { ip -d link; fail "a kernel sit link after the reboot"; }
+wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || fail "ping -6 $BROKER6 after the reboot"
+ok "after the reboot: base and tsp up on their own, ping -6 $BROKER6 answers through $sit"
+
+# f. Purge: no file of the packages left behind.
+nmcli connection delete tsp >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $PKGS >/dev/null || fail "apt-get purge $PKGS"
+for p in $PKGS; do
+  ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q installed || fail "$p purged"
+done
+left=$(cat $STATE/files-* | sort -u | while read -r f; do
+  [ "$f" = /. ] && continue
+  if [ -d "$f" ] && [ ! -L "$f" ]; then
+    # A directory may stay when another package owns it or it holds others' files.
+    [ -z "$(ls -A "$f" 2>/dev/null)" ] && ! dpkg -S "$f" >/dev/null 2>&1 && echo "$f"
+  elif [ -e "$f" ] || [ -L "$f" ]; then
+    echo "$f"
+  fi
+done)
+[ -z "$left" ] || fail "purge left: $left"
+[ "$(systemctl is-active tsp-broker 2>/dev/null)" != active ] || fail "tsp-broker stopped by the purge"
+ok "purged: none of the $(cat $STATE/files-* | sort -u | wc -l) paths dpkg listed is left behind"
+echo "system-tier: all steps passed"

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::net::{Conn, Established, NegotiateOptions, NetError, negotiate};
 use tsp_config::sites;
 use tsp_proto::client::{Negotiated, Transport};
-use tsp_proto::types::TunnelMode;
+use tsp_proto::types::{DatapathKind, TunnelMode};
 use tsp_tunnel::netlink::{self, Netlink};
 use tsp_tunnel::tundev::TunDevice;
 use tsp_tunnel::{self, Datapath, Encap, Exit, KeepaliveSpec, TUNNEL_MTU, kernel};
@@ -117,6 +117,9 @@ pub struct Profile {
     /// the tunnel with `ifindex` 0 and hand it on; the TSP session is held until stopped or
     /// until the offer's lifetime runs out (then it is negotiated again).
     pub proxy: bool,
+    /// gogoc.conf's `datapath_kind`: v6v4 and v4v6 on a kernel link where the kernel has
+    /// them, always, or never (`kernel::try_link`).
+    pub datapath: DatapathKind,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -336,9 +339,18 @@ impl<H: Hooks> Supervisor<H> {
         // Kernel links where the kernel has them; userspace otherwise (decided and logged by
         // `kernel::try_link`).
         let nl = Netlink::new().map_err(|e| format!("rtnetlink: {e}"))?;
-        let kernel_link = match mode {
-            TunnelMode::V6UdpV4 => None,
-            _ => kernel::try_link(&nl, mode, &ifname, local.ip(), remote).await,
+        let kernel_link = match (mode, self.profile.datapath) {
+            (TunnelMode::V6UdpV4, _) => None,
+            (_, DatapathKind::Userspace) => {
+                tracing::info!(%mode, ifname, "datapath_kind=userspace: userspace datapath (TUN + raw socket)");
+                None
+            }
+            (_, DatapathKind::Kernel) => Some(
+                kernel::try_link(&nl, mode, &ifname, local.ip(), remote)
+                    .await
+                    .ok_or_else(|| format!("datapath_kind=kernel but no kernel link for {mode} ({ifname})"))?,
+            ),
+            (_, DatapathKind::Auto) => kernel::try_link(&nl, mode, &ifname, local.ip(), remote).await,
         };
         // `_session` keeps a TCP session open for as long as the tunnel lives: gogoc keeps the
         // TSP connection open but idle, and the bundled broker ends a TCP session's tunnel

@@ -5,7 +5,8 @@
 //!
 //! Each test boots the kernel and re-runs itself inside (`--exact <test>`, with `TSP_UML_GUEST`
 //! set), where it builds the namespace scenario of tests/tunnels.rs: client `c` and broker `b`
-//! on one veth, `tsp-broker` (userspace datapath) in `b`, `tspc` in `c`. Root only; each test
+//! on one veth, `tsp-broker` in `b`, `tspc` in `c`, each with kernel links (the default where
+//! the kernel has them) or its userspace datapath (`datapath_kind`). Root only; each test
 //! prints a skip line and passes when it cannot boot the kernel (apt cannot fetch the packages,
 //! /dev/shm is noexec).
 
@@ -136,11 +137,81 @@ struct Run {
     broker_unreachables: (u64, u64),
 }
 
-/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1), broker
-/// started; tspc brings the tunnel up in `mode`, must have chosen the `expect`ed datapath,
-/// pings through it, and leaves the client's links, addresses and routes as they were after
-/// SIGTERM.
+/// How a run of [`tunnel_with`] is set up and ended.
+#[derive(Clone, Copy, Debug)]
+struct Sides {
+    /// tspc's datapath and its gogoc.conf `datapath_kind` (None: not in the file).
+    client: Expect,
+    client_kind: Option<&'static str>,
+    /// The broker's datapath for the tunnel and its `datapath_kind` (None: not in the file).
+    broker: Expect,
+    broker_kind: Option<&'static str>,
+    /// Stop the broker while the tunnel is up (its exit must remove the link), instead of
+    /// ending the tunnel first (the broker drops it after five missed keepalives).
+    broker_first: bool,
+}
+
+impl Sides {
+    /// Both ends on the same kernel, with the defaults (`auto`): both choose the same.
+    fn same(expect: Expect) -> Self {
+        Self {
+            client: expect,
+            client_kind: None,
+            broker: expect,
+            broker_kind: None,
+            broker_first: false,
+        }
+    }
+}
+
+/// The kernel's own fallback devices, which appear in every namespace when their module loads
+/// (the broker's probe may load them): not the broker's to remove.
+const FALLBACK_DEVICES: [&str; 4] = ["sit0", "ip6tnl0", "tunl0", "ip6_vti0"];
+
+/// A host's links (names, without the fallback devices), addresses and routes.
+fn snapshot(h: &Host) -> (Vec<String>, String, Vec<String>, Vec<String>) {
+    let links = h
+        .ip(&["-o", "link"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| !FALLBACK_DEVICES.contains(&n.as_str()))
+        .collect();
+    (
+        links,
+        h.ip(&["-o", "addr"]).unwrap(),
+        h.routes_v6().unwrap(),
+        h.routes_v4().unwrap(),
+    )
+}
+
+/// The broker's kernel link for the client (name and `ip -d link` text), if any: a link of the
+/// mode's kind whose remote is the client's address.
+fn broker_link(b: &Host, m: &Mode) -> Option<(String, String)> {
+    let (kind, remote) = if m.mode == "v4v6" {
+        ("ip6tnl ipip6 ", "remote 2001:db8:1::2 ")
+    } else {
+        ("sit ", "remote 192.0.2.2 ")
+    };
+    let links = b.ip(&["-d", "-o", "link"]).unwrap();
+    links.lines().find(|l| l.contains(kind) && l.contains(remote)).map(|l| {
+        let name = l.split(": ").nth(1).unwrap_or_default();
+        (name.split('@').next().unwrap_or(name).to_owned(), l.to_owned())
+    })
+}
+
 fn tunnel(m: &Mode, expect: Expect) -> Run {
+    tunnel_with(m, Sides::same(expect))
+}
+
+/// Client `c` (192.0.2.2, 2001:db8:1::2) and broker `b` (192.0.2.1, 2001:db8:1::1), broker
+/// started; tspc brings the tunnel up in `mode`; both ends must have chosen the datapath
+/// `sides` expects (the kind in `ip -d link`, the log); pings cross the tunnel; then both ends
+/// must be as before: the client after SIGTERM, the broker after the tunnel's end (five missed
+/// keepalives) and after its own SIGTERM (or, `broker_first`, after its SIGTERM alone, the
+/// tunnel still up).
+fn tunnel_with(m: &Mode, sides: Sides) -> Run {
     let t0 = Instant::now();
     let lab = Lab::new(&format!("uml_{}", m.mode)).unwrap();
     let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
@@ -154,7 +225,9 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
     // The link-local addresses finish duplicate address detection first (slow in the guest),
     // or the snapshot would differ in a `tentative` flag only.
     let settled = Instant::now() + 10 * SEC;
-    while c.ip(&["-o", "addr"]).unwrap().contains("tentative") && Instant::now() < settled {
+    while (c.ip(&["-o", "addr"]).unwrap().contains("tentative") || b.ip(&["-o", "addr"]).unwrap().contains("tentative"))
+        && Instant::now() < settled
+    {
         std::thread::sleep(SEC / 10);
     }
     let before = (
@@ -162,20 +235,33 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
         c.routes_v6().unwrap(),
         c.routes_v4().unwrap(),
     );
+    let broker_before = snapshot(&b);
+    let broker_kind = sides
+        .broker_kind
+        .map(|k| format!("datapath_kind = \"{k}\"\n"))
+        .unwrap_or_default();
     let conf = lab
         .file(
             "broker.toml",
             &format!(
-                "listen = [\"[::]:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\nkeepalive_min = 1\n"
+                "listen = [\"[::]:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\nkeepalive_min = 1\n{broker_kind}"
             ),
         )
         .unwrap();
     let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
     broker.wait_for_output("listening", 30 * SEC).unwrap();
+    let client_kind = sides
+        .client_kind
+        .map(|k| format!("datapath_kind={k}\n"))
+        .unwrap_or_default();
+    // Keepalives every 2 s: the broker drops a silent tunnel after five intervals.
     let conf = lab
         .file(
             "c.conf",
-            &format!("server={}\nauth_method=anonymous\ntunnel_mode={}\n", m.server, m.mode),
+            &format!(
+                "server={}\nauth_method=anonymous\ntunnel_mode={}\nkeepalive_interval=2\n{client_kind}",
+                m.server, m.mode
+            ),
         )
         .unwrap();
     let client: Proc = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
@@ -183,11 +269,11 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
     let out = client.output();
     let link = c.ip(&["-d", "link", "show", m.ifname]).unwrap();
     println!(
-        "{} ({expect:?}): tspc log:\n{out}\nip -d link show {}:\n{link}",
+        "{} ({sides:?}): tspc log:\n{out}\nip -d link show {}:\n{link}",
         m.mode, m.ifname
     );
     let kind_line = |prefix: &str| link.lines().any(|l| l.trim_start().starts_with(prefix));
-    match expect {
+    match sides.client {
         Expect::Kernel(kind) => {
             assert!(
                 out.contains(&format!("kernel datapath ({} link)", kind.split(' ').next().unwrap())),
@@ -210,6 +296,41 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
             assert!(kind_line("tun "), "{}: {} is no tun device:\n{link}", m.mode, m.ifname);
         }
     }
+    // The broker makes its link when the session is established, maybe after tspc's "(up)".
+    let deadline = Instant::now() + 10 * SEC;
+    let mut blink = broker_link(&b, m);
+    while blink.is_none() && matches!(sides.broker, Expect::Kernel(_)) && Instant::now() < deadline {
+        std::thread::sleep(SEC / 10);
+        blink = broker_link(&b, m);
+    }
+    let blog = broker.output();
+    println!("{} ({sides:?}): broker log:\n{blog}\nbroker link: {blink:?}", m.mode);
+    match sides.broker {
+        Expect::Kernel(kind) => {
+            let (name, line) = blink
+                .clone()
+                .unwrap_or_else(|| panic!("{}: the broker made no {kind} link:\n{blog}", m.mode));
+            assert!(name.starts_with("tspb0k"), "{}: broker link {name}", m.mode);
+            assert!(
+                line.contains(&format!(" {kind} ")),
+                "{}: broker link is no {kind}: {line}",
+                m.mode
+            );
+            assert!(
+                blog.contains("tunnel on a kernel link"),
+                "{}: broker log:\n{blog}",
+                m.mode
+            );
+        }
+        Expect::Tun => {
+            assert!(blink.is_none(), "{}: the broker made a kernel link: {blink:?}", m.mode);
+            assert!(
+                blog.contains("userspace"),
+                "{}: the broker did not log its userspace datapath:\n{blog}",
+                m.mode
+            );
+        }
+    }
     let (c0, b0) = (unreachables_sent(&c), unreachables_sent(&b));
     assert!(
         c.ping(m.target, 3, 5),
@@ -223,9 +344,27 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
         broker_unreachables: (b1.0 - b0.0, b1.1 - b0.1),
     };
     println!(
-        "{} ({expect:?}): ICMP/ICMPv6 destination unreachables sent during the pings: client {:?}, broker {:?}",
+        "{} ({sides:?}): ICMP/ICMPv6 destination unreachables sent during the pings: client {:?}, broker {:?}",
         m.mode, run.client_unreachables, run.broker_unreachables
     );
+    let stop_broker = |why: &str| {
+        broker.signal(Signal::Term).unwrap();
+        assert!(
+            broker.wait_exit(10 * SEC).is_some(),
+            "{}: tsp-broker did not exit on SIGTERM",
+            m.mode
+        );
+        assert_eq!(
+            snapshot(&b),
+            broker_before,
+            "{}: the broker left links, addresses or routes behind ({why})",
+            m.mode
+        );
+    };
+    if sides.broker_first {
+        assert!(blink.is_some() || matches!(sides.broker, Expect::Tun));
+        stop_broker("stopped with the tunnel up");
+    }
     client.signal(Signal::Term).unwrap();
     assert!(
         client.wait_exit(10 * SEC).is_some(),
@@ -239,8 +378,23 @@ fn tunnel(m: &Mode, expect: Expect) -> Run {
         c.routes_v4().unwrap(),
     );
     assert_eq!(before, after, "{}: addresses or routes left behind", m.mode);
-    println!("{} ({expect:?}): passed in {:.1?}", m.mode, t0.elapsed());
-    drop(broker);
+    if !sides.broker_first {
+        // The tunnel's end (five missed 2 s keepalives) removes the broker's link.
+        if let Some((name, _)) = &blink {
+            let deadline = Instant::now() + 30 * SEC;
+            while has_link(&b, name) && Instant::now() < deadline {
+                std::thread::sleep(SEC / 5);
+            }
+            assert!(
+                !has_link(&b, name),
+                "{}: the broker kept {name} after the tunnel's end",
+                m.mode
+            );
+            println!("{}: the broker removed {name} at the tunnel's end", m.mode);
+        }
+        stop_broker("after the tunnel's end");
+    }
+    println!("{} ({sides:?}): passed in {:.1?}", m.mode, t0.elapsed());
     run
 }
 
@@ -281,16 +435,16 @@ fn falls_back_to_userspace_without_the_modules() {
     });
 }
 
-/// Neither host sends ICMP destination unreachables while pings cross the tunnel, with the
-/// kernel links on the client and the broker's userspace datapath.
+/// Neither host sends ICMP destination unreachables while pings cross the tunnel, with kernel
+/// links on both ends.
 ///
-/// Fails today: once the kernel has the tunnel modules (the client's link loads them, for every
-/// namespace), the broker's kernel hands each encapsulated packet to its own tunnel handlers as
-/// well as to the userspace datapath's raw socket, finds no tunnel and answers "port
-/// unreachable" (v6v4: one ICMP error per ping from the broker host; v4v6: ICMPv6 errors from
-/// the broker, which the client's ip6tnl turns into ICMP errors of its own).
+/// Before the broker had kernel links this failed: once the kernel has the tunnel modules (the
+/// client's link loads them, for every namespace), the broker's kernel handed each encapsulated
+/// packet to its own tunnel handlers as well as to the userspace datapath's raw socket, found no
+/// tunnel and answered "port unreachable" (v6v4: one ICMP error per ping; v4v6: ICMPv6 errors,
+/// which the client's ip6tnl turned into ICMP errors of its own). The broker's per-tunnel link
+/// (crates/tsp-broker/src/datapath/links.rs) now claims them.
 #[test]
-#[ignore = "known broker-side issue: the broker host's kernel sends ICMP unreachables for the tunnel packets its userspace datapath handles"]
 fn no_icmp_unreachables_from_either_host() {
     in_uml(|| {
         let runs: Vec<(&str, Run)> = [(&V6V4, "sit"), (&V4V6, "ip6tnl ipip6")]
@@ -357,5 +511,104 @@ fn v4v6_with_sit_loaded() {
     in_uml(|| {
         uml::modprobe(&["sit"]);
         tunnel(&V4V6, Expect::Kernel("ip6tnl ipip6"));
+    });
+}
+
+/// Kernel links on the broker with kernel links on the client, v6v4 and v4v6: the broker makes
+/// one link per tunnel (asserted above: kind, remote, name), pings cross, and the broker's exit
+/// with the tunnel up removes its link and leaves its links, addresses and routes as before.
+#[test]
+fn broker_kernel_links_removed_at_exit() {
+    in_uml(|| {
+        for (m, kind) in [(&V6V4, "sit"), (&V4V6, "ip6tnl ipip6")] {
+            tunnel_with(
+                m,
+                Sides {
+                    broker_first: true,
+                    ..Sides::same(Expect::Kernel(kind))
+                },
+            );
+        }
+    });
+}
+
+/// Mixed ends on a kernel that has the links: a kernel-link client with a userspace broker
+/// (`datapath_kind = "userspace"`) and a userspace client (`datapath_kind=userspace`) with a
+/// kernel-link broker, v6v4 and v4v6; each pings through and tears down exactly.
+#[test]
+fn kernel_and_userspace_ends_interoperate() {
+    in_uml(|| {
+        for (m, kind) in [(&V6V4, "sit"), (&V4V6, "ip6tnl ipip6")] {
+            tunnel_with(
+                m,
+                Sides {
+                    client: Expect::Kernel(kind),
+                    client_kind: Some("kernel"),
+                    broker: Expect::Tun,
+                    broker_kind: Some("userspace"),
+                    broker_first: false,
+                },
+            );
+            tunnel_with(
+                m,
+                Sides {
+                    client: Expect::Tun,
+                    client_kind: Some("userspace"),
+                    broker: Expect::Kernel(kind),
+                    broker_kind: Some("kernel"),
+                    broker_first: false,
+                },
+            );
+        }
+    });
+}
+
+/// `datapath_kind = "kernel"` without the modules: the broker refuses to start and tspc fails
+/// instead of falling back.
+#[test]
+fn datapath_kind_kernel_requires_the_links() {
+    in_uml(|| {
+        uml::modprobe(&["ipv6", "veth", "tun"]);
+        uml::autoload(false);
+        let lab = Lab::new("uml_kernel_required").unwrap();
+        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+        lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
+        let conf = lab
+            .file(
+                "broker.toml",
+                "listen = [\"192.0.2.1:3653\"]\nauth = [\"anonymous\"]\ndatapath_kind = \"kernel\"\n",
+            )
+            .unwrap();
+        let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+        let status = broker.wait_exit(30 * SEC);
+        let out = broker.output();
+        println!("tsp-broker with datapath_kind = \"kernel\", no modules:\n{out}");
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "the broker did not refuse: {status:?}"
+        );
+        assert!(out.contains("cannot create sit"), "{out}");
+        // A userspace broker for tspc to reach.
+        let conf = lab
+            .file(
+                "broker2.toml",
+                "listen = [\"192.0.2.1:3653\"]\nauth = [\"anonymous\"]\n",
+            )
+            .unwrap();
+        let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+        broker.wait_for_output("listening", 30 * SEC).unwrap();
+        let conf = lab
+            .file(
+                "c.conf",
+                "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\ndatapath_kind=kernel\nauto_retry_connect=no\n",
+            )
+            .unwrap();
+        let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+        let status = client.wait_exit(30 * SEC);
+        let out = client.output();
+        println!("tspc with datapath_kind=kernel, no modules:\n{out}");
+        assert!(status.is_some_and(|s| !s.success()), "tspc did not fail: {status:?}");
+        assert!(out.contains("datapath_kind=kernel but no kernel link"), "{out}");
+        assert!(!has_link(&c, "sit1"));
     });
 }

@@ -111,6 +111,19 @@ impl Table {
         true
     }
 
+    /// A packet from `endpoint`: marks its client alive if the inner source is the client's;
+    /// true when the packet is ours to deliver (not when a kernel link carries the tunnel: the
+    /// raw socket only got a copy).
+    fn admit(&mut self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
+        match self.routes.get_mut(endpoint) {
+            Some(r) if r.accepts_source(pkt) => {
+                r.last_seen = Instant::now();
+                !r.kernel
+            }
+            _ => false,
+        }
+    }
+
     fn lookup_v6(&self, dst: Ipv6Addr) -> Option<Endpoint> {
         if let Some(ep) = self.by_v6.get(&dst) {
             return Some(*ep);
@@ -279,7 +292,8 @@ impl BrokerDatapath {
             }
             ok
         };
-        let link_task = if kernel.0 || kernel.1 {
+        // Also for the userspace datapath: its sink links (links.rs).
+        let link_task = if cfg.tunnel_modes.contains(&TunnelMode::V6V4) || v4v6 {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(links::run(rx, cfg.tun_name.clone()));
             Some(tx)
@@ -370,11 +384,14 @@ impl BrokerDatapath {
                 kernel: false,
             },
         };
-        let on_link = match endpoint {
+        let kernel_kind = match endpoint {
             Endpoint::V4(_) => self.kernel.0,
             Endpoint::V6(_) => self.kernel.1,
             Endpoint::Udp { .. } => false,
-        } && route.local.is_some_and(links::is_local);
+        };
+        let local_ok = route.local.is_some_and(links::is_local);
+        let on_link = kernel_kind && local_ok;
+        let sink = !kernel_kind && local_ok && !matches!(endpoint, Endpoint::Udp { .. });
         let mut t = lock(&self.table);
         // A client that reconnects from a new endpoint keeps its addresses: forget the old path.
         let stale: Vec<Endpoint> = t
@@ -407,7 +424,15 @@ impl BrokerDatapath {
         routes.extend(route.inner_v4.map(|a| (IpAddr::V4(a), 32)));
         t.routes.insert(endpoint, route);
         drop(t);
-        if let (true, Some(tx), Some(local)) = (on_link, &self.link_task, local) {
+        if let (true, Some(tx), Some(local)) = (sink, &self.link_task, local) {
+            let _ = tx.send(links::Cmd::Up {
+                endpoint,
+                local,
+                routes: Vec::new(),
+                sink: true,
+                done: Box::new(|_| {}),
+            });
+        } else if let (true, Some(tx), Some(local)) = (on_link, &self.link_task, local) {
             // Marked kernel-carried at once: until the link is up the client's packets are
             // dropped rather than delivered twice (by the link and by the raw socket).
             if let Some(r) = lock(&self.table).routes.get_mut(&endpoint) {
@@ -425,6 +450,7 @@ impl BrokerDatapath {
                 endpoint,
                 local,
                 routes,
+                sink: false,
                 done,
             });
         }
@@ -452,15 +478,7 @@ impl BrokerDatapath {
     /// Checks a packet from a client's endpoint and marks the client alive; the packet is
     /// ours to deliver only if its inner source belongs to that client.
     fn admit(&self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
-        let mut t = lock(&self.table);
-        match t.routes.get_mut(endpoint) {
-            Some(r) if r.accepts_source(pkt) => {
-                r.last_seen = Instant::now();
-                // A kernel link delivers this packet; the raw socket's copy is not ours to.
-                !r.kernel
-            }
-            _ => false,
-        }
+        lock(&self.table).admit(endpoint, pkt)
     }
 
     /// Whether a data datagram that arrived on UDP listener `listener` from `peer` is a packet
@@ -705,6 +723,38 @@ mod tests {
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
         assert!(t.remove(&ep));
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn kernel_carried_tunnels_are_kept_alive_but_not_delivered() {
+        let ep = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        let mut t = Table::default();
+        t.routes.insert(
+            ep,
+            Route {
+                inner_v6: Some("2001:db8:b::2".parse().unwrap()),
+                prefix: None,
+                inner_v4: None,
+                last_seen: long_ago,
+                idle_limit: Duration::ZERO,
+                local: None,
+                kernel: true,
+            },
+        );
+        let mut pkt = vec![0u8; 40];
+        pkt[0] = 0x60;
+        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(!t.admit(&ep, &pkt), "the kernel link delivers it");
+        assert!(t.routes[&ep].last_seen > long_ago, "but the client is alive");
+        t.routes.get_mut(&ep).unwrap().kernel = false;
+        assert!(t.admit(&ep, &pkt), "userspace: delivered");
+        let other = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 3));
+        assert!(!t.admit(&other, &pkt), "another endpoint");
+        pkt[23] = 3;
+        t.routes.get_mut(&ep).unwrap().last_seen = long_ago;
+        assert!(!t.admit(&ep, &pkt), "another inner source");
+        assert_eq!(t.routes[&ep].last_seen, long_ago, "does not keep the client alive");
     }
 
     #[test]

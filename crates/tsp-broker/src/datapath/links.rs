@@ -22,6 +22,19 @@
 //! datapath read it; a link per tunnel claims the packets. (The raw sockets still get a copy of
 //! each packet: the datapath uses it only to see the client alive, see `Route::kernel`.)
 //!
+//! A tunnel the userspace datapath carries while those modules are loaded (`datapath_kind =
+//! "userspace"`) gets a *sink* link instead: the same link, with no routes, that delivers
+//! nothing (IPv6 disabled on it, so a sit delivers nothing; on an ip6tnl link the strict
+//! reverse-path filter drops every inner IPv4 packet, as no route leads back through it), so the kernel finds its tunnel and
+//! stays silent while the raw socket's copy is carried. Cheaper fixes do not exist: the raw
+//! socket cannot consume the packet, and the kernel's tunnel handlers answer whatever they do
+//! not match; a local-only wildcard link (remote any) would do for known endpoints but not for
+//! a wildcard listener, where sit's own fallback device `sit0` already holds that slot. The sink
+//! is tried for every such tunnel, not only when the modules are loaded already: they may be
+//! loaded later (the client's own link on the same host is made after the broker's session is
+//! established). Where they are modules, that loads them, and the sink claims what they would
+//! answer; a kernel without them refuses the sink (logged at debug level) and is silent anyway.
+//!
 //! Links are named `<tun_name>k<n>` (n counting up), made by one task in the order the
 //! datapath asks, and deleted at the tunnel's end and at the broker's exit.
 //!
@@ -44,6 +57,8 @@ pub(super) enum Cmd {
         endpoint: Endpoint,
         local: IpAddr,
         routes: Vec<(IpAddr, u8)>,
+        /// A sink (see the module docs): delivers nothing, only claims the packets.
+        sink: bool,
         /// Told whether the link is up (false: the tunnel stays on the userspace datapath).
         done: Box<dyn FnOnce(bool) + Send>,
     },
@@ -112,6 +127,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 endpoint,
                 local,
                 routes,
+                sink,
                 done,
             } => {
                 if let Some((idx, name)) = links.remove(&endpoint) {
@@ -119,11 +135,20 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 }
                 let name = format!("{prefix}k{n}");
                 n = (n + 1) % 100_000;
-                match up(&nl, &name, endpoint, local, &routes).await {
+                match up(&nl, &name, endpoint, local, &routes, sink).await {
+                    Ok(idx) if sink => {
+                        tracing::info!(?endpoint, link = %name, "sink link: claims the tunnel's packets so the kernel sends no ICMP errors; the userspace datapath carries them");
+                        links.insert(endpoint, (idx, name));
+                        done(false);
+                    }
                     Ok(idx) => {
                         tracing::info!(?endpoint, link = %name, "tunnel on a kernel link");
                         links.insert(endpoint, (idx, name));
                         done(true);
+                    }
+                    Err(e) if sink => {
+                        tracing::debug!(?endpoint, link = %name, error = %e, "no sink link");
+                        done(false);
                     }
                     Err(e) => {
                         tracing::warn!(?endpoint, link = %name, error = %e, "no kernel link for this tunnel: userspace datapath");
@@ -158,14 +183,15 @@ async fn delete(nl: &Netlink, idx: u32, name: &str) {
     }
 }
 
-/// Creates the link, sets it up and routes the client's addresses to it; a half-made link is
-/// deleted again.
+/// Creates the link, sets it up and routes the client's addresses to it (a sink: no routes,
+/// nothing delivered); a half-made link is deleted again.
 async fn up(
     nl: &Netlink,
     name: &str,
     endpoint: Endpoint,
     local: IpAddr,
     routes: &[(IpAddr, u8)],
+    sink: bool,
 ) -> Result<u32, String> {
     let idx = match (endpoint, local) {
         (Endpoint::V4(remote), IpAddr::V4(l)) => nl.create_sit(name, Some(l), remote, 64).await,
@@ -177,6 +203,12 @@ async fn up(
         if matches!(endpoint, Endpoint::V6(_)) {
             // Strict reverse-path filter: the inner IPv4 source must route back through the link.
             let path = format!("/proc/sys/net/ipv4/conf/{name}/rp_filter");
+            std::fs::write(&path, "1\n").map_err(|e| format!("{path}: {e}"))?;
+        }
+        if sink {
+            // Before it is up: no addresses (not even link-local) are generated, and on a
+            // sit nothing is delivered.
+            let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
             std::fs::write(&path, "1\n").map_err(|e| format!("{path}: {e}"))?;
         }
         nl.set_up_mtu(idx, TUNNEL_MTU).await.map_err(|e| e.to_string())?;

@@ -641,3 +641,142 @@ fn datapath_kind_kernel_requires_the_links() {
         assert!(!has_link(&c, "sit1"));
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark (printed, not asserted)
+
+/// One TCP flow from namespace `from` to `addr` in namespace `to` for `secs`: Mbit/s received.
+/// Both ends are threads of this process that joined the namespaces (`setns`).
+fn tcp_mbits(from: &Host, to: &Host, addr: std::net::IpAddr, secs: f64) -> f64 {
+    use std::io::{Read, Write};
+    fn enter(h: &Host) {
+        let f = std::fs::File::open(format!("/run/netns/{}", h.ns())).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (to, from) = (to.clone(), from.clone());
+    let sink = std::thread::spawn(move || {
+        enter(&to);
+        let l = std::net::TcpListener::bind((addr, 5201)).unwrap();
+        tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let (mut buf, mut n) = (vec![0u8; 1 << 16], 0u64);
+        let t0 = Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        n as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e6
+    });
+    rx.recv().unwrap();
+    let source = std::thread::spawn(move || {
+        enter(&from);
+        let mut s = std::net::TcpStream::connect((addr, 5201)).unwrap();
+        let buf = vec![0x5au8; 1 << 16];
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < secs {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    source.join().unwrap();
+    sink.join().unwrap()
+}
+
+/// Average round-trip time (ms) of 50 pings 10 ms apart.
+fn rtt_ms(h: &Host, dst: &str) -> f64 {
+    let mut args = vec!["-n", "-q", "-c", "50", "-i", "0.01", "-W", "2", dst];
+    if dst.contains(':') {
+        args.insert(0, "-6");
+    }
+    let out = h.run("ping", &args).and_then(|o| o.check()).unwrap().stdout;
+    // "rtt min/avg/max/mdev = 0.041/0.052/0.090/0.010 ms"
+    out.lines()
+        .find_map(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rtt in: {out}"))
+}
+
+/// Throughput and latency of a v6v4 tunnel with kernel sit links on both ends and with the
+/// userspace datapath on both ends, against the raw veth at MTU 1280, all in one guest;
+/// printed as ratios (UML slows everything, so only the ratios mean something).
+#[test]
+fn bench_kernel_sit_vs_veth() {
+    in_uml(|| {
+        let lab = Lab::new("uml_bench").unwrap();
+        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+        let (ci, bi) = lab
+            .link(
+                &c,
+                &["192.0.2.2/24", "2001:db8:1::2/64"],
+                &b,
+                &["192.0.2.1/24", "2001:db8:1::1/64"],
+            )
+            .unwrap();
+        c.ip(&["link", "set", &ci, "mtu", "1280"]).unwrap();
+        b.ip(&["link", "set", &bi, "mtu", "1280"]).unwrap();
+        let settled = Instant::now() + 10 * SEC;
+        while c.ip(&["-o", "addr"]).unwrap().contains("tentative") && Instant::now() < settled {
+            std::thread::sleep(SEC / 10);
+        }
+        let secs = 3.0;
+        let veth = (
+            tcp_mbits(&c, &b, "2001:db8:1::1".parse().unwrap(), secs),
+            tcp_mbits(&b, &c, "2001:db8:1::2".parse().unwrap(), secs),
+            rtt_ms(&c, "2001:db8:1::1"),
+        );
+        let mut rows = vec![("raw veth, MTU 1280", veth)];
+        for (kind, label) in [
+            ("kernel", "v6v4, kernel sit both ends"),
+            ("userspace", "v6v4, userspace both ends"),
+        ] {
+            let conf = lab
+                .file(
+                    &format!("broker-{kind}.toml"),
+                    &format!(
+                        "listen = [\"192.0.2.1:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\ndatapath_kind = \"{kind}\"\n"
+                    ),
+                )
+                .unwrap();
+            let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+            broker.wait_for_output("listening", 30 * SEC).unwrap();
+            let conf = lab
+                .file(
+                    &format!("c-{kind}.conf"),
+                    &format!("server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\ndatapath_kind={kind}\n"),
+                )
+                .unwrap();
+            let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+            client.wait_for_output("(up)", 30 * SEC).unwrap();
+            assert!(c.ping(BROKER_V6, 2, 5), "{label}: no ping");
+            // The client's tunnel address: the broker's pool's first client (2001:db8:b::2).
+            rows.push((
+                label,
+                (
+                    tcp_mbits(&c, &b, BROKER_V6.parse().unwrap(), secs),
+                    tcp_mbits(&b, &c, "2001:db8:b::2".parse().unwrap(), secs),
+                    rtt_ms(&c, BROKER_V6),
+                ),
+            ));
+            client.signal(Signal::Term).unwrap();
+            client.wait_exit(10 * SEC);
+            broker.signal(Signal::Term).unwrap();
+            broker.wait_exit(10 * SEC);
+        }
+        println!("benchmark (user-mode Linux guest, one TCP flow for {secs} s each way, 50 pings):");
+        println!("| path | client→broker | broker→client | RTT |");
+        println!("|---|---|---|---|");
+        for (label, (up, down, rtt)) in &rows {
+            println!(
+                "| {label} | {up:.0} Mbit/s ({:.1} %) | {down:.0} Mbit/s ({:.1} %) | {rtt:.3} ms (×{:.2}) |",
+                100.0 * up / veth.0,
+                100.0 * down / veth.1,
+                rtt / veth.2
+            );
+        }
+    });
+}

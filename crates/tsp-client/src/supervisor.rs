@@ -355,6 +355,7 @@ impl<H: Hooks> Supervisor<H> {
         // `_session` keeps a TCP session open for as long as the tunnel lives: gogoc keeps the
         // TSP connection open but idle, and the bundled broker ends a TCP session's tunnel
         // when it closes.
+        let mut sink = None;
         let (mut dp, ifindex, _session) = match (kernel_link, mode, conn) {
             (Some(idx), _, conn) => {
                 nl.set_up_mtu(idx, TUNNEL_MTU)
@@ -383,6 +384,17 @@ impl<H: Hooks> Supervisor<H> {
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
                 let encap = tsp_tunnel::raw_encap(mode, remote)
                     .map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
+                // A sink link keeps this host's kernel from answering the broker's packets with
+                // ICMP errors where it has the tunnel modules (`kernel::sink_link`). Named after
+                // the TUN's index: unique in the namespace.
+                let sink_name = format!("tsps{idx}");
+                match kernel::sink_link(&nl, mode, &sink_name, local.ip(), remote).await {
+                    Ok(i) => {
+                        tracing::info!(%mode, link = %sink_name, "sink link: the kernel sends no ICMP errors for the tunnel's packets");
+                        sink = Some(i);
+                    }
+                    Err(e) => tracing::debug!(%mode, link = %sink_name, error = %e, "no sink link"),
+                }
                 (
                     Datapath::start(tun, encap, tsp_tunnel::inner_is_v6(mode), keepalive),
                     idx,
@@ -403,6 +415,9 @@ impl<H: Hooks> Supervisor<H> {
             dp.stop().await;
             if kernel_link.is_some() {
                 let _ = nl.delete_link(ifindex).await;
+            }
+            if let Some(i) = sink {
+                let _ = nl.delete_link(i).await;
             }
             self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
             return Err(e);
@@ -426,6 +441,11 @@ impl<H: Hooks> Supervisor<H> {
             && let Err(e) = nl.delete_link(ifindex).await
         {
             tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the tunnel link");
+        }
+        if let Some(i) = sink
+            && let Err(e) = nl.delete_link(i).await
+        {
+            tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the sink link");
         }
         self.hooks.down(&info, &reason).await;
         Ok(reason)

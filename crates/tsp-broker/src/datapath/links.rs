@@ -46,7 +46,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Endpoint;
+use tsp_proto::types::TunnelMode;
 use tsp_tunnel::TUNNEL_MTU;
+use tsp_tunnel::kernel;
 use tsp_tunnel::netlink::{KernelLinkError, Netlink};
 
 /// What the link task is asked to do.
@@ -135,6 +137,16 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 }
                 let name = format!("{prefix}k{n}");
                 n = (n + 1) % 100_000;
+                // One left by a broker that was killed (the prefix is ours: the TUN of that
+                // name is, so no other broker runs in this namespace).
+                let kind = if matches!(endpoint, Endpoint::V6(_)) {
+                    "ip6tnl"
+                } else {
+                    "sit"
+                };
+                if let Ok(true) = tsp_tunnel::netlink::remove_stale_link(&nl, &name, kind).await {
+                    tracing::info!(link = %name, "removed a stale kernel link");
+                }
                 match up(&nl, &name, endpoint, local, &routes, sink).await {
                     Ok(idx) if sink => {
                         tracing::info!(?endpoint, link = %name, "sink link: claims the tunnel's packets so the kernel sends no ICMP errors; the userspace datapath carries them");
@@ -193,6 +205,16 @@ async fn up(
     routes: &[(IpAddr, u8)],
     sink: bool,
 ) -> Result<u32, String> {
+    if sink {
+        let (mode, remote) = match endpoint {
+            Endpoint::V4(a) => (TunnelMode::V6V4, IpAddr::V4(a)),
+            Endpoint::V6(a) => (TunnelMode::V4V6, IpAddr::V6(a)),
+            Endpoint::Udp { .. } => return Err("no kernel link for this endpoint".into()),
+        };
+        return kernel::sink_link(nl, mode, name, local, remote)
+            .await
+            .map_err(|e| e.to_string());
+    }
     let idx = match (endpoint, local) {
         (Endpoint::V4(remote), IpAddr::V4(l)) => nl.create_sit(name, Some(l), remote, 64).await,
         (Endpoint::V6(remote), IpAddr::V6(l)) => nl.create_ip6tnl_ipip(name, Some(l), remote).await,
@@ -203,12 +225,6 @@ async fn up(
         if matches!(endpoint, Endpoint::V6(_)) {
             // Strict reverse-path filter: the inner IPv4 source must route back through the link.
             let path = format!("/proc/sys/net/ipv4/conf/{name}/rp_filter");
-            std::fs::write(&path, "1\n").map_err(|e| format!("{path}: {e}"))?;
-        }
-        if sink {
-            // Before it is up: no addresses (not even link-local) are generated, and on a
-            // sit nothing is delivered.
-            let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
             std::fs::write(&path, "1\n").map_err(|e| format!("{path}: {e}"))?;
         }
         nl.set_up_mtu(idx, TUNNEL_MTU).await.map_err(|e| e.to_string())?;

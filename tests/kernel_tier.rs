@@ -149,6 +149,9 @@ struct Sides {
     /// Stop the broker while the tunnel is up (its exit must remove the link), instead of
     /// ending the tunnel first (the broker drops it after five missed keepalives).
     broker_first: bool,
+    /// The broker listens on TCP only (`udp = false`): the tunnel ends with tspc's TCP session,
+    /// at once, not after missed keepalives.
+    tcp_only: bool,
 }
 
 impl Sides {
@@ -160,6 +163,7 @@ impl Sides {
             broker: expect,
             broker_kind: None,
             broker_first: false,
+            tcp_only: false,
         }
     }
 }
@@ -232,10 +236,13 @@ fn tunnel_with(m: &Mode, sides: Sides) -> Run {
     }
     let before = snapshot(&c);
     let broker_before = snapshot(&b);
-    let broker_kind = sides
+    let mut broker_kind = sides
         .broker_kind
         .map(|k| format!("datapath_kind = \"{k}\"\n"))
         .unwrap_or_default();
+    if sides.tcp_only {
+        broker_kind.push_str("udp = false\n");
+    }
     let conf = lab
         .file(
             "broker.toml",
@@ -413,7 +420,7 @@ fn tunnel_with(m: &Mode, sides: Sides) -> Run {
     if !sides.broker_first {
         // The tunnel's end (five missed 2 s keepalives) removes the broker's link.
         if let Some((name, _)) = &blink {
-            let deadline = Instant::now() + 30 * SEC;
+            let deadline = Instant::now() + if sides.tcp_only { 3 * SEC } else { 30 * SEC };
             while has_link(&b, name) && Instant::now() < deadline {
                 std::thread::sleep(SEC / 5);
             }
@@ -582,6 +589,7 @@ fn kernel_and_userspace_ends_interoperate() {
                     broker: Expect::Tun,
                     broker_kind: Some("userspace"),
                     broker_first: false,
+                    tcp_only: false,
                 },
             );
             assert_eq!(
@@ -598,6 +606,7 @@ fn kernel_and_userspace_ends_interoperate() {
                     broker: Expect::Kernel(kind),
                     broker_kind: Some("kernel"),
                     broker_first: false,
+                    tcp_only: false,
                 },
             );
             assert_eq!(
@@ -794,6 +803,23 @@ fn bench_kernel_sit_vs_veth() {
                 100.0 * up / veth.0,
                 100.0 * down / veth.1,
                 rtt / veth.2
+            );
+        }
+    });
+}
+
+/// A tunnel negotiated over TCP (the broker listens on TCP only) ends with tspc's TCP session:
+/// the broker deletes its kernel link within 3 s of tspc's exit, v6v4 and v4v6.
+#[test]
+fn broker_link_goes_with_the_tcp_session() {
+    in_uml(|| {
+        for (m, kind) in [(&V6V4, "sit"), (&V4V6, "ip6tnl ipip6")] {
+            tunnel_with(
+                m,
+                Sides {
+                    tcp_only: true,
+                    ..Sides::same(Expect::Kernel(kind))
+                },
             );
         }
     });

@@ -187,6 +187,7 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         persist_device: false,
         no_prefix: no_prefix_policy(&cfg),
         proxy: cfg.proxy_client,
+        datapath: cfg.datapath_kind,
     };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {

@@ -80,6 +80,7 @@ struct Raw {
     tun_name: String,
     tun4_name: String,
     forwarding: bool,
+    datapath_kind: String,
 }
 
 impl Default for Raw {
@@ -117,6 +118,7 @@ impl Default for Raw {
             tun_name: "tspb0".into(),
             tun4_name: "tspb4".into(),
             forwarding: false,
+            datapath_kind: "auto".into(),
         }
     }
 }
@@ -173,7 +175,12 @@ pub struct BrokerConfig {
     pub tun4_name: String,
     /// Enable IPv6 forwarding so clients reach beyond the broker.
     pub forwarding: bool,
+    /// How v6v4 and v4v6 tunnels are carried: kernel links where the kernel has them, or the
+    /// userspace datapath (datapath.rs).
+    pub datapath_kind: DatapathKind,
 }
+
+pub use tsp_proto::types::DatapathKind;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -360,6 +367,10 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             ));
         }
     }
+    let datapath_kind: DatapathKind = raw
+        .datapath_kind
+        .parse()
+        .map_err(|e: tsp_proto::types::UnknownKeyword| invalid("datapath_kind", e.to_string()))?;
     if let Some(s) = &raw.dns_suffix
         && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
     {
@@ -398,6 +409,7 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         tun_name: raw.tun_name,
         tun4_name: raw.tun4_name,
         forwarding: raw.forwarding,
+        datapath_kind,
     })
 }
 
@@ -411,6 +423,27 @@ mod tests {
         assert_eq!(c.auth, vec![Mechanism::Anonymous]);
         assert_eq!(c.listen, vec!["[::]:3653".parse().unwrap()]);
         assert_eq!(c.dns_server, c.server_ipv6);
+        assert_eq!(c.datapath_kind, DatapathKind::Auto);
+    }
+
+    #[test]
+    fn datapath_kind_is_one_of_three() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
+        for (text, kind) in [
+            ("auto", DatapathKind::Auto),
+            ("kernel", DatapathKind::Kernel),
+            ("userspace", DatapathKind::Userspace),
+        ] {
+            assert_eq!(
+                parse(&format!("datapath_kind = \"{text}\"")).unwrap().datapath_kind,
+                kind
+            );
+        }
+        let e = parse("datapath_kind = \"sit\"").unwrap_err().to_string();
+        assert!(
+            e.contains("datapath_kind") && e.contains("auto, kernel, userspace"),
+            "{e}"
+        );
     }
 
     #[test]

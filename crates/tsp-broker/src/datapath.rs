@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use super::config::BrokerConfig;
+mod links;
+
+use super::config::{BrokerConfig, DatapathKind};
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;
 use tsp_tunnel::batch::{Inbox, Outbox, Sock};
@@ -53,6 +55,9 @@ struct Route {
     local: Option<IpAddr>,
     /// Bounds the echoes to our keepalive address this client may have answered.
     echo: crate::echo_limit::EchoBudget,
+    /// Carried by a kernel link (links.rs): the raw sockets' copies of its packets only show
+    /// the client alive, and nothing is delivered to the TUN.
+    kernel: bool,
 }
 
 impl Route {
@@ -106,6 +111,22 @@ impl Table {
         }
         self.by_prefix.retain(|(_, _, e)| e != ep);
         true
+    }
+
+    /// A packet from `endpoint`: marks its client alive if the inner source is the client's;
+    /// true when the packet is ours to deliver (not when a kernel link carries the tunnel: the
+    /// raw socket only got a copy).
+    fn admit(&mut self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
+        match self.routes.get_mut(endpoint) {
+            // Kernel-carried packets are the raw sockets' copies: they show the client alive,
+            // the kernel delivers them. Ours are delivered within the client's echo budget.
+            Some(r) if r.accepts_source(pkt) => {
+                let now = Instant::now();
+                r.last_seen = now;
+                !r.kernel && r.echo.allow(pkt, now)
+            }
+            _ => false,
+        }
     }
 
     fn lookup_v6(&self, dst: Ipv6Addr) -> Option<Endpoint> {
@@ -162,6 +183,10 @@ pub struct BrokerDatapath {
     applied: Mutex<Option<Applied>>,
     /// UDP GSO on every listener (and not disabled by the environment).
     udp_gso: bool,
+    /// Kernel links per tunnel (links.rs), when the kernel has them: (sit for v6v4, ip6tnl
+    /// for v4v6), and the task that makes them.
+    kernel: (bool, bool),
+    link_task: Option<tokio::sync::mpsc::UnboundedSender<links::Cmd>>,
 }
 
 impl Drop for BrokerDatapath {
@@ -223,6 +248,7 @@ impl BrokerDatapath {
         if cfg.forwarding {
             applied.apply_forwarding(true).map_err(err)?;
         }
+        let kernel = choose_kind(cfg, &nl).await?;
         let (local4, local6) = tunnel_endpoints(cfg);
         // A socket per tunnel endpoint, bound to it; an endpoint not on this host (the public
         // side of a 1:1 NAT in front of the broker) gets the unbound socket instead.
@@ -271,7 +297,17 @@ impl BrokerDatapath {
             }
             ok
         };
+        // Also for the userspace datapath: its sink links (links.rs).
+        let link_task = if cfg.tunnel_modes.contains(&TunnelMode::V6V4) || v4v6 {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(links::run(rx, cfg.tun_name.clone()));
+            Some(tx)
+        } else {
+            None
+        };
         let dp = Arc::new(Self {
+            kernel,
+            link_task,
             table: Mutex::new(Table::default()),
             udp_gso,
             udp,
@@ -308,8 +344,15 @@ impl BrokerDatapath {
         Ok(dp)
     }
 
-    /// Removes the addresses and routes we added (the TUN devices go with the process).
+    /// Removes the kernel links, addresses and routes we added (the TUN devices go with the
+    /// process).
     pub async fn shutdown(&self) {
+        if let Some(tx) = &self.link_task {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if tx.send(links::Cmd::Shutdown(done)).is_ok() {
+                let _ = wait.await;
+            }
+        }
         let applied = self.applied.lock().ok().and_then(|mut a| a.take());
         if let (Some(applied), Ok(nl)) = (applied, Netlink::new()) {
             for e in applied.undo(&nl).await {
@@ -318,8 +361,9 @@ impl BrokerDatapath {
         }
     }
 
-    /// Starts carrying a negotiated tunnel.
-    pub fn add(&self, endpoint: Endpoint, offer: &Offer) {
+    /// Starts carrying a negotiated tunnel: on a kernel link where the kernel has them (made
+    /// by the link task; userspace until then, and if that fails), else in userspace.
+    pub fn add(self: &Arc<Self>, endpoint: Endpoint, offer: &Offer) {
         let idle_limit = Duration::from_secs(u64::from(offer.keepalive.map_or(30, |k| k.interval.max(1))) * 5);
         let prefix = offer.prefix.and_then(|p| match p.addr {
             IpAddr::V6(a) => Some((u128::from(a), p.len)),
@@ -335,6 +379,7 @@ impl BrokerDatapath {
                 idle_limit,
                 local: Some(IpAddr::V6(offer.server_v6)),
                 echo,
+                kernel: false,
             },
             _ => Route {
                 inner_v6: Some(offer.client_v6),
@@ -344,8 +389,17 @@ impl BrokerDatapath {
                 idle_limit,
                 local: Some(IpAddr::V4(offer.server_v4)),
                 echo,
+                kernel: false,
             },
         };
+        let kernel_kind = match endpoint {
+            Endpoint::V4(_) => self.kernel.0,
+            Endpoint::V6(_) => self.kernel.1,
+            Endpoint::Udp { .. } => false,
+        };
+        let local_ok = route.local.is_some_and(links::is_local);
+        let on_link = kernel_kind && local_ok;
+        let sink = !kernel_kind && local_ok && !matches!(endpoint, Endpoint::Udp { .. });
         let mut t = lock(&self.table);
         // A client that reconnects from a new endpoint keeps its addresses: forget the old path.
         let stale: Vec<Endpoint> = t
@@ -360,6 +414,7 @@ impl BrokerDatapath {
             .collect();
         for ep in stale {
             t.remove(&ep);
+            self.link_down(ep);
         }
         t.remove(&endpoint);
         if let Some(a) = route.inner_v6 {
@@ -371,11 +426,57 @@ impl BrokerDatapath {
         if let Some((base, len)) = route.prefix {
             t.by_prefix.push((base, len, endpoint));
         }
+        let (local, mut routes) = (route.local, Vec::new());
+        routes.extend(route.inner_v6.map(|a| (IpAddr::V6(a), 128)));
+        routes.extend(route.prefix.map(|(base, len)| (IpAddr::V6(Ipv6Addr::from(base)), len)));
+        routes.extend(route.inner_v4.map(|a| (IpAddr::V4(a), 32)));
         t.routes.insert(endpoint, route);
+        drop(t);
+        if let (true, Some(tx), Some(local)) = (sink, &self.link_task, local) {
+            let _ = tx.send(links::Cmd::Up {
+                endpoint,
+                local,
+                routes: Vec::new(),
+                sink: true,
+                done: Box::new(|_| {}),
+            });
+        } else if let (true, Some(tx), Some(local)) = (on_link, &self.link_task, local) {
+            // Marked kernel-carried at once: until the link is up the client's packets are
+            // dropped rather than delivered twice (by the link and by the raw socket).
+            if let Some(r) = lock(&self.table).routes.get_mut(&endpoint) {
+                r.kernel = true;
+            }
+            let dp = Arc::downgrade(self);
+            let done = Box::new(move |ok: bool| {
+                if let (false, Some(dp)) = (ok, dp.upgrade())
+                    && let Some(r) = lock(&dp.table).routes.get_mut(&endpoint)
+                {
+                    r.kernel = false;
+                }
+            });
+            let _ = tx.send(links::Cmd::Up {
+                endpoint,
+                local,
+                routes,
+                sink: false,
+                done,
+            });
+        }
+    }
+
+    /// Deletes the endpoint's kernel link, if it has one.
+    fn link_down(&self, endpoint: Endpoint) {
+        if let (Some(tx), Endpoint::V4(_) | Endpoint::V6(_)) = (&self.link_task, endpoint) {
+            let _ = tx.send(links::Cmd::Down(endpoint));
+        }
     }
 
     pub fn remove(&self, endpoint: &Endpoint) -> bool {
-        lock(&self.table).remove(endpoint)
+        let removed = lock(&self.table).remove(endpoint);
+        if removed {
+            self.link_down(*endpoint);
+        }
+        removed
     }
 
     pub fn carries(&self, endpoint: &Endpoint) -> bool {
@@ -385,15 +486,7 @@ impl BrokerDatapath {
     /// Checks a packet from a client's endpoint and marks the client alive; the packet is
     /// ours to deliver only if its inner source belongs to that client.
     fn admit(&self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
-        let mut t = lock(&self.table);
-        match t.routes.get_mut(endpoint) {
-            Some(r) if r.accepts_source(pkt) => {
-                let now = Instant::now();
-                r.last_seen = now;
-                r.echo.allow(pkt, now)
-            }
-            _ => false,
-        }
+        lock(&self.table).admit(endpoint, pkt)
     }
 
     /// Whether a data datagram that arrived on UDP listener `listener` from `peer` is a packet
@@ -550,9 +643,49 @@ impl BrokerDatapath {
             }
             tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
             t.remove(&ep);
+            self.link_down(ep);
         }
         gone
     }
+}
+
+/// Which tunnels go on kernel links (sit for v6v4, ip6tnl for v4v6), from `datapath_kind` and
+/// what the kernel has; logged once. `kernel` without the links is an error.
+async fn choose_kind(cfg: &BrokerConfig, nl: &Netlink) -> io::Result<(bool, bool)> {
+    let want6v4 = cfg.tunnel_modes.contains(&TunnelMode::V6V4);
+    let want4v6 = cfg.tunnel_modes.contains(&TunnelMode::V4V6);
+    if cfg.datapath_kind == DatapathKind::Userspace || !(want6v4 || want4v6) {
+        tracing::info!("datapath: userspace (TUN + raw sockets) for every tunnel");
+        return Ok((false, false));
+    }
+    let probe_name: String = format!("{}p", cfg.tun_name).chars().take(15).collect();
+    let (sit, ip6tnl) = links::probe(nl, &probe_name, want6v4, want4v6).await;
+    let missing: Vec<&str> = [(want6v4 && !sit, "sit"), (want4v6 && !ip6tnl, "ip6tnl")]
+        .into_iter()
+        .filter_map(|(m, k)| m.then_some(k))
+        .collect();
+    if cfg.datapath_kind == DatapathKind::Kernel && !missing.is_empty() {
+        return Err(io::Error::other(format!(
+            "datapath_kind = \"kernel\" but this kernel cannot create {} links",
+            missing.join(" or ")
+        )));
+    }
+    tracing::info!(
+        v6v4 = if sit { "kernel sit link per tunnel" } else { "userspace" },
+        v4v6 = if ip6tnl {
+            "kernel ip6tnl link per tunnel"
+        } else {
+            "userspace"
+        },
+        v6udpv4 = "userspace",
+        "datapath: {}",
+        if sit || ip6tnl {
+            "kernel links where the kernel has them"
+        } else {
+            "userspace (this kernel has no sit/ip6tnl links)"
+        }
+    );
+    Ok((sit, ip6tnl))
 }
 
 #[cfg(test)]
@@ -593,11 +726,45 @@ mod tests {
                 idle_limit: Duration::ZERO,
                 local: None,
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
+                kernel: false,
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
         assert!(t.remove(&ep));
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn kernel_carried_tunnels_are_kept_alive_but_not_delivered() {
+        let ep = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        let mut t = Table::default();
+        t.routes.insert(
+            ep,
+            Route {
+                inner_v6: Some("2001:db8:b::2".parse().unwrap()),
+                prefix: None,
+                inner_v4: None,
+                last_seen: long_ago,
+                idle_limit: Duration::ZERO,
+                local: None,
+                echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
+                kernel: true,
+            },
+        );
+        let mut pkt = vec![0u8; 40];
+        pkt[0] = 0x60;
+        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(!t.admit(&ep, &pkt), "the kernel link delivers it");
+        assert!(t.routes[&ep].last_seen > long_ago, "but the client is alive");
+        t.routes.get_mut(&ep).unwrap().kernel = false;
+        assert!(t.admit(&ep, &pkt), "userspace: delivered");
+        let other = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 3));
+        assert!(!t.admit(&other, &pkt), "another endpoint");
+        pkt[23] = 3;
+        t.routes.get_mut(&ep).unwrap().last_seen = long_ago;
+        assert!(!t.admit(&ep, &pkt), "another inner source");
+        assert_eq!(t.routes[&ep].last_seen, long_ago, "does not keep the client alive");
     }
 
     #[test]
@@ -610,6 +777,7 @@ mod tests {
             idle_limit: Duration::ZERO,
             local: None,
             echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
+            kernel: false,
         };
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::net::{Conn, Established, NegotiateOptions, NetError, negotiate, rank};
 use tsp_config::sites;
 use tsp_proto::client::{Negotiated, Transport};
-use tsp_proto::types::TunnelMode;
+use tsp_proto::types::{DatapathKind, TunnelMode};
 use tsp_tunnel::netlink::{self, Netlink};
 use tsp_tunnel::tundev::TunDevice;
 use tsp_tunnel::{self, Datapath, Encap, Exit, KeepaliveSpec, TUNNEL_MTU, kernel};
@@ -117,6 +117,9 @@ pub struct Profile {
     /// the tunnel with `ifindex` 0 and hand it on; the TSP session is held until stopped or
     /// until the offer's lifetime runs out (then it is negotiated again).
     pub proxy: bool,
+    /// gogoc.conf's `datapath_kind`: v6v4 and v4v6 on a kernel link where the kernel has
+    /// them, always, or never (`kernel::try_link`).
+    pub datapath: DatapathKind,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -395,13 +398,23 @@ impl<H: Hooks> Supervisor<H> {
         // Kernel links where the kernel has them; userspace otherwise (decided and logged by
         // `kernel::try_link`).
         let nl = Netlink::new().map_err(|e| format!("rtnetlink: {e}"))?;
-        let kernel_link = match mode {
-            TunnelMode::V6UdpV4 => None,
-            _ => kernel::try_link(&nl, mode, &ifname, local.ip(), remote).await,
+        let kernel_link = match (mode, self.profile.datapath) {
+            (TunnelMode::V6UdpV4, _) => None,
+            (_, DatapathKind::Userspace) => {
+                tracing::info!(%mode, ifname, "datapath_kind=userspace: userspace datapath (TUN + raw socket)");
+                None
+            }
+            (_, DatapathKind::Kernel) => Some(
+                kernel::try_link(&nl, mode, &ifname, local.ip(), remote)
+                    .await
+                    .ok_or_else(|| format!("datapath_kind=kernel but no kernel link for {mode} ({ifname})"))?,
+            ),
+            (_, DatapathKind::Auto) => kernel::try_link(&nl, mode, &ifname, local.ip(), remote).await,
         };
         // `_session` keeps a TCP session open for as long as the tunnel lives: gogoc keeps the
         // TSP connection open but idle, and the bundled broker ends a TCP session's tunnel
         // when it closes.
+        let mut sink = None;
         let (mut dp, ifindex, _session) = match (kernel_link, mode, conn) {
             (Some(idx), _, conn) => {
                 quiet_ipv6(&ifname);
@@ -431,6 +444,17 @@ impl<H: Hooks> Supervisor<H> {
                 let idx = tun.index().map_err(|e| format!("{ifname}: {e}"))?;
                 let encap = tsp_tunnel::raw_encap(mode, remote)
                     .map_err(|e| format!("cannot open the raw socket for {mode}: {e}"))?;
+                // A sink link keeps this host's kernel from answering the broker's packets with
+                // ICMP errors where it has the tunnel modules (`kernel::sink_link`). Named after
+                // the TUN's index: unique in the namespace.
+                let sink_name = format!("tsps{idx}");
+                match kernel::sink_link(&nl, mode, &sink_name, local.ip(), remote).await {
+                    Ok(i) => {
+                        tracing::info!(%mode, link = %sink_name, "sink link: the kernel sends no ICMP errors for the tunnel's packets");
+                        sink = Some(i);
+                    }
+                    Err(e) => tracing::debug!(%mode, link = %sink_name, error = %e, "no sink link"),
+                }
                 (
                     Datapath::start(tun, encap, tsp_tunnel::inner_is_v6(mode), keepalive),
                     idx,
@@ -452,6 +476,9 @@ impl<H: Hooks> Supervisor<H> {
             dp.stop().await;
             if kernel_link.is_some() {
                 let _ = nl.delete_link(ifindex).await;
+            }
+            if let Some(i) = sink {
+                let _ = nl.delete_link(i).await;
             }
             self.hooks.down(&info, &DownReason::Failed(e.clone())).await;
             return Err(e);
@@ -475,6 +502,11 @@ impl<H: Hooks> Supervisor<H> {
             && let Err(e) = nl.delete_link(ifindex).await
         {
             tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the tunnel link");
+        }
+        if let Some(i) = sink
+            && let Err(e) = nl.delete_link(i).await
+        {
+            tracing::warn!(ifname = %info.ifname, error = %e, "cannot delete the sink link");
         }
         self.hooks.down(&info, &reason).await;
         Ok(reason)

@@ -11,7 +11,7 @@ pub const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
 
 /// vpn.data keys and the gogoc.conf key each one stands for (the values are checked by the
 /// file's own rules).
-pub const DATA_KEYS: [(&str, &str); 18] = [
+pub const DATA_KEYS: [(&str, &str); 19] = [
     (KEY_SERVER, "server"),
     (KEY_AUTH_METHOD, "auth_method"),
     ("username", "userid"),
@@ -30,6 +30,7 @@ pub const DATA_KEYS: [(&str, &str); 18] = [
     ("router-fallback-host", "router_fallback_host"),
     ("retry-delay", "retry_delay"),
     ("retry-delay-max", "retry_delay_max"),
+    ("datapath-kind", "datapath_kind"),
 ];
 /// The broker, `host[:port]` (gogoc.conf `server`).
 pub const KEY_SERVER: &str = "server";

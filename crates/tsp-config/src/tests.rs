@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use tsp_proto::secret::Secret;
-use tsp_proto::types::{AuthMethod, HostType, TunnelMode};
+use tsp_proto::types::{AuthMethod, DatapathKind, HostType, TunnelMode};
 
 const SECRET: &str = "S3cr3t-Pa55";
 
@@ -834,7 +834,19 @@ fn to_text_round_trips_and_can_omit_the_password() {
         text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(),
         42
     );
-    assert!(!text.contains("allow_plain"));
+    assert!(!text.contains("allow_plain") && !text.contains("datapath_kind"));
+    let userspace = GogocConfig {
+        datapath_kind: DatapathKind::Userspace,
+        ..c.clone()
+    };
+    let text_u = to_text(&userspace);
+    assert!(text_u.contains("\ndatapath_kind=userspace\n"), "{text_u}");
+    assert_eq!(parse_ok(&text_u), userspace);
+    assert_eq!(
+        parse_ok("auth_method=anonymous\ndatapath_kind=Kernel\n").datapath_kind,
+        DatapathKind::Kernel,
+        "case-insensitive, as gogoc's values"
+    );
     let with_plain = to_text(&GogocConfig {
         allow_plain: true,
         ..c.clone()
@@ -1151,7 +1163,10 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
         0u32..=3600,
         0u32..=3600,
         0u32..=3600,
-        proptest::sample::select(TunnelMode::ALL.to_vec()),
+        (
+            proptest::sample::select(TunnelMode::ALL.to_vec()),
+            proptest::sample::select(DatapathKind::ALL.to_vec()),
+        ),
         [arb_ifname(), arb_ifname(), arb_ifname()],
         proptest::option::of(any::<Ipv4Addr>()),
         proptest::option::of(any::<Ipv6Addr>()),
@@ -1172,7 +1187,17 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
     );
     (account, session, logging).prop_map(|(a, s, l)| {
         let (gw6c, userid, passwd, server, auth_method, allow_plain, router, prefixlen, if_prefix, dns_server, dir) = a;
-        let (bools, retry_delay, retry_delay_max, keepalive_interval, tunnel_mode, ifs, v4, v6, template) = s;
+        let (
+            bools,
+            retry_delay,
+            retry_delay_max,
+            keepalive_interval,
+            (tunnel_mode, datapath_kind),
+            ifs,
+            v4,
+            v6,
+            template,
+        ) = s;
         let (files, levels, lbools, log_rotation_size, syslog_facility, docroot, dslite) = l;
         let [broker_list, last_server, log_filename] = files;
         let [if_v6v4, if_v6udpv4, if_v4v6] = ifs;
@@ -1201,6 +1226,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             if_tunnel_v6v4: if_v6v4,
             if_tunnel_v6udpv4: if_v6udpv4,
             if_tunnel_v4v6: if_v4v6,
+            datapath_kind,
             client_v4: v4.map_or(AutoAddr::Auto, AutoAddr::Fixed),
             client_v6: v6.map_or(AutoAddr::Auto, AutoAddr::Fixed),
             template: template.to_owned(),
@@ -1232,6 +1258,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             (c.dslite_server, c.dslite_client) = (d.dslite_server, d.dslite_client);
             (c.keepalive_probe_after, c.keepalive_probe_timeout, c.keepalive_probes) =
                 (d.keepalive_probe_after, d.keepalive_probe_timeout, d.keepalive_probes);
+            c.datapath_kind = d.datapath_kind;
         } else if c.retry_delay > c.retry_delay_max {
             std::mem::swap(&mut c.retry_delay, &mut c.retry_delay_max);
         }

@@ -303,6 +303,9 @@ pub fn to_vpn_data(cfg: &GogocConfig, mtu: u16, password_flags: SecretFlags) -> 
     if cfg.router_fallback_host != d.router_fallback_host {
         put("router-fallback-host", yes_no(cfg.router_fallback_host));
     }
+    if cfg.datapath_kind != d.datapath_kind {
+        put("datapath-kind", cfg.datapath_kind.to_string());
+    }
     if cfg.retry_delay != d.retry_delay {
         put("retry-delay", cfg.retry_delay.to_string());
     }
@@ -364,11 +367,13 @@ mod tests {
             ("allow-plain", "yes"),
             ("retry-delay", "5"),
             ("retry-delay-max", "60"),
+            ("datapath-kind", "userspace"),
             ("mtu", "1400"),
             ("password-flags", "1"),
         ]);
         let s = parse_vpn_data(&d).unwrap();
         assert_eq!(s.cfg.userid, "alice");
+        assert_eq!(s.cfg.datapath_kind, tsp_proto::types::DatapathKind::Userspace);
         assert_eq!(s.cfg.prefixlen, 56);
         assert_eq!(s.cfg.dns_server, vec!["ns1.example", "ns2.example"]);
         assert_eq!(s.password_flags, SecretFlags::AGENT_OWNED);

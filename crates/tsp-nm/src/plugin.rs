@@ -581,6 +581,7 @@ async fn run_session(
         // NetworkManager configures a local device; proxy mode (a tunnel for an external
         // router) is tspc's.
         proxy: false,
+        datapath: cfg.datapath_kind,
     };
     let hooks = NmHooks {
         shared: shared.clone(),

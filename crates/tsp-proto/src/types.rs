@@ -177,6 +177,50 @@ impl FromStr for AuthMethod {
     }
 }
 
+/// How a v6v4 or v4v6 tunnel is carried (the broker's `datapath_kind`, gogoc.conf's
+/// `datapath_kind`): a kernel link (sit, ip6tnl) where the kernel has them and the userspace
+/// datapath (TUN + raw socket) otherwise, a kernel link or nothing, or always userspace.
+/// v6udpv4 is always carried in userspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DatapathKind {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl DatapathKind {
+    pub const ALL: [Self; 3] = [Self::Auto, Self::Kernel, Self::Userspace];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for DatapathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DatapathKind {
+    type Err = UnknownKeyword;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownKeyword {
+                what: "datapath kind",
+                value: s.to_owned(),
+                expected: "auto, kernel, userspace",
+            })
+    }
+}
+
 /// TSP protocol versions, newest first, as gogoc 1.2 tries them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Version {

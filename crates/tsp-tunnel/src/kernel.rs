@@ -40,6 +40,57 @@ pub async fn try_link(nl: &Netlink, mode: TunnelMode, ifname: &str, local: IpAdd
     }
 }
 
+/// Creates a *sink* link under a tunnel the userspace datapath carries: the kernel link of the
+/// mode (`local`, `remote` as for [`try_link`]) with IPv6 disabled on it and no routes, set up.
+/// Where the kernel has the tunnel modules loaded, a protocol 41 / 4 packet that matches none
+/// of its links is answered with an ICMP error even though a raw socket read it; the sink makes
+/// the kernel's lookup succeed and then deliver nothing (a sit: IPv6 disabled; an ip6tnl in
+/// mode ipip6: strict reverse-path filtering drops every inner IPv4 packet, since no route
+/// leads back through it), while the raw socket still gets its copy. Where the modules are
+/// modules this loads them; a kernel without them refuses the link (`NotSupported`) and sends
+/// no such errors anyway. The caller deletes the link with the tunnel.
+///
+/// See docs/tsp-wire.md §6.
+pub async fn sink_link(
+    nl: &Netlink,
+    mode: TunnelMode,
+    ifname: &str,
+    local: IpAddr,
+    remote: IpAddr,
+) -> Result<u32, KernelLinkError> {
+    let idx = match (mode, local, remote) {
+        (TunnelMode::V4V6, IpAddr::V6(l), IpAddr::V6(r)) => nl.create_ip6tnl_ipip(ifname, Some(l), r).await?,
+        (TunnelMode::V6V4, IpAddr::V4(l), IpAddr::V4(r)) => nl.create_sit(ifname, Some(l), r, 64).await?,
+        _ => return Err(KernelLinkError::NotSupported),
+    };
+    let sysctls = [
+        // Before it is up: no addresses (not even link-local), and a sit delivers nothing.
+        (format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), true),
+        (
+            format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"),
+            mode == TunnelMode::V4V6,
+        ),
+    ];
+    let configure = async {
+        for (path, wanted) in &sysctls {
+            if *wanted {
+                std::fs::write(path, "1\n").map_err(|e| super::netlink::NetlinkError::Sysctl {
+                    path: "sink link sysctl",
+                    source: e,
+                })?;
+            }
+        }
+        nl.set_up_mtu(idx, super::TUNNEL_MTU).await
+    };
+    match configure.await {
+        Ok(()) => Ok(idx),
+        Err(e) => {
+            let _ = nl.delete_link(idx).await;
+            Err(KernelLinkError::Other(e))
+        }
+    }
+}
+
 /// Runs the keepalive of a kernel link: echo requests out through the link, replies matched.
 pub fn keepalive_only(ifname: &str, keepalive: Keepalive) -> io::Result<Datapath> {
     let v6 = keepalive.target().is_ipv6();

@@ -155,6 +155,9 @@ fields! {
     IfTunnelV4v6 "if_tunnel_v4v6",
         read |c, _, v| { check_tunnel_ifname(v)?; c.if_tunnel_v4v6 = v.to_owned() },
         write |c| c.if_tunnel_v4v6.clone();
+    DatapathKind "datapath_kind" gw6c none,
+        read |c, d, v| c.datapath_kind = or_default(v, d.datapath_kind, parse_keyword)?,
+        write |c| c.datapath_kind.as_str().to_owned();
     ClientV4 "client_v4",
         read |c, _, v| c.client_v4 = or_default(v, AutoAddr::Auto, parse_client_v4)?,
         write |c| c.client_v4.to_string();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::server::{Host, ServerError, split_server};
 use tsp_proto::secret::Secret;
-use tsp_proto::types::{AuthMethod, HostType, TSP_PORT, TunnelMode};
+use tsp_proto::types::{AuthMethod, DatapathKind, HostType, TSP_PORT, TunnelMode};
 
 /// Largest configuration text accepted (a real one is about 10 KiB with all its comments).
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
@@ -302,6 +302,9 @@ pub struct GogocConfig {
     pub if_tunnel_v6udpv4: String,
     /// `if_tunnel_v4v6`: interface for v4v6 (empty = not configured).
     pub if_tunnel_v4v6: String,
+    /// `datapath_kind` (this client's own key): v6v4 and v4v6 on a kernel link (sit,
+    /// ip6tnl) where the kernel has them (`auto`), always (`kernel`) or never (`userspace`).
+    pub datapath_kind: DatapathKind,
     /// `client_v4`: local IPv4 address announced to the broker.
     pub client_v4: AutoAddr<Ipv4Addr>,
     /// `client_v6`: local IPv6 address announced for v4v6 (brackets accepted and dropped).
@@ -395,6 +398,7 @@ impl GogocConfig {
             if_tunnel_v6v4: DEFAULT_IF_V6V4.to_owned(),
             if_tunnel_v6udpv4: DEFAULT_IF_V6UDPV4.to_owned(),
             if_tunnel_v4v6: DEFAULT_IF_V4V6.to_owned(),
+            datapath_kind: DatapathKind::Auto,
             client_v4: AutoAddr::Auto,
             client_v6: AutoAddr::Auto,
             template: DEFAULT_TEMPLATE.to_owned(),

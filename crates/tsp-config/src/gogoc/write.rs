@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::keys::Field;
 use super::model::GogocConfig;
+use tsp_proto::types::DatapathKind;
 
 /// Writes `cfg` as a complete gogoc.conf (or gw6c.conf, per `cfg.dialect`): every key
 /// explicitly, password included. The result reads back equal for every configuration
@@ -43,6 +44,13 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }
             Field::RouterFallbackHost => {}
+            Field::DatapathKind if cfg.datapath_kind != DatapathKind::Auto => {
+                out.push_str(
+                    "# NetworkManager-tsp only (gogoc ignores it): kernel tunnel links or the userspace datapath.\n",
+                );
+                let _ = writeln!(out, "{key}={}", field.text(cfg));
+            }
+            Field::DatapathKind => {}
             _ => {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }

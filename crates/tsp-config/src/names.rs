@@ -11,7 +11,7 @@ pub const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
 
 /// vpn.data keys and the gogoc.conf key each one stands for (the values are checked by the
 /// file's own rules).
-pub const DATA_KEYS: [(&str, &str); 19] = [
+pub const DATA_KEYS: [(&str, &str); 22] = [
     (KEY_SERVER, "server"),
     (KEY_AUTH_METHOD, "auth_method"),
     ("username", "userid"),
@@ -31,6 +31,9 @@ pub const DATA_KEYS: [(&str, &str); 19] = [
     ("retry-delay", "retry_delay"),
     ("retry-delay-max", "retry_delay_max"),
     ("datapath-kind", "datapath_kind"),
+    ("keepalive-probe-after", "keepalive_probe_after"),
+    ("keepalive-probe-timeout", "keepalive_probe_timeout"),
+    ("keepalive-probes", "keepalive_probes"),
 ];
 /// The broker, `host[:port]` (gogoc.conf `server`).
 pub const KEY_SERVER: &str = "server";

@@ -306,6 +306,15 @@ pub fn to_vpn_data(cfg: &GogocConfig, mtu: u16, password_flags: SecretFlags) -> 
     if cfg.datapath_kind != d.datapath_kind {
         put("datapath-kind", cfg.datapath_kind.to_string());
     }
+    if cfg.keepalive_probe_after != d.keepalive_probe_after {
+        put("keepalive-probe-after", cfg.keepalive_probe_after.to_string());
+    }
+    if cfg.keepalive_probe_timeout != d.keepalive_probe_timeout {
+        put("keepalive-probe-timeout", cfg.keepalive_probe_timeout.to_string());
+    }
+    if cfg.keepalive_probes != d.keepalive_probes {
+        put("keepalive-probes", cfg.keepalive_probes.to_string());
+    }
     if cfg.retry_delay != d.retry_delay {
         put("retry-delay", cfg.retry_delay.to_string());
     }
@@ -368,12 +377,23 @@ mod tests {
             ("retry-delay", "5"),
             ("retry-delay-max", "60"),
             ("datapath-kind", "userspace"),
+            ("keepalive-probe-after", "5"),
+            ("keepalive-probe-timeout", "2"),
+            ("keepalive-probes", "4"),
             ("mtu", "1400"),
             ("password-flags", "1"),
         ]);
         let s = parse_vpn_data(&d).unwrap();
         assert_eq!(s.cfg.userid, "alice");
         assert_eq!(s.cfg.datapath_kind, tsp_proto::types::DatapathKind::Userspace);
+        assert_eq!(
+            (
+                s.cfg.keepalive_probe_after,
+                s.cfg.keepalive_probe_timeout,
+                s.cfg.keepalive_probes
+            ),
+            (5, 2, 4)
+        );
         assert_eq!(s.cfg.prefixlen, 56);
         assert_eq!(s.cfg.dns_server, vec!["ns1.example", "ns2.example"]);
         assert_eq!(s.password_flags, SecretFlags::AGENT_OWNED);

@@ -114,10 +114,7 @@ fn network_manager_tsp() {
         &[
             ("usr/libexec/nm-tsp-service", "-rwxr-xr-x"),
             ("usr/libexec/nm-tsp-auth-dialog", "-rwxr-xr-x"),
-            (
-                "usr/lib/x86_64-linux-gnu/NetworkManager/libnm-vpn-plugin-tsp.so",
-                "-rw-r--r--",
-            ),
+            (&format!("{NM_PLUGINDIR}/libnm-vpn-plugin-tsp.so"), "-rw-r--r--"),
             ("usr/lib/NetworkManager/VPN/nm-tsp-service.name", "-rw-r--r--"),
             ("usr/share/dbus-1/system.d/nm-tsp-service.conf", "-rw-r--r--"),
             ("usr/share/man/man8/nm-tsp-service.8.gz", "-rw-r--r--"),

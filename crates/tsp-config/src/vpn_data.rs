@@ -7,10 +7,9 @@
 //! See docs/nm-plugin.md §0, §5; docs/tsp-wire.md §9.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use super::error::{ConfigError, Location};
-use super::gogoc::{self, AutoAddr, GogocConfig, edit_distance};
+use super::gogoc::{self, GogocConfig, edit_distance};
 use tsp_proto::secret::Secret;
 use tsp_proto::types::{AuthMethod, HostType, TunnelMode};
 
@@ -250,76 +249,19 @@ impl VpnSettings {
 /// means, so that reading it back gives the same settings. `mtu` is written when not 1280.
 pub fn to_vpn_data(cfg: &GogocConfig, mtu: u16, password_flags: SecretFlags) -> BTreeMap<String, String> {
     let d = GogocConfig::default();
-    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
-    let addr = |a: AutoAddr<IpAddr>| a.to_string();
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         m.insert(k.to_owned(), v);
     };
-    if let Some(s) = &cfg.server {
-        put("server", s.clone());
-    }
     // Written always: the default depends on whether a user name is set.
-    put("auth-method", cfg.auth_method.to_string());
-    if !cfg.userid.is_empty() {
-        put("username", cfg.userid.clone());
-    }
-    if cfg.tunnel_mode != d.tunnel_mode {
-        put("tunnel-mode", cfg.tunnel_mode.to_string());
-    }
-    if cfg.host_type != d.host_type {
-        put("host-type", cfg.host_type.to_string());
-    }
-    if cfg.prefixlen != d.prefixlen {
-        put("prefix-length", cfg.prefixlen.to_string());
-    }
-    if !cfg.if_prefix.is_empty() {
-        put("lan-interface", cfg.if_prefix.clone());
-    }
-    if !cfg.dns_server.is_empty() {
-        put("dns-server", cfg.dns_server.join(":"));
-    }
-    if cfg.keepalive != d.keepalive {
-        put("keepalive", yes_no(cfg.keepalive));
-    }
-    if cfg.keepalive_interval != d.keepalive_interval {
-        put("keepalive-interval", cfg.keepalive_interval.to_string());
-    }
-    if let AutoAddr::Fixed(a) = cfg.client_v4 {
-        put("client-v4", addr(AutoAddr::Fixed(IpAddr::V4(a))));
-    }
-    if let AutoAddr::Fixed(a) = cfg.client_v6 {
-        put("client-v6", addr(AutoAddr::Fixed(IpAddr::V6(a))));
-    }
-    if cfg.always_use_same_server != d.always_use_same_server {
-        put("always-use-same-server", yes_no(cfg.always_use_same_server));
-    }
-    if cfg.proxy_client != d.proxy_client {
-        put("proxy-client", yes_no(cfg.proxy_client));
-    }
-    if cfg.allow_plain != d.allow_plain {
-        put("allow-plain", yes_no(cfg.allow_plain));
-    }
-    if cfg.router_fallback_host != d.router_fallback_host {
-        put("router-fallback-host", yes_no(cfg.router_fallback_host));
-    }
-    if cfg.datapath_kind != d.datapath_kind {
-        put("datapath-kind", cfg.datapath_kind.to_string());
-    }
-    if cfg.keepalive_probe_after != d.keepalive_probe_after {
-        put("keepalive-probe-after", cfg.keepalive_probe_after.to_string());
-    }
-    if cfg.keepalive_probe_timeout != d.keepalive_probe_timeout {
-        put("keepalive-probe-timeout", cfg.keepalive_probe_timeout.to_string());
-    }
-    if cfg.keepalive_probes != d.keepalive_probes {
-        put("keepalive-probes", cfg.keepalive_probes.to_string());
-    }
-    if cfg.retry_delay != d.retry_delay {
-        put("retry-delay", cfg.retry_delay.to_string());
-    }
-    if cfg.retry_delay_max != d.retry_delay_max {
-        put("retry-delay-max", cfg.retry_delay_max.to_string());
+    put(KEY_AUTH_METHOD, cfg.auth_method.to_string());
+    // Every other key as gogoc.conf writes it, when it differs from what an absent key means.
+    for (key, gogoc_key) in DATA_KEYS {
+        if key != KEY_AUTH_METHOD
+            && let Some(v) = gogoc::non_default_value(cfg, &d, gogoc_key)
+        {
+            put(key, v);
+        }
     }
     if mtu != DEFAULT_MTU {
         put(KEY_MTU, mtu.to_string());
@@ -399,6 +341,19 @@ mod tests {
         assert_eq!(s.password_flags, SecretFlags::AGENT_OWNED);
         assert!(s.needs_password());
         assert_eq!(to_vpn_data(&s.cfg, s.mtu, s.password_flags), d);
+    }
+
+    /// `to_vpn_data` writes each key through the gogoc.conf field it stands for: every such
+    /// key is one the field table knows (an empty value sets its default).
+    #[test]
+    fn every_data_key_stands_for_a_gogoc_field() {
+        for (key, gogoc_key) in DATA_KEYS {
+            let mut c = GogocConfig::default();
+            assert!(
+                gogoc::set_value(&mut c, gogoc_key, "", at(), key).is_ok(),
+                "{key} → {gogoc_key}"
+            );
+        }
     }
 
     #[test]

@@ -26,4 +26,5 @@ pub use model::{
 };
 pub(crate) use read::{edit_distance, set_value};
 pub use read::{parse, parse_without_password};
+pub(crate) use write::non_default_value;
 pub use write::{non_default_keys, to_text, to_text_with};

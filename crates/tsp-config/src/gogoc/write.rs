@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::keys::Field;
-use super::model::GogocConfig;
+use super::model::{Dialect, GogocConfig};
 use tsp_proto::types::DatapathKind;
 
 /// Writes `cfg` as a complete gogoc.conf (or gw6c.conf, per `cfg.dialect`): every key
@@ -62,6 +62,15 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
 /// The keys of `cfg` (spelled as its dialect writes them, in file order) whose values differ
 /// from the dialect's defaults; never `passwd`. Import uses it to report what a profile cannot
 /// carry.
+/// The text of gogoc.conf key `key` in `cfg` when it differs from its text in `defaults`;
+/// `None` when it does not, or for a key that is no field. The vpn.data mapping is made of it
+/// (`vpn_data::to_vpn_data`), so each key's text is written in one place, the field table.
+pub(crate) fn non_default_value(cfg: &GogocConfig, defaults: &GogocConfig, key: &str) -> Option<String> {
+    let field = Field::all().find(|f| f.written_key(Dialect::Gogoc) == Some(key))?;
+    let text = field.text(cfg);
+    (text != field.text(defaults)).then_some(text)
+}
+
 pub fn non_default_keys(cfg: &GogocConfig) -> Vec<&'static str> {
     let defaults = GogocConfig::default_for(cfg.dialect);
     Field::all()

@@ -181,6 +181,12 @@ if [ -z "$DESTDIR" ]; then
   echo "Done. Now reload the system bus's configuration so nm-tsp-service may own its name:"
   echo "  busctl call org.freedesktop.DBus / org.freedesktop.DBus ReloadConfig"
   echo "(or: systemctl reload dbus). NetworkManager picks up the .name file by itself."
+  if ! getent passwd nm-tsp >/dev/null; then
+    echo "nm-tsp-service runs as the system user nm-tsp when there is one (else as root, with two"
+    echo "capabilities only). Make it, with its state directory, as the Debian package does:"
+    echo "  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nm-tsp"
+    echo "  install -d -m 0700 -o nm-tsp -g nm-tsp /var/lib/NetworkManager-tsp"
+  fi
   echo "Sample configurations are in $DOCDIR/examples (tspc.service reads /etc/gogoc/gogoc.conf," \
     "tsp-broker.service /etc/tsp-broker/broker.toml)."
 fi

@@ -19,6 +19,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "testbed/service_user.rs"]
+mod service_user;
+
 use futures::StreamExt as _;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -149,6 +152,7 @@ impl Fixture {
         };
         let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/nm-tsp-service.conf");
         std::fs::copy(&policy, dir.join("system.d/nm-tsp-service.conf")).expect("copy the D-Bus policy");
+        service_user::ensure().expect("the service's system user");
         let config = dir.join("bus.conf");
         std::fs::write(&config, BUS_CONFIG.replace("@DIR@", &dir.to_string_lossy())).expect("bus config");
 
@@ -657,6 +661,28 @@ async fn introspection_names_the_whole_interface() {
     );
 
     assert_eq!(fx.state().await, INIT);
+}
+
+/// Started as root, the service runs as its system user, which the shipped policy lets own
+/// the name; the state dir it was given is that user's.
+#[tokio::test]
+async fn service_runs_as_its_system_user() {
+    if !can_run("service_runs_as_its_system_user") {
+        return;
+    }
+    let fx = Fixture::start("user").await;
+    let uid = service_user::ensure().unwrap();
+    let pid = fx.service.as_ref().expect("service").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let ids = |field: &str| -> Vec<u32> {
+        let line = status.lines().find_map(|l| l.strip_prefix(field)).expect(field);
+        line.split_whitespace().map(|v| v.parse().unwrap()).collect()
+    };
+    assert_eq!(ids("Uid:"), [uid; 4], "real, effective, saved and fs uid of {pid}");
+    assert_eq!(ids("Groups:"), Vec::<u32>::new(), "supplementary groups of {pid}");
+    let state = std::fs::metadata(fx.dir.join("state")).expect("state dir");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((state.uid(), state.mode() & 0o777), (uid, 0o700), "the state dir");
 }
 
 /// Only root may talk to the service: a call from another user is refused by the bus.

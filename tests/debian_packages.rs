@@ -134,12 +134,25 @@ fn network_manager_tsp() {
     }
     assert_eq!(ini(&name, "service"), tsp_config::names::SERVICE);
     let depends = field(&deb, "Depends");
-    for dep in ["libnm0", "libglib2.0-0", "libc6", "network-manager", "dbus"] {
+    for dep in ["libnm0", "libglib2.0-0", "libc6", "network-manager", "dbus", "adduser"] {
         assert!(depends.contains(dep), "Depends: {depends}");
     }
     // The system bus reads the policy at install and forgets it at removal.
-    assert!(control(&deb, "postinst").contains("ReloadConfig"));
+    let postinst = control(&deb, "postinst");
+    assert!(postinst.contains("ReloadConfig"));
     assert!(control(&deb, "postrm").contains("ReloadConfig"));
+    // The service's user is made by the package, and the policy lets that user own the name
+    // (the system tier checks the running service's uid).
+    let user = tsp_config::names::SERVICE_USER;
+    assert!(postinst.contains("adduser --system") && postinst.contains(&format!(" {user}\n")));
+    let policy = file(&deb, "usr/share/dbus-1/system.d/nm-tsp-service.conf");
+    assert!(
+        policy.contains(&format!(
+            "<policy user=\"{user}\">\n    <allow own_prefix=\"{}\"/>",
+            tsp_config::names::SERVICE
+        )),
+        "the D-Bus policy lets {user} own the service's names: {policy}"
+    );
 }
 
 #[test]

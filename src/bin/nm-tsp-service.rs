@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt as _;
-use tsp_config::names::SERVICE;
+use tsp_config::names::{SERVICE, SERVICE_USER};
 use tsp_config::{LogLevels, SyslogFacility};
 use tsp_nm::plugin::{PATH, Plugin, ServiceOptions, Shared, state};
 
@@ -43,6 +43,11 @@ struct Cli {
     /// /var/lib/NetworkManager-tsp].
     #[arg(long = "state-dir", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The system user to run as, keeping CAP_NET_ADMIN and CAP_NET_RAW only; "root" stays
+    /// root (with those two capabilities). A user that does not exist is warned about, and the
+    /// service stays root.
+    #[arg(long, value_name = "NAME", default_value = SERVICE_USER)]
+    user: String,
 }
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/NetworkManager-tsp";
@@ -77,10 +82,22 @@ fn log_levels(cli: &Cli) -> LogLevels {
     }
 }
 
+impl Cli {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("NM_TSP_STATE_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
 fn main() -> ExitCode {
-    // Before any thread exists (capabilities are per thread); logged once logging is up.
-    let privileges = nm_tsp::privileges::drop_to_network_admin();
     let cli = Cli::parse();
+    // Before any thread exists (capabilities and uids are per thread); logged once logging is
+    // up. The state dir goes to the user with the rest.
+    let state_dir = cli.state_dir();
+    let user = (cli.user != "root").then_some(cli.user.as_str());
+    let privileges = nm_tsp::privileges::drop_privileges(user, &[&state_dir]);
     let _log = match nm_tsp::logging::init_gogoc(&log_levels(&cli), 0, None, SyslogFacility::User, "nm-tsp-service") {
         Ok(g) => g,
         Err(e) => {
@@ -88,9 +105,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    use nm_tsp::privileges::Identity;
     match privileges {
-        Ok(()) => tracing::debug!("running with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs set"),
-        Err(e) => tracing::warn!("cannot drop privileges: {e}"),
+        Ok(Identity::User { name, uid }) => {
+            tracing::debug!("running as {name} (uid {uid}) with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs set")
+        }
+        Ok(Identity::Root | Identity::Unprivileged) => {
+            tracing::debug!("running with CAP_NET_ADMIN and CAP_NET_RAW at most, no_new_privs set")
+        }
+        Ok(Identity::RootBecause(why)) => {
+            tracing::warn!("{why} (the package makes both); running as root with CAP_NET_ADMIN and CAP_NET_RAW only")
+        }
+        // Half-dropped privileges are a state nobody tested: refuse to run in it.
+        Err(e) => {
+            tracing::error!("cannot drop privileges: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     if cli.bus_name != SERVICE && !cli.bus_name.starts_with(&format!("{SERVICE}.")) {
         tracing::error!(bus_name = %cli.bus_name, "the bus name must be {SERVICE} or below it");
@@ -115,11 +145,7 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> zbus::Result<()> {
     let shared = Shared::new(ServiceOptions {
         persist: cli.persist,
-        state_dir: cli
-            .state_dir
-            .clone()
-            .or_else(|| std::env::var_os("NM_TSP_STATE_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        state_dir: cli.state_dir(),
     });
     // The object is exported, and the connection handed to it for signals, before the name
     // is requested: NetworkManager calls NeedSecrets as soon as the name appears, and a

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::netns::{Host, Lab, Output, Proc, bin};
 
+pub mod service_user;
+
 /// The broker's address inside the IPv6 tunnels of [`start_broker`].
 pub const BROKER_V6: &str = "2001:db8:b::1";
 
@@ -103,6 +105,7 @@ impl Nm {
     /// [`Nm::start`], with interfaces NetworkManager must leave alone (a LAN the plugin
     /// configures in router mode).
     pub fn start_with(lab: &Lab, host: &Host, unmanaged: &[&str]) -> Result<Nm, String> {
+        service_user::ensure()?;
         let dir = lab.dir().join(format!("nm-{}", host.name()));
         for d in [
             "bus/system.d",

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 /// name `nm-tsp-service` owns.
 pub const SERVICE: &str = "org.freedesktop.NetworkManager.tsp";
 
+/// The system user `nm-tsp-service` runs as once its bus connection and devices can be made
+/// with capabilities alone (the package creates it; the D-Bus policy lets it own [`SERVICE`]).
+pub const SERVICE_USER: &str = "nm-tsp";
+
 /// vpn.data keys and the gogoc.conf key each one stands for (the values are checked by the
 /// file's own rules).
 pub const DATA_KEYS: [(&str, &str); 22] = [

@@ -824,3 +824,79 @@ fn broker_link_goes_with_the_tcp_session() {
         }
     });
 }
+
+/// Issue 13 on kernel links: the kernel carries the traffic, so tspc reads the sit link's
+/// packet counters for evidence. Default keepalive settings (the broker's 30 s interval); a
+/// ping every 200 ms; the broker's replies then vanish silently (a blackhole route on the
+/// broker host: no ICMP). tspc declares the path dead within 10 s (its sit link goes away),
+/// and once the route is gone the tunnel comes back and carries pings.
+#[test]
+fn kernel_link_dead_path_detected_within_10s() {
+    in_uml(|| {
+        let lab = Lab::new("uml_kernel_liveness").unwrap();
+        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+        lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
+        let conf = lab
+            .file(
+                "broker.toml",
+                &format!(
+                    "listen = [\"0.0.0.0:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n"
+                ),
+            )
+            .unwrap();
+        let _broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+        _broker.wait_for_output("listening", 30 * SEC).unwrap();
+        let conf = lab
+            .file("c.conf", "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\n")
+            .unwrap();
+        let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+        client.wait_for_output("(up)", 30 * SEC).unwrap();
+        assert!(
+            client.output().contains("kernel datapath (sit link)"),
+            "no kernel sit link:\n{}",
+            client.output()
+        );
+        assert!(
+            c.ping_until(BROKER_V6, 10 * SEC).is_some(),
+            "no ping through the sit link"
+        );
+        let ifindex = || {
+            let out = c.ip(&["-o", "link", "show", "dev", V6V4.ifname]).ok()?;
+            out.split(':').next()?.trim().parse::<u32>().ok()
+        };
+        let first = ifindex().expect("sit1");
+        let pinger = c.spawn("ping", &["-6", "-n", "-i", "0.2", BROKER_V6]).unwrap();
+        std::thread::sleep(2 * SEC);
+
+        let mark = client.mark();
+        b.ip(&["route", "add", "blackhole", "192.0.2.2/32"]).unwrap();
+        let cut = Instant::now();
+        while ifindex() == Some(first) && cut.elapsed() < 20 * SEC {
+            std::thread::sleep(SEC / 20);
+        }
+        let detected = cut.elapsed();
+        let _ = client.wait_for_output_since(mark, "down:", 2 * SEC);
+        let out = client.output();
+        let since = out.get(mark..).unwrap_or(&out);
+        println!("kernel link: dead path detected after {detected:.2?} (goal ≤ 10 s)\n{since}");
+        assert!(
+            since.lines().any(|l| l.contains("down:") && l.contains("keepalive")),
+            "the sit link did not go down for the keepalive:\n{since}"
+        );
+        assert!(detected <= 10 * SEC, "detection took {detected:?}");
+
+        b.ip(&["route", "del", "blackhole", "192.0.2.2/32"]).unwrap();
+        let mended = Instant::now();
+        let healed = c.ping_until(BROKER_V6, 20 * SEC);
+        pinger.kill();
+        println!(
+            "kernel link: pings again {:.2?} after the path came back",
+            mended.elapsed()
+        );
+        assert!(
+            healed.is_some(),
+            "no ping after the path came back:\n{}",
+            client.output()
+        );
+    });
+}

@@ -108,8 +108,9 @@ fn up_pings_and_down_cleanly_v6v4() {
     assert!(!routes.iter().any(|r| r.contains(&dev)), "routes left: {routes:?}");
 }
 
-/// The running service (with its tunnel up) holds CAP_NET_ADMIN and CAP_NET_RAW and nothing
-/// else, in every set, and no_new_privs: read from /proc as the kernel sees it.
+/// The running service (with its tunnel up) runs as its system user, holds CAP_NET_ADMIN and
+/// CAP_NET_RAW and nothing else, in every set, and no_new_privs: read from /proc as the kernel
+/// sees it.
 fn assert_least_privilege(nm: &Nm) {
     // CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
     const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
@@ -131,6 +132,12 @@ fn assert_least_privilege(nm: &Nm) {
         assert_eq!(set("CapInh:"), 0, "inheritable set of {pid}");
         assert_eq!(set("CapAmb:"), 0, "ambient set of {pid}");
         assert_eq!(field("NoNewPrivs:"), "1", "no_new_privs of {pid}");
+        let uid = testbed::service_user::ensure().unwrap().to_string();
+        assert!(
+            field("Uid:").split_whitespace().all(|id| id == uid),
+            "uids of {pid}: {} (the service's user is {uid})",
+            field("Uid:")
+        );
     }
 }
 
@@ -544,5 +551,178 @@ fn passdss_host_key_pinned_and_mismatch_refused() {
         std::fs::read_to_string(bed.nm.state_dir().join("known_hosts")).unwrap_or_default(),
         known,
         "the pinned key changed"
+    );
+}
+
+/// The TCP helper of [`persistent_vpn_keeps_a_tcp_transfer_across_a_base_change`] (runs only
+/// with TSP_STREAM set).
+#[test]
+fn stream_helper() {
+    netns::stream::helper();
+}
+
+/// The global (broker-assigned) IPv6 addresses NetworkManager shows for VPN `id`.
+fn global6(nm: &Nm, id: &str) -> String {
+    nm.con_field(id, "IP6.ADDRESS")
+        .split(", ")
+        .filter(|a| a.starts_with("2001:"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Issue 13 item 3 under NetworkManager: a persistent tsp VPN (an authenticated user, default
+/// keepalive settings) over a base connection whose IPv4 address and default route change
+/// while a TCP transfer runs through the tunnel: the transfer completes on its one connection,
+/// every byte arrives, it never pauses more than 2 s, and the tunnel address is the same.
+#[test]
+fn persistent_vpn_keeps_a_tcp_transfer_across_a_base_change() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_tcp_roam");
+    let broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    let data = "server=192.0.2.1, tunnel-mode=v6udpv4, auth-method=digest-md5, username=alice, password-flags=0";
+    bed.nm
+        .add_vpn(
+            "roam",
+            data,
+            Some(&format!("password={PASSWORD}")),
+            &["vpn.persistent", "yes"],
+        )
+        .unwrap();
+    up_and_connected(&bed, "roam");
+    let before = global6(&bed.nm, "roam");
+    assert!(!before.is_empty(), "no broker-assigned address");
+    assert!(bed.c.ping_until(BROKER_V6, 5 * SEC).is_some());
+
+    let target = format!("[{BROKER_V6}]:5004");
+    let stream = netns::stream::Stream::start(&bed.c, &bed.b, &target, &target, 10);
+    std::thread::sleep(3 * SEC);
+    let changed = netns::stream::now_ms();
+    bed.nm
+        .nmcli(&[
+            "device",
+            "modify",
+            &bed.c_if,
+            "ipv4.addresses",
+            "192.0.2.3/24",
+            "ipv4.gateway",
+            "192.0.2.1",
+        ])
+        .unwrap();
+    let report = stream.finish(60 * SEC);
+    println!(
+        "nm tcp roam: {report:?} (the change at {changed}, gap ended {} ms after it)",
+        report.gap_end_ms.saturating_sub(changed)
+    );
+    assert!(report.clean, "the transfer did not end cleanly:\n{}", report.log);
+    assert!(
+        report.sent > 0 && report.received == report.sent,
+        "bytes lost:\n{}",
+        report.log
+    );
+    assert!(
+        report.longest_gap <= 2 * SEC,
+        "the transfer stalled {:?} across the change:\n{}",
+        report.longest_gap,
+        report.log
+    );
+    bed.nm.wait_vpn_state("roam", 5, 5 * SEC).unwrap();
+    assert_eq!(global6(&bed.nm, "roam"), before, "the tunnel address changed");
+    assert!(
+        broker.output().contains("192.0.2.3"),
+        "the tunnel was not negotiated again from the new address"
+    );
+    assert!(
+        bed.c
+            .routes_v4()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("default via 192.0.2.1")),
+        "the base connection's new default route"
+    );
+}
+
+/// Issue 13 item 5 under NetworkManager, default settings: the path dies silently under
+/// traffic (nftables drops on both ends, no ICMP) ⇒ within 10 s NetworkManager shows the VPN
+/// connecting; the path comes back ⇒ activated again, and pings pass, within a few seconds,
+/// with nothing done by the user.
+#[test]
+fn silent_outage_shows_connecting_then_connected() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_outage");
+    let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
+    bed.nm
+        .add_vpn(
+            "live",
+            "server=192.0.2.1, tunnel-mode=v6udpv4",
+            None,
+            &["vpn.persistent", "yes"],
+        )
+        .unwrap();
+    up_and_connected(&bed, "live");
+    assert!(bed.c.ping_until(BROKER_V6, 5 * SEC).is_some());
+    let pinger = bed.c.spawn("ping", &["-6", "-n", "-i", "0.2", BROKER_V6]).unwrap();
+    std::thread::sleep(SEC);
+
+    netns::cut_silently(&bed.c, &bed.c_if, &bed.b, &["192.0.2.2", "2001:db8:1::2"]);
+    let connecting = bed.nm.wait_vpn_state("live", 3, 20 * SEC);
+    println!("nm outage: connecting after {connecting:?} (goal ≤ 10 s)");
+    let connecting = connecting.unwrap();
+    assert!(
+        connecting <= 10 * SEC,
+        "NetworkManager showed connecting only after {connecting:?}"
+    );
+    // An outage of some seconds; the plugin probes the broker meanwhile.
+    std::thread::sleep(3 * SEC);
+    assert_eq!(bed.nm.vpn_state("live"), 3, "not connecting during the outage");
+
+    netns::mend(&bed.c, &bed.b);
+    let activated = bed.nm.wait_vpn_state("live", 5, 20 * SEC);
+    println!("nm outage: activated again {activated:?} after the path came back");
+    activated.unwrap();
+    let pings = bed.c.ping_until(BROKER_V6, 5 * SEC);
+    pinger.kill();
+    assert!(
+        pings.is_some(),
+        "no ping after NetworkManager showed the VPN activated again"
+    );
+}
+
+/// A VPN activated while its broker is not up yet (at boot, with its base connection): the
+/// plugin keeps probing it instead of failing at once, and the VPN is activated soon after the
+/// broker listens.
+#[test]
+fn vpn_waits_for_a_broker_that_comes_up_later() {
+    if !require_root() || !require_nm() {
+        return;
+    }
+    let bed = direct("nm_late_broker");
+    bed.nm
+        .add_vpn("late", "server=192.0.2.1, tunnel-mode=v6udpv4", None, &[])
+        .unwrap();
+    // `nmcli connection up` waits for the activation: run it while the broker starts.
+    let up = std::thread::scope(|s| {
+        let up = s.spawn(|| bed.nm.up("late", &bed.c_if));
+        std::thread::sleep(5 * SEC);
+        assert_eq!(bed.nm.vpn_state("late"), 3, "not connecting while the broker is down");
+        let _broker = start_broker(&bed.lab, &bed.b, "broker", "");
+        let t = std::time::Instant::now();
+        let activated = bed.nm.wait_vpn_state("late", 5, 20 * SEC);
+        println!("nm late broker: activated {:?} after the broker listened", t.elapsed());
+        activated.unwrap();
+        assert!(
+            bed.c.ping_until(BROKER_V6, 5 * SEC).is_some(),
+            "no ping through the VPN"
+        );
+        up.join().unwrap()
+    });
+    assert!(
+        up.stdout.contains("successfully activated"),
+        "nmcli: {} {}",
+        up.stdout,
+        up.stderr
     );
 }

@@ -54,6 +54,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod stream;
+
 /// Where `ip netns` keeps its namespace entries.
 pub const NETNS_DIR: &str = "/run/netns";
 /// First part of every namespace name this harness creates.
@@ -1083,4 +1085,33 @@ fn _assert_send_sync() {
     is::<Lab>();
     is::<Host>();
     is::<Proc>();
+}
+
+/// Drops everything between client `c` (its link `c_if`) and broker `b`, both ways, silently
+/// (no ICMP): each end drops what arrives from the other — `c` all input on `c_if`, `b` what
+/// comes from `client_addrs` (IPv4 or IPv6) — since a drop in the sender's own output hook
+/// would fail its `sendmsg` with EPERM, which no path out there does. [`mend`] undoes it.
+pub fn cut_silently(c: &Host, c_if: &str, b: &Host, client_addrs: &[&str]) {
+    let nft = |h: &Host, args: &[&str]| {
+        h.run("nft", args).and_then(Output::check).unwrap();
+    };
+    let spec = "{ type filter hook input priority -10; policy accept; }";
+    for h in [c, b] {
+        nft(h, &["add", "table", "inet", "cut"]);
+        nft(h, &["add", "chain", "inet", "cut", "in", spec]);
+    }
+    nft(c, &["add", "rule", "inet", "cut", "in", "iifname", c_if, "drop"]);
+    for addr in client_addrs {
+        let family = if addr.contains(':') { "ip6" } else { "ip" };
+        nft(b, &["add", "rule", "inet", "cut", "in", family, "saddr", addr, "drop"]);
+    }
+}
+
+/// Undoes [`cut_silently`].
+pub fn mend(c: &Host, b: &Host) {
+    for h in [c, b] {
+        h.run("nft", &["delete", "table", "inet", "cut"])
+            .and_then(Output::check)
+            .unwrap();
+    }
 }

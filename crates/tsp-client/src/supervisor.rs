@@ -211,6 +211,15 @@ pub fn heal_probe_interval(elapsed: Duration) -> Duration {
     HEAL_PROBE_EVERY.saturating_mul(1 << doublings).min(HEAL_PROBE_MAX)
 }
 
+/// A time without a path to the broker: probed every [`heal_probe_interval`] until it answers.
+struct Outage {
+    since: tokio::time::Instant,
+    /// The broker of the last tunnel (its server string and address), when there was one.
+    peer: Option<(String, SocketAddr)>,
+    /// No negotiation before this (attempts stay a probe interval apart).
+    next_attempt: tokio::time::Instant,
+}
+
 /// Why the tunnel went down says whether the path failed (heal fast) or not.
 fn path_failure(reason: &DownReason) -> bool {
     matches!(
@@ -237,19 +246,29 @@ impl<H: Hooks> Supervisor<H> {
     pub async fn run(mut self) -> (Ended, H) {
         let mut failures = 0u32;
         let mut attempt = 0u32;
-        // A path outage: since when, and the broker to probe until it answers.
-        let mut outage: Option<(tokio::time::Instant, (String, SocketAddr))> = None;
+        // A path outage (or a broker not reached yet): brokers are probed until one answers.
+        let mut outage: Option<Outage> = None;
         loop {
             if *self.stop.borrow() {
                 return (Ended::Stopped, self.hooks);
             }
-            if let Some((since, (server, peer))) = &outage {
-                let deadline = tokio::time::Instant::now() + self.profile.retry.delay.max(HEAL_PROBE_EVERY);
+            if let Some(o) = &outage {
+                // Attempts stay a probe interval apart even when probes say "reachable" at
+                // once (a broker host whose broker is not listening yet answers them).
+                let deadline =
+                    o.next_attempt.max(tokio::time::Instant::now()) + self.profile.retry.delay.max(HEAL_PROBE_EVERY);
                 // The other brokers of a multi-site setup are probed too: one of them
                 // answering is as good a reason to negotiate (failover).
-                let others: Vec<String> = candidates(&self.profile).into_iter().filter(|s| s != server).collect();
+                let peer = o.peer.as_ref().map(|(_, p)| *p);
+                let others: Vec<String> = candidates(&self.profile)
+                    .into_iter()
+                    .filter(|s| o.peer.as_ref().is_none_or(|(server, _)| s != server))
+                    .collect();
                 tokio::select! {
-                    () = wait_reachable(*peer, &others, *since, deadline) => {}
+                    () = async {
+                        tokio::time::sleep_until(o.next_attempt).await;
+                        wait_reachable(peer, &others, o.since, deadline).await;
+                    } => {}
                     _ = self.stop.changed() => return (Ended::Stopped, self.hooks),
                 }
             }
@@ -281,11 +300,20 @@ impl<H: Hooks> Supervisor<H> {
                         self.hooks.failed(&e, None);
                         return (Ended::GaveUp(e), self.hooks);
                     }
-                    // Still no path after a path failure: back to probing the broker (each
-                    // probe is cheap) instead of gogoc's schedule, which is for brokers that
-                    // answer (refusals) or were never reached.
-                    if outage.is_some() && e.is_unreachable() {
-                        self.hooks.failed(&e, Some(HEAL_PROBE_EVERY));
+                    // No path to any broker (after a path failure, or at the start: a laptop
+                    // booting before its network, a broker host not up yet): probe cheaply and
+                    // often instead of gogoc's schedule, which is for brokers that answered
+                    // (refusals).
+                    if e.is_unreachable() {
+                        let now = tokio::time::Instant::now();
+                        let o = outage.get_or_insert_with(|| Outage {
+                            since: now,
+                            peer: self.last_peer.clone(),
+                            next_attempt: now,
+                        });
+                        let wait = heal_probe_interval(o.since.elapsed());
+                        o.next_attempt = now + wait;
+                        self.hooks.failed(&e, Some(wait));
                         continue;
                     }
                     let wait = self.profile.retry.backoff(failures);
@@ -304,7 +332,12 @@ impl<H: Hooks> Supervisor<H> {
                 Ok(reason) => {
                     failures = 0;
                     if path_failure(&reason) {
-                        outage = self.last_peer.clone().map(|p| (tokio::time::Instant::now(), p));
+                        let now = tokio::time::Instant::now();
+                        outage = Some(Outage {
+                            since: now,
+                            peer: self.last_peer.clone(),
+                            next_attempt: now,
+                        });
                     }
                 }
                 Err(e) => {
@@ -630,7 +663,7 @@ fn quiet_ipv6(ifname: &str) {
 /// cadence). Probes every [`heal_probe_interval`] of the outage that began at `since`, and at
 /// once when an address or route changes.
 async fn wait_reachable(
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     others: &[String],
     since: tokio::time::Instant,
     deadline: tokio::time::Instant,
@@ -643,18 +676,31 @@ async fn wait_reachable(
     };
     loop {
         let t = tokio::time::Instant::now();
-        let (this, other) = futures::join!(rank::reachable(peer, HEAL_PROBE_EVERY), async {
-            !others.is_empty()
-                && rank::rank(others, peer.is_ipv6(), &opts)
-                    .await
-                    .iter()
-                    .any(|p| p.answered)
-        });
+        let (this, other) = futures::join!(
+            async {
+                match peer {
+                    Some(p) => rank::reachable(p, HEAL_PROBE_EVERY).await,
+                    None => false,
+                }
+            },
+            async {
+                !others.is_empty()
+                    && rank::rank(others, peer.is_some_and(|p| p.is_ipv6()), &opts)
+                        .await
+                        .iter()
+                        .any(|p| p.answered)
+            }
+        );
         if other {
-            tracing::info!(outage = ?since.elapsed(), "another broker answers");
+            let what = if peer.is_some() {
+                "another broker answers"
+            } else {
+                "a broker answers"
+            };
+            tracing::info!(outage = ?since.elapsed(), "{what}");
             return;
         }
-        if this {
+        if let (true, Some(peer)) = (this, peer) {
             tracing::info!(%peer, outage = ?since.elapsed(), "broker reachable again");
             return;
         }
@@ -755,8 +801,15 @@ impl SuspendClock {
     /// True if the machine was suspended since the last call.
     fn slept(&mut self) -> bool {
         let now = Self::new();
-        let asleep = (now.boot.saturating_sub(self.boot)).saturating_sub(now.mono.saturating_sub(self.mono));
+        let slept = now.slept_since(self);
         *self = now;
+        slept
+    }
+
+    /// Whether CLOCK_BOOTTIME ran more than 2 s ahead of CLOCK_MONOTONIC between `earlier` and
+    /// this reading (a busy machine delays both alike; only a suspend separates them).
+    fn slept_since(&self, earlier: &SuspendClock) -> bool {
+        let asleep = (self.boot.saturating_sub(earlier.boot)).saturating_sub(self.mono.saturating_sub(earlier.mono));
         asleep > Duration::from_secs(2)
     }
 }
@@ -795,5 +848,18 @@ mod tests {
     fn no_suspend_measured_in_a_test() {
         let mut c = SuspendClock::new();
         assert!(!c.slept());
+    }
+
+    /// A suspend cannot be had in a test; its trace in the two clocks can.
+    #[test]
+    fn suspend_is_told_from_a_stalled_process() {
+        let s = Duration::from_secs;
+        let at = |boot, mono| SuspendClock { boot: s(boot), mono: s(mono) };
+        let t0 = at(1000, 900);
+        assert!(!at(1001, 901).slept_since(&t0), "a normal tick");
+        assert!(!at(1030, 930).slept_since(&t0), "a process stopped for 30 s: both clocks ran");
+        assert!(at(1601, 901).slept_since(&t0), "ten minutes asleep");
+        assert!(!at(1002, 901).slept_since(&t0), "a second of skew is not a suspend");
+        assert!(path_failure(&DownReason::Resumed), "after a resume the broker is probed at once");
     }
 }

@@ -64,6 +64,11 @@ const SECRETS_WAIT: Duration = Duration::from_secs(180);
 /// Consecutive failed negotiations before a first connection is reported as failed (the
 /// second attempt is immediate, so a transient loss does not fail it).
 const FIRST_CONNECT_ATTEMPTS: u32 = 2;
+/// How long a first connection keeps trying a broker it cannot reach (probing it every
+/// second meanwhile): at boot, a VPN activated with its base connection may come before the
+/// network or the broker does. Below NetworkManager's default VPN timeout (60 s), so the
+/// failure it reports is ours, with its cause.
+const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(40);
 
 /// The plugin's D-Bus errors (`org.freedesktop.NetworkManager.VPN.Error.*`, docs/nm-plugin.md §1.5).
 #[derive(Debug, zbus::DBusError)]
@@ -591,6 +596,7 @@ async fn run_session(
         router: None,
         ever_up: false,
         failures: 0,
+        started: std::time::Instant::now(),
         stop: stop_tx,
         failure: None,
     };
@@ -627,6 +633,8 @@ struct NmHooks {
     router: Option<Configured>,
     ever_up: bool,
     failures: u32,
+    /// When the connection was asked for.
+    started: std::time::Instant,
     stop: Arc<watch::Sender<bool>>,
     failure: Option<u32>,
 }
@@ -721,7 +729,11 @@ impl Hooks for NmHooks {
             return;
         }
         match retry_in {
-            Some(d) if self.ever_up || self.failures < FIRST_CONNECT_ATTEMPTS => {
+            Some(d)
+                if self.ever_up
+                    || self.failures < FIRST_CONNECT_ATTEMPTS
+                    || (error.is_unreachable() && self.started.elapsed() < FIRST_CONNECT_PATIENCE) =>
+            {
                 tracing::warn!(error = %error, "negotiation failed; retrying in {} s", d.as_secs());
             }
             _ => {

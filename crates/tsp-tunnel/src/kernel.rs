@@ -92,12 +92,14 @@ pub async fn sink_link(
 }
 
 /// Runs the keepalive of a kernel link: echo requests out through the link, replies matched.
+/// The kernel carries the traffic, so the evidence for probing (traffic in, nothing back) is
+/// read from the link's packet counters every [`EVIDENCE_POLL`].
 pub fn keepalive_only(ifname: &str, keepalive: Keepalive) -> io::Result<Datapath> {
     let v6 = keepalive.target().is_ipv6();
     let sock = RawSocket::open(if v6 { libc::IPPROTO_ICMPV6 } else { libc::IPPROTO_ICMP }, v6)?;
     sock.bind_device(ifname)?;
     let (stop, stopped) = watch::channel(false);
-    let task = Some(tokio::spawn(run(Arc::new(sock), keepalive, stopped)));
+    let task = Some(tokio::spawn(run(Arc::new(sock), keepalive, ifname.to_owned(), stopped)));
     Ok(Datapath {
         stop,
         task,
@@ -106,9 +108,57 @@ pub fn keepalive_only(ifname: &str, keepalive: Keepalive) -> io::Result<Datapath
     })
 }
 
-async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, mut stop: watch::Receiver<bool>) -> Exit {
+/// How often a kernel link's counters are read for probing evidence: with the default probe
+/// settings (3 s, then 3 probes of 1 s) a dead path is declared within about 7 s.
+pub const EVIDENCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// (received, sent) packets of `ifname` in this network namespace's /proc/net/dev.
+fn link_packets(ifname: &str) -> Option<(u64, u64)> {
+    parse_net_dev(&std::fs::read_to_string("/proc/net/dev").ok()?, ifname)
+}
+
+/// One interface's (received, sent) packets from /proc/net/dev's text: after `name:`, the
+/// receive columns (bytes, packets, errs, drop, fifo, frame, compressed, multicast), then the
+/// transmit ones (bytes, packets, …).
+fn parse_net_dev(text: &str, ifname: &str) -> Option<(u64, u64)> {
+    text.lines().find_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        if name.trim() != ifname {
+            return None;
+        }
+        let cols: Vec<u64> = rest.split_whitespace().map(|c| c.parse().ok()).collect::<Option<_>>()?;
+        Some((*cols.get(1)?, *cols.get(9)?))
+    })
+}
+
+/// Turns successive counter readings into keepalive evidence.
+#[derive(Default)]
+struct Evidence {
+    last: Option<(u64, u64)>,
+    /// Echoes and probes sent since the last reading: not traffic.
+    own_sent: u64,
+}
+
+impl Evidence {
+    fn update(&mut self, now: (u64, u64), ka: &mut Keepalive, at: std::time::Instant) {
+        if let Some((rx, tx)) = self.last {
+            if now.0 > rx {
+                ka.on_received(at);
+            } else if now.1.saturating_sub(tx) > self.own_sent {
+                ka.on_sent(at);
+            }
+        }
+        self.last = Some(now);
+        self.own_sent = 0;
+    }
+}
+
+async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, ifname: String, mut stop: watch::Receiver<bool>) -> Exit {
     let v6 = ka.target().is_ipv6();
     let (mut out, mut buf, mut pkt) = (Vec::with_capacity(128), vec![0u8; 2048], Vec::with_capacity(2048));
+    let mut evidence = Evidence::default();
+    // Only probing needs the counters: without it an idle tunnel wakes for the interval alone.
+    let mut poll = ka.probe.after.map(|_| tokio::time::interval(EVIDENCE_POLL));
     loop {
         let deadline = tokio::time::Instant::from_std(ka.next_deadline());
         tokio::select! {
@@ -116,6 +166,7 @@ async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, mut stop: watch::Receiver<
                 // The kernel writes the IP header: send the ICMP message only.
                 Action::Send => {
                     let header = if v6 { icmp::IPV6_HEADER_LEN } else { usize::from(out[0] & 0x0f) * 4 };
+                    evidence.own_sent += 1;
                     if let Err(e) = sock.send_to(&out[header..], ka.target()).await {
                         tracing::debug!(error = %e, "keepalive send failed");
                     }
@@ -123,6 +174,11 @@ async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, mut stop: watch::Receiver<
                 Action::Dead { misses } => return Exit::KeepaliveDead { misses },
                 Action::Wait => {}
             },
+            _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
+                if let Some(now) = link_packets(&ifname) {
+                    evidence.update(now, &mut ka, std::time::Instant::now());
+                }
+            }
             r = sock.recv_from(&mut buf) => match r {
                 Ok((range, from)) => {
                     // Raw ICMPv6 sockets drop the IPv6 header; rebuild one for the matcher.
@@ -140,5 +196,52 @@ async fn run(sock: Arc<RawSocket>, mut ka: Keepalive, mut stop: watch::Receiver<
             },
             _ = stop.changed() => return Exit::Stopped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+    use std::time::{Duration, Instant};
+
+    const NET_DEV: &str = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     840      10    0    0    0     0          0         0      840      10    0    0    0     0       0          0
+  sit1: 1234567     321    0    0    0     0          0         0   765432     123    0    0    0     0       0          0
+ sit10:       1       2    3    4    5     6          7         8        9      10   11   12   13    14      15         16
+";
+
+    #[test]
+    fn net_dev_columns() {
+        assert_eq!(parse_net_dev(NET_DEV, "sit1"), Some((321, 123)));
+        assert_eq!(parse_net_dev(NET_DEV, "sit10"), Some((2, 10)));
+        assert_eq!(parse_net_dev(NET_DEV, "sit"), None);
+        assert_eq!(parse_net_dev("garbage\nsit1: x y\n", "sit1"), None);
+        assert_eq!(parse_net_dev("sit1: 1 2 3\n", "sit1"), None, "short line");
+    }
+
+    fn ka(t0: Instant) -> Keepalive {
+        let a: IpAddr = Ipv6Addr::LOCALHOST.into();
+        Keepalive::new(Duration::from_secs(30), a, a, 1, t0)
+    }
+
+    /// Traffic out with nothing back starts probing after the probe delay; the keepalive's own
+    /// packets are not traffic; anything received stops it.
+    #[test]
+    fn counters_become_evidence() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut k = ka(t0);
+        let mut ev = Evidence::default();
+        ev.update((5, 5), &mut k, t0);
+        ev.own_sent = 1;
+        ev.update((5, 6), &mut k, t0 + s);
+        assert_eq!(k.next_deadline(), t0 + 30 * s, "our own echo is no evidence");
+        ev.update((5, 9), &mut k, t0 + 2 * s);
+        assert_eq!(k.next_deadline(), t0 + 5 * s, "unanswered traffic: a probe 3 s later");
+        ev.update((6, 12), &mut k, t0 + 3 * s);
+        assert_eq!(k.next_deadline(), t0 + 30 * s, "an answer ends it");
     }
 }

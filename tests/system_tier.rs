@@ -5,9 +5,10 @@
 //! target/debian/; the broker from its packaged unit (a drop-in puts it in a network namespace on
 //! the far side of a veth pair); an NM-managed base connection and `nmcli connection up` of a
 //! v6v4 tsp VPN (NetworkManager spawns nm-tsp-service, a kernel sit link, ping -6 through it);
-//! `nmcli connection down` (nothing left); the VPN as the base connection's secondary, by hand and
-//! after `systemctl reboot` in the guest (the overlay's upper layer is an ext4 image then, so
-//! the guest's changes survive); `apt-get purge` (no file left).
+//! `nmcli connection down` (nothing left); the service's user and capabilities; tspc from its
+//! packaged unit (a TUN tunnel, its capabilities, a clean stop); the VPN as the base connection's
+//! secondary, by hand and after a reboot (the guest powers off and is booted again from the same
+//! disk: the overlay's upper layer is an ext4 image); `apt-get purge` (no file left).
 //!
 //! Root only. Prints a skip line and passes when the kernel or the root cannot be had (see
 //! tests/uml), or when the packages were not built (`PROFILE=dev bash data/debian/build.sh`;
@@ -25,16 +26,22 @@ use std::time::Duration;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const SCENARIO: &str = include_str!("data/system_tier.sh");
 const PACKAGES: [&str; 3] = ["network-manager-tsp", "tspc", "tsp-broker"];
-/// The lines the scenario prints for its steps, in order.
-const STEPS: [&str; 11] = [
+/// The lines the scenario prints for its steps, in order: the first boot's, then the second's.
+const FIRST_BOOT: [&str; 12] = [
     "system-tier: ok: NetworkManager is running",
     "system-tier: ok: installed with apt-get",
     "system-tier: ok: tsp-broker.service active",
     "system-tier: ok: base connection up",
     "system-tier: ok: NetworkManager spawned /usr/libexec/nm-tsp-service",
+    "system-tier: ok: nm-tsp-service runs as nm-tsp",
     "system-tier: ok: kernel sit link",
     "system-tier: ok: down:",
+    "system-tier: ok: tspc.service: tunnel tun up",
+    "system-tier: ok: tspc.service stopped",
     "system-tier: ok: secondary:",
+    "system-tier: ok: powering off for the reboot",
+];
+const SECOND_BOOT: [&str; 3] = [
     "system-tier: ok: booted again:",
     "system-tier: ok: after the reboot:",
     "system-tier: ok: purged:",
@@ -83,23 +90,25 @@ fn packages_install_connect_reboot_purge_under_systemd() {
     for deb in &debs {
         fs::copy(deb, run.join("debs").join(deb.file_name().unwrap())).unwrap();
     }
-    let boot = system.run(&run, SCENARIO, true, GUEST_TIMEOUT).unwrap();
-    println!(
-        "system tier: boot and scenario took {:.1?}\n{}",
-        boot.elapsed, boot.console
-    );
-    let mut from = 0;
-    for step in STEPS {
-        match boot.console[from..].find(step) {
-            Some(at) => from += at + step.len(),
-            None => panic!("the guest did not print {step:?} (in order); its console is above"),
+    for (boot_no, steps) in [(1, &FIRST_BOOT[..]), (2, &SECOND_BOOT[..])] {
+        let boot = system.run(&run, SCENARIO, true, GUEST_TIMEOUT).unwrap();
+        println!(
+            "system tier: boot {boot_no} and its scenario took {:.1?}\n{}",
+            boot.elapsed, boot.console
+        );
+        let mut from = 0;
+        for step in steps {
+            match boot.console[from..].find(step) {
+                Some(at) => from += at + step.len(),
+                None => panic!("the guest did not print {step:?} in boot {boot_no} (in order); its console is above"),
+            }
         }
+        assert!(
+            boot.success(),
+            "the scenario failed in boot {boot_no} (guest status {:?}, linux.uml exit {:?}, timed out: {}); its console is above",
+            boot.guest_status,
+            boot.exit,
+            boot.timed_out,
+        );
     }
-    assert!(
-        boot.success(),
-        "the scenario failed in the guest (guest status {:?}, linux.uml exit {:?}, timed out: {}); its console is above",
-        boot.guest_status,
-        boot.exit,
-        boot.timed_out,
-    );
 }

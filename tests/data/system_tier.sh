@@ -26,7 +26,8 @@ BROKER4=192.0.2.1 CLIENT4=192.0.2.2 BROKER6=2001:db8:b::1
 STATE=/var/lib/uml-system-tier
 mkdir -p "$STATE"
 
-nm-online -s -q -t 60 || fail "NetworkManager finished starting"
+nm-online -s -q -t 90 ||
+  { journalctl -b --no-pager | grep -E 'NetworkManager|nm-tsp|tsp-broker|uml-lab' | tail -60; fail "NetworkManager finished starting"; }
 ok "NetworkManager is running ($(NetworkManager --version))"
 
 # The tunnel link: a kernel sit link to the broker, other than the fallback device sit0.
@@ -60,9 +61,9 @@ ok "installed with apt-get: $(for p in $PKGS; do dpkg-query -W -f='${Package} ${
 # The lab is made by units of its own, so it is there again after the reboot: uml-lab (before
 # NetworkManager and the broker) makes namespace b with both ends of the veth pair, b0 with the
 # broker's address; uml-lab-link (after the broker listens) moves c0 into the client's namespace,
-# as if the cable were plugged in once the broker host is up. (With c0 there from the start,
-# NetworkManager activates the base connection and its tsp secondary at boot before the broker
-# listens, the VPN fails, and the secondary's failure takes the base connection down with it.)
+# as if the cable were plugged in once the broker host is up. (For the second boot it is the
+# other way round: c0 is there from the start and the broker comes late, so the VPN activated
+# with its base connection must wait for the broker.)
 cat >/usr/local/sbin/uml-lab <<'EOT'
 #!/bin/sh
 set -e
@@ -160,6 +161,25 @@ svc=$(pgrep -f '^/usr/libexec/nm-tsp-service' | head -1)
 grep -q '/NetworkManager.service$' /proc/$svc/cgroup || fail "nm-tsp-service in NetworkManager.service's cgroup ($(cat /proc/$svc/cgroup))"
 grep -qa -- '--bus-name' /proc/$svc/cmdline || fail "nm-tsp-service started with --bus-name"
 ok "NetworkManager spawned $(tr '\0' ' ' </proc/$svc/cmdline)"
+# The service left root for its own user (made by the package) and kept two capabilities;
+# CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
+nmuid=$(id -u nm-tsp) || fail "the package made the user nm-tsp"
+least_privilege() { # PID WHAT AMBIENT-SET CHECK-BOUNDING-SET
+  st=/proc/$1/status
+  sets="CapEff CapPrm"
+  # NetworkManager's unit grants no CAP_SETPCAP, so the service cannot shrink its bounding set;
+  # which is harmless under no_new_privs and a non-root uid.
+  [ "$4" = yes ] && sets="$sets CapBnd"
+  for set in $sets; do
+    grep -qx "$set:	0000000000003000" "$st" || fail "$2: $set is CAP_NET_ADMIN and CAP_NET_RAW only ($(grep "^$set" "$st"))"
+  done
+  grep -qx "CapAmb:	$3" "$st" || fail "$2: CapAmb $3 ($(grep ^CapAmb "$st"))"
+  grep -qx 'NoNewPrivs:	1' "$st" || fail "$2: no_new_privs"
+}
+least_privilege "$svc" nm-tsp-service 0000000000000000 no
+grep -qx "Uid:	$nmuid	$nmuid	$nmuid	$nmuid" /proc/$svc/status || fail "nm-tsp-service runs as nm-tsp ($(grep ^Uid /proc/$svc/status))"
+[ "$(stat -c %U:%a /var/lib/NetworkManager-tsp)" = nm-tsp:700 ] || fail "/var/lib/NetworkManager-tsp is nm-tsp's, mode 700"
+ok "nm-tsp-service runs as nm-tsp (uid $nmuid) with CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs"
 sit=$(sit_link)
 [ -n "$sit" ] || { ip -d link; fail "a kernel sit link besides sit0"; }
 ip -d -o link show dev "$sit" | grep -q "remote $BROKER4 local $CLIENT4" || { ip -d link show dev "$sit"; fail "$sit goes $CLIENT4 -> $BROKER4"; }
@@ -182,8 +202,26 @@ wait_for 15 gone || { ps ax; ip -o link; ip -6 addr; ip -6 route; fail "after do
 ok "down: no nm-tsp-service, no $sit, no $(cat /run/tunnel-addr), no 2001:db8:b: route"
 
 
+# d2. tspc from its packaged unit over the same base connection, as a gogoCLIENT user runs it:
+# the sample /etc/gogoc/gogoc.conf already names this broker (anonymous); a TUN tunnel (v6udpv4)
+# under the unit's sandbox, its capabilities as the kernel sees them, and a clean stop.
+sed -i 's/^tunnel_mode=.*/tunnel_mode=v6udpv4/' /etc/gogoc/gogoc.conf
+systemctl start tspc || fail "systemctl start tspc"
+tspc_up() { ip -6 route get "$BROKER6" 2>/dev/null | grep -q ' dev tun ' && ping -6 -c 1 -W 1 "$BROKER6"; }
+wait_for 30 tspc_up || { ip -6 addr; ip -6 route; journalctl -b -u tspc --no-pager | tail -20; fail "ping -6 $BROKER6 through tspc's tun"; }
+tpid=$(systemctl show -P MainPID tspc)
+[ "$(ps -o comm= -p "$tpid")" = tspc ] || fail "tspc.service's main process is tspc"
+least_privilege "$tpid" tspc.service 0000000000003000 yes
+ok "tspc.service: tunnel tun up, ping -6 $BROKER6 answers; CAP_NET_ADMIN and CAP_NET_RAW only, no_new_privs"
+systemctl stop tspc
+[ "$(systemctl is-active tspc)" = inactive ] || fail "tspc stopped ($(systemctl is-active tspc))"
+wait_for 10 sh -c '! ip link show dev tun' || fail "tspc's tun gone after systemctl stop"
+! ip -6 route | grep -q 'dev tun ' || { ip -6 route; fail "no route through tun left"; }
+ok "tspc.service stopped: no tun, no route left"
+
 # e. A tsp VPN that comes up with its base connection (connection.secondaries), first by
-# bringing the base connection down and up, then across a reboot.
+# bringing the base connection down and up, then across a reboot (the guest powers off and the
+# harness boots the same disk again).
 uuid=$(nmcli -g connection.uuid connection show tsp)
 nmcli connection modify base connection.secondaries "$uuid" connection.autoconnect yes || fail "base: secondaries $uuid"
 nmcli --wait 30 connection down base >/dev/null
@@ -193,15 +231,38 @@ wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || fail "ping -6 $BROKER6 with tsp as b
 ok "secondary: nmcli connection up base brings up tsp (ping -6 $BROKER6 answers through $(sit_link))"
 # NetworkManager manages c0 after the reboot too (hand-made veths are unmanaged by default).
 printf '[device-uml-c0]\nmatch-device=interface-name:c0\nmanaged=1\n' >/etc/NetworkManager/conf.d/uml-c0.conf
+# After the reboot the broker comes up late, after the client's network and the VPN's first
+# attempt: the plugin must keep probing it rather than fail (and take the base connection down).
+cat >/usr/local/sbin/uml-lab-link <<'EOT'
+#!/bin/sh
+exec ip -n b link set c0 netns 1
+EOT
+cat >/etc/systemd/system/uml-lab-link.service <<'EOT'
+[Unit]
+Description=system tier lab: c0 into the client's namespace before NetworkManager starts
+Requires=uml-lab.service
+After=uml-lab.service
+Before=NetworkManager.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/uml-lab-link
+
+[Install]
+WantedBy=multi-user.target
+EOT
+printf '[Unit]\nAfter=NetworkManager.service\n[Service]\nExecStartPre=/bin/sleep 8\n' >/etc/systemd/system/tsp-broker.service.d/late.conf
 touch "$STATE/rebooted"
-# This boot ends in a reboot, not a power-off: the unit's actions are switched off for it
-# (/run does not survive), and the unit ends before the shutdown stops it.
+# This boot ends in an orderly power-off (every unit stopped, NetworkManager's state saved)
+# rather than the unit's forced one: its actions are switched off for it (/run does not
+# survive), and the unit ends before the shutdown stops it.
 mkdir -p /run/systemd/system/uml-scenario.service.d
 printf '[Unit]\nSuccessAction=none\nFailureAction=none\n' >/run/systemd/system/uml-scenario.service.d/reboot.conf
 systemctl daemon-reload
 sync
-ok "rebooting"
-systemctl reboot --no-block
+ok "powering off for the reboot"
+systemctl poweroff --no-block
 exit 0
 fi
 
@@ -213,7 +274,9 @@ wait_for 60 sh -c '[ "$(nmcli -g GENERAL.STATE connection show tsp)" = activated
 sit=$(sit_link)
 [ -n "$sit" ] || { ip -d link; fail "a kernel sit link after the reboot"; }
 wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || fail "ping -6 $BROKER6 after the reboot"
-ok "after the reboot: base and tsp up on their own, ping -6 $BROKER6 answers through $sit"
+journalctl -b --no-pager | grep -q 'retrying in 1 s' ||
+  { journalctl -b --no-pager | grep -E 'nm-tsp|tsp-broker' | tail -20; fail "the VPN came up before the late broker: nothing retried"; }
+ok "after the reboot: base and tsp up on their own although the broker came up late; ping -6 $BROKER6 answers through $sit"
 
 # f. Purge: no file of the packages left behind.
 nmcli connection delete tsp >/dev/null

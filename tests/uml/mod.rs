@@ -255,7 +255,9 @@ impl Kernel {
         let _ = fs::remove_dir_all(&run);
         fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
         write_exec(&init, INIT)?;
-        self.boot(&run, &cmdline, timeout)
+        let boot = self.boot(&run, &cmdline, timeout);
+        let _ = fs::remove_dir_all(&run);
+        boot
     }
 
     /// Boots linux.uml with this command line in the run directory `run` (which the guest may
@@ -265,6 +267,8 @@ impl Kernel {
         if let Some(bad) = cmdline.iter().find(|w| w.contains(char::is_whitespace) || w.is_empty()) {
             return Err(format!("kernel command line word {bad:?} is empty or has white space"));
         }
+        // A status left by an earlier boot of the same run directory is not this boot's.
+        let _ = fs::remove_file(run.join("status"));
         let t0 = Instant::now();
         // stdout must be a pipe (a regular file fails linux.uml's epoll), stdin /dev/null.
         // Its own process group: UML runs its guest processes as host processes, killed as one.
@@ -330,7 +334,6 @@ impl Kernel {
         let guest_status = fs::read_to_string(run.join("status"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        let _ = fs::remove_dir_all(run);
         Ok(Boot {
             exit: status.and_then(|s| s.code().or(s.signal().map(|sig| 128 + sig))),
             guest_status,

@@ -183,20 +183,36 @@ fn apt_mirror() -> Option<String> {
     None
 }
 
+/// A run directory, removed (with its disk image) when dropped.
+pub struct RunDir(PathBuf);
+
+impl std::ops::Deref for RunDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 impl System {
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The run directory of `name` (created empty): put the files the scenario needs there; the
-    /// guest sees it as `/uml`.
-    pub fn run_dir(&self, name: &str) -> PathBuf {
+    /// The run directory of `name` (created empty; removed with the returned guard): put the
+    /// files the scenario needs there; the guest sees it as `/uml`.
+    pub fn run_dir(&self, name: &str) -> RunDir {
         let run = target_dir()
             .join("uml/runs")
             .join(format!("{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&run);
         fs::create_dir_all(&run).unwrap_or_else(|e| panic!("cannot create {}: {e}", run.display()));
-        run
+        RunDir(run)
     }
 
     /// Boots the Debian root with systemd and runs `scenario` (a shell script; the guest runs
@@ -204,9 +220,10 @@ impl System {
     /// run directory made by [`System::run_dir`]. The script's exit status is the guest's status
     /// (the unit writes it to /uml/status); the guest powers off either way. With `persist`, the
     /// overlay's upper layer is a sparse ext4 image `run/overlay.ext4` (the guest's ubda) instead
-    /// of a tmpfs, so the guest's
-    /// changes survive a reboot in the guest (`systemctl reboot`: linux.uml re-executes itself,
-    /// and the scenario runs again in the new boot).
+    /// of a tmpfs, so the guest's changes persist: a later `run` with the same run directory
+    /// boots that disk again (a reboot as the guest sees it) and runs the scenario again. (A
+    /// reboot inside the guest, where linux.uml re-executes itself, failed to come back about
+    /// once in five boots, its watchdog helper missing.)
     pub fn run(&self, run: &Path, scenario: &str, persist: bool, timeout: Duration) -> Result<Boot, String> {
         write_exec(&run.join("scenario.sh"), scenario)?;
         fs::write(run.join("uml-scenario.service"), UNIT).map_err(|e| e.to_string())?;
@@ -229,14 +246,16 @@ impl System {
         if persist {
             // A sparse ext4 image as the block device ubda: the upper layer of the guest's overlay.
             let image = run.join("overlay.ext4");
-            let made = Command::new("truncate")
-                .args(["-s", "2G"])
-                .arg(&image)
-                .status()
-                .and_then(|_| Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status());
-            match made {
-                Ok(st) if st.success() => {}
-                other => return Err(format!("cannot make the ext4 image {}: {other:?}", image.display())),
+            if !image.exists() {
+                let made = Command::new("truncate")
+                    .args(["-s", "2G"])
+                    .arg(&image)
+                    .status()
+                    .and_then(|_| Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).status());
+                match made {
+                    Ok(st) if st.success() => {}
+                    other => return Err(format!("cannot make the ext4 image {}: {other:?}", image.display())),
+                }
             }
             cmdline.push(format!("ubd0={}", image.display()));
             cmdline.push("UML_PERSIST=1".into());

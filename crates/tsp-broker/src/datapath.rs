@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 
 mod links;
 
+pub use links::inner_source_rules;
+
 use super::config::{BrokerConfig, DatapathKind};
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;

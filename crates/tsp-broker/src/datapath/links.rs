@@ -13,8 +13,13 @@
 //! The inner-source check with kernel links: v4v6 links get strict reverse-path filtering
 //! (`net.ipv4.conf.<link>.rp_filter = 1`), so an inner IPv4 source whose route does not go back
 //! through the link (anything but the client's address) is dropped. Linux has no reverse-path
-//! filter for IPv6 without netfilter, so on v6v4 links the inner IPv6 source is **not**
-//! checked (the outer source still is); `datapath_kind = "userspace"` checks both.
+//! filter for IPv6 outside netfilter, so for v6v4 links the broker installs one nftables rule
+//! (with the first sit link; [`SourceFilter`]): a packet that arrives on one of its links and
+//! whose source has no route back through that link (`fib saddr . iif oif missing`) is dropped
+//! before routing — one lookup per packet whatever the number of tunnels. Without nftables (the
+//! `nft` program or the kernel's nf_tables) the broker says so once and the inner IPv6 source
+//! is not checked on kernel links (the outer source still is); `datapath_kind = "userspace"`
+//! checks both without netfilter.
 //!
 //! This also keeps the broker host's kernel silent: with the `sit` / `ip6_tunnel` modules
 //! loaded (by anything, e.g. a client on the same host), a protocol 41 / 4 packet that matches
@@ -123,6 +128,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
     };
     let mut links: HashMap<Endpoint, (u32, String)> = HashMap::new();
     let mut n = 0u32;
+    let mut filter = SourceFilter::new(&prefix);
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Up {
@@ -146,6 +152,9 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 };
                 if let Ok(true) = tsp_tunnel::netlink::remove_stale_link(&nl, &name, kind).await {
                     tracing::info!(link = %name, "removed a stale kernel link");
+                }
+                if !sink && matches!(endpoint, Endpoint::V4(_)) {
+                    filter.ensure().await;
                 }
                 match up(&nl, &name, endpoint, local, &routes, sink).await {
                     Ok(idx) if sink => {
@@ -177,6 +186,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 for (_, (idx, name)) in links.drain() {
                     delete(&nl, idx, &name).await;
                 }
+                filter.remove().await;
                 let _ = tx.send(());
                 return;
             }
@@ -185,6 +195,113 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
     // The datapath went without a shutdown: still remove what we made.
     for (_, (idx, name)) in links.drain() {
         delete(&nl, idx, &name).await;
+    }
+    filter.remove().await;
+}
+
+/// The inner IPv6 source check of sit links (see the module docs): one nftables table of ours,
+/// made when the first sit link is, removed at the end.
+struct SourceFilter {
+    table: String,
+    ruleset: String,
+    state: FilterState,
+}
+
+/// The nftables table (its name and `nft -f` text) that checks the inner IPv6 source of packets
+/// arriving on the broker's links named `<link_prefix>k*`: a source with no route back through
+/// the link it came in on is dropped (and counted). The text replaces a table left by a broker
+/// that was killed (add, then delete, then make: one transaction, valid whether it existed or
+/// not).
+pub fn inner_source_rules(link_prefix: &str) -> (String, String) {
+    // Table names are identifiers: the link prefix's other characters become '_'.
+    let ident: String = link_prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let table = format!("tsp_broker_{ident}");
+    let ruleset = format!(
+        "add table ip6 {table}\ndelete table ip6 {table}\ntable ip6 {table} {{\n  chain inner_source {{\n    \
+         type filter hook prerouting priority raw; policy accept;\n    \
+         iifname \"{link_prefix}k*\" fib saddr . iif oif missing counter drop\n  }}\n}}\n"
+    );
+    (table, ruleset)
+}
+
+#[derive(PartialEq)]
+enum FilterState {
+    NotYet,
+    Installed,
+    /// Tried and failed (said once): not tried again.
+    Unavailable,
+}
+
+impl SourceFilter {
+    fn new(link_prefix: &str) -> Self {
+        let (table, ruleset) = inner_source_rules(link_prefix);
+        Self {
+            table,
+            ruleset,
+            state: FilterState::NotYet,
+        }
+    }
+
+    async fn ensure(&mut self) {
+        if self.state != FilterState::NotYet {
+            return;
+        }
+        match nft(&self.ruleset).await {
+            Ok(()) => {
+                tracing::info!(table = %self.table, "inner IPv6 sources on sit links checked (nftables)");
+                self.state = FilterState::Installed;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the inner IPv6 source of v6v4 tunnels on kernel links is not checked (needs nftables); datapath_kind = \"userspace\" checks it");
+                self.state = FilterState::Unavailable;
+            }
+        }
+    }
+
+    async fn remove(&mut self) {
+        if self.state != FilterState::Installed {
+            return;
+        }
+        match nft(&format!("delete table ip6 {}\n", self.table)).await {
+            Ok(()) => tracing::info!(table = %self.table, "nftables table removed"),
+            Err(e) => tracing::warn!(table = %self.table, error = %e, "cannot remove the nftables table"),
+        }
+        self.state = FilterState::NotYet;
+    }
+}
+
+/// Runs `nft -f -` with `ruleset` on its standard input (no shell).
+async fn nft(ruleset: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset.as_bytes())
+            .await
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .map_err(|_| "nft did not finish in 10 s".to_owned())?
+        .map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -239,5 +356,22 @@ async fn up(
             delete(nl, idx, name).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_filter_names_and_ruleset() {
+        let f = SourceFilter::new("tsp-b.0");
+        assert_eq!(f.table, "tsp_broker_tsp_b_0");
+        let r = &f.ruleset;
+        assert!(r.starts_with("add table ip6 tsp_broker_tsp_b_0\ndelete table ip6 tsp_broker_tsp_b_0\n"));
+        assert!(
+            r.contains("iifname \"tsp-b.0k*\" fib saddr . iif oif missing counter drop"),
+            "{r}"
+        );
     }
 }

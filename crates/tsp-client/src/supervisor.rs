@@ -854,12 +854,21 @@ mod tests {
     #[test]
     fn suspend_is_told_from_a_stalled_process() {
         let s = Duration::from_secs;
-        let at = |boot, mono| SuspendClock { boot: s(boot), mono: s(mono) };
+        let at = |boot, mono| SuspendClock {
+            boot: s(boot),
+            mono: s(mono),
+        };
         let t0 = at(1000, 900);
         assert!(!at(1001, 901).slept_since(&t0), "a normal tick");
-        assert!(!at(1030, 930).slept_since(&t0), "a process stopped for 30 s: both clocks ran");
+        assert!(
+            !at(1030, 930).slept_since(&t0),
+            "a process stopped for 30 s: both clocks ran"
+        );
         assert!(at(1601, 901).slept_since(&t0), "ten minutes asleep");
         assert!(!at(1002, 901).slept_since(&t0), "a second of skew is not a suspend");
-        assert!(path_failure(&DownReason::Resumed), "after a resume the broker is probed at once");
+        assert!(
+            path_failure(&DownReason::Resumed),
+            "after a resume the broker is probed at once"
+        );
     }
 }

@@ -173,7 +173,10 @@ impl Sides {
 const FALLBACK_DEVICES: [&str; 4] = ["sit0", "ip6tnl0", "tunl0", "ip6_vti0"];
 
 /// A host's links (names, without the fallback devices), addresses and routes.
-fn snapshot(h: &Host) -> (Vec<String>, String, Vec<String>, Vec<String>, String) {
+/// A host's links, addresses, routes and nftables ruleset.
+type Snapshot = (Vec<String>, String, Vec<String>, Vec<String>, String);
+
+fn snapshot(h: &Host) -> Snapshot {
     let links = h
         .ip(&["-o", "link"])
         .unwrap()
@@ -827,6 +830,46 @@ fn broker_link_goes_with_the_tcp_session() {
     });
 }
 
+/// Client `c` (192.0.2.2) and broker `b` (192.0.2.1) on one link, no IPv6 outside the tunnel;
+/// the broker with its defaults (and `broker_extra` TOML), tspc with its defaults in v6v4 on a
+/// kernel sit link. Returns the lab, both hosts, both processes and the broker host's state from
+/// before the broker started.
+fn v6v4_defaults(test: &str, broker_extra: &str) -> (Lab, Host, Host, Proc, Proc, Snapshot) {
+    let lab = Lab::new(test).unwrap();
+    let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
+    lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
+    // The link-local address first (duplicate address detection is slow in the guest).
+    let settled = Instant::now() + 10 * SEC;
+    while Instant::now() < settled && {
+        let a = b.ip(&["-o", "addr"]).unwrap();
+        !a.contains("fe80") || a.contains("tentative")
+    } {
+        std::thread::sleep(SEC / 10);
+    }
+    let before = snapshot(&b);
+    let conf = lab
+        .file(
+            "broker.toml",
+            &format!(
+                "listen = [\"0.0.0.0:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n{broker_extra}"
+            ),
+        )
+        .unwrap();
+    let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
+    broker.wait_for_output("listening", 30 * SEC).unwrap();
+    let conf = lab
+        .file("c.conf", "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\n")
+        .unwrap();
+    let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
+    client.wait_for_output("(up)", 30 * SEC).unwrap();
+    assert!(
+        client.output().contains("kernel datapath (sit link)"),
+        "no kernel sit link:\n{}",
+        client.output()
+    );
+    (lab, c, b, broker, client, before)
+}
+
 /// Issue 13 on kernel links: the kernel carries the traffic, so tspc reads the sit link's
 /// packet counters for evidence. Default keepalive settings (the broker's 30 s interval); a
 /// ping every 200 ms; the broker's replies then vanish silently (a blackhole route on the
@@ -835,29 +878,7 @@ fn broker_link_goes_with_the_tcp_session() {
 #[test]
 fn kernel_link_dead_path_detected_within_10s() {
     in_uml(|| {
-        let lab = Lab::new("uml_kernel_liveness").unwrap();
-        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-        lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
-        let conf = lab
-            .file(
-                "broker.toml",
-                &format!(
-                    "listen = [\"0.0.0.0:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\n"
-                ),
-            )
-            .unwrap();
-        let _broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
-        _broker.wait_for_output("listening", 30 * SEC).unwrap();
-        let conf = lab
-            .file("c.conf", "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\n")
-            .unwrap();
-        let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
-        client.wait_for_output("(up)", 30 * SEC).unwrap();
-        assert!(
-            client.output().contains("kernel datapath (sit link)"),
-            "no kernel sit link:\n{}",
-            client.output()
-        );
+        let (_lab, c, b, _broker, client, _) = v6v4_defaults("uml_kernel_liveness", "");
         assert!(
             c.ping_until(BROKER_V6, 10 * SEC).is_some(),
             "no ping through the sit link"
@@ -903,17 +924,6 @@ fn kernel_link_dead_path_detected_within_10s() {
     });
 }
 
-/// Packets ICMPv6 echo requests a host received (Icmp6InEchos of /proc/net/snmp6).
-fn echo_requests_in(h: &Host) -> u64 {
-    h.run("cat", &["/proc/net/snmp6"])
-        .unwrap()
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 /// Issue 12 B on the broker's kernel sit links. Where the kernel has nftables for IPv6: a packet
 /// from the client's tunnel whose inner IPv6 source is not the client's (here an address the
 /// client adds to its sit link) is dropped by the broker's reverse-path rule before it reaches
@@ -924,33 +934,8 @@ fn echo_requests_in(h: &Host) -> u64 {
 #[test]
 fn broker_sit_link_checks_the_inner_ipv6_source() {
     in_uml(|| {
-        let lab = Lab::new("uml_inner_source").unwrap();
-        let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
-        lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
-        // The link-local address first (duplicate address detection is slow in the guest).
-        let settled = Instant::now() + 10 * SEC;
-        while Instant::now() < settled && {
-            let a = b.ip(&["-o", "addr"]).unwrap();
-            !a.contains("fe80") || a.contains("tentative")
-        } {
-            std::thread::sleep(SEC / 10);
-        }
-        let broker_before = snapshot(&b);
-        let conf = lab
-            .file(
-                "broker.toml",
-                &format!(
-                    "listen = [\"0.0.0.0:3653\"]\nauth = [\"anonymous\"]\nserver_ipv6 = \"{BROKER_V6}\"\nclient_pool = \"2001:db8:b::/64\"\ndatapath_kind = \"kernel\"\n"
-                ),
-            )
-            .unwrap();
-        let broker = b.spawn(BROKER, &["-c", conf.to_str().unwrap()]).unwrap();
-        broker.wait_for_output("listening", 30 * SEC).unwrap();
-        let conf = lab
-            .file("c.conf", "server=192.0.2.1\nauth_method=anonymous\ntunnel_mode=v6v4\n")
-            .unwrap();
-        let client = c.spawn(TSPC, &["-f", conf.to_str().unwrap()]).unwrap();
-        client.wait_for_output("(up)", 30 * SEC).unwrap();
+        let (_lab, c, b, broker, client, broker_before) =
+            v6v4_defaults("uml_inner_source", "datapath_kind = \"kernel\"\n");
         assert!(
             c.ping_until(BROKER_V6, 10 * SEC).is_some(),
             "no ping from the client's own address"
@@ -978,7 +963,7 @@ fn broker_sit_link_checks_the_inner_ipv6_source() {
 
         c.ip(&["-6", "addr", "add", "2001:db8:b::99/128", "dev", V6V4.ifname, "nodad"])
             .unwrap();
-        let before = echo_requests_in(&b);
+        let before = b.icmp6_echo_requests_in();
         let spoofed = c
             .run(
                 "ping",
@@ -997,7 +982,7 @@ fn broker_sit_link_checks_the_inner_ipv6_source() {
                 ],
             )
             .unwrap();
-        let after = echo_requests_in(&b);
+        let after = b.icmp6_echo_requests_in();
         let rules = b.run("nft", &["list", "ruleset"]).unwrap().stdout;
         println!("spoofed ping: {}\nbroker's ruleset:\n{rules}", spoofed.stdout);
         assert!(!spoofed.success(), "a spoofed inner source was answered");

@@ -236,22 +236,7 @@ fn tcp_transfer_survives_an_address_change_on_one_connection() {
         client
             .wait_for_output_since(mark, "(IPv4 192.0.2.3)", 5 * SEC)
             .unwrap_or_else(|e| panic!("{mode}: no tunnel from the new address: {e}"));
-        assert!(
-            report.clean,
-            "{mode}: the transfer did not end cleanly:\n{}",
-            report.log
-        );
-        assert!(
-            report.sent > 0 && report.received == report.sent,
-            "{mode}: bytes lost:\n{}",
-            report.log
-        );
-        assert!(
-            report.longest_gap <= 2 * SEC,
-            "{mode}: the transfer stalled {:?} across the change:\n{}",
-            report.longest_gap,
-            report.log
-        );
+        report.assert_carried(mode, 2 * SEC);
         assert_eq!(global(), before, "{mode}: the tunnel address changed");
     }
 }

@@ -604,17 +604,6 @@ fn natted_client_over_tcp_is_refused_v6v4_clearly() {
     assert!(!broker.output().contains("tunnel established"), "{}", broker.output());
 }
 
-/// ICMPv6 echo requests a host received (Icmp6InEchos of its /proc/net/snmp6).
-fn echo_requests_in(h: &Host) -> u64 {
-    h.run("cat", &["/proc/net/snmp6"])
-        .unwrap()
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 /// The broker's inner IPv6 source check for its kernel sit links, on this kernel (which has
 /// nftables for IPv6 but no sit links, so a veth stands in for a client's link, named as the
 /// broker names its links, and routed as the broker routes them: the client's /128 only). The
@@ -665,7 +654,7 @@ fn broker_inner_source_rule_drops_spoofed_sources() {
     // Installed twice: a table left by a killed broker is replaced, not doubled.
     b.run("nft", &["-f", rules.to_str().unwrap()]).unwrap().check().unwrap();
 
-    let before = echo_requests_in(&b);
+    let before = b.icmp6_echo_requests_in();
     let spoofed = c
         .run(
             "ping",
@@ -686,12 +675,12 @@ fn broker_inner_source_rule_drops_spoofed_sources() {
         .unwrap();
     assert!(!spoofed.success(), "a spoofed source was answered: {}", spoofed.stdout);
     assert_eq!(
-        echo_requests_in(&b),
+        b.icmp6_echo_requests_in(),
         before,
         "echo requests from a spoofed source got through"
     );
     let listed = b.run("nft", &["list", "table", "ip6", &table]).unwrap().stdout;
     assert!(listed.contains("counter packets 3 "), "three drops counted:\n{listed}");
     assert!(c.ping("2001:db8:b::1", 2, 2), "the client's own address is dropped too");
-    assert!(echo_requests_in(&b) >= before + 2);
+    assert!(b.icmp6_echo_requests_in() >= before + 2);
 }

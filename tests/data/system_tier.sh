@@ -100,20 +100,12 @@ ExecStart=/usr/local/sbin/uml-lab
 [Install]
 WantedBy=multi-user.target
 EOT
-cat >/etc/systemd/system/uml-lab-link.service <<'EOT'
-[Unit]
-Description=system tier lab: c0 into the client's namespace once the broker listens
-Requires=uml-lab.service
-After=uml-lab.service tsp-broker.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/sbin/uml-lab-link
-
-[Install]
-WantedBy=multi-user.target
-EOT
+# lab_link_unit WHEN ORDERING: the unit that moves c0 into the client's namespace.
+lab_link_unit() {
+  printf '[Unit]\nDescription=system tier lab: c0 into the client'"'"'s namespace %s\nRequires=uml-lab.service\n%s\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/uml-lab-link\n\n[Install]\nWantedBy=multi-user.target\n' \
+    "$1" "$2" >/etc/systemd/system/uml-lab-link.service
+}
+lab_link_unit "once the broker listens" "After=uml-lab.service tsp-broker.service"
 systemctl daemon-reload
 systemctl enable --now uml-lab.service || fail "uml-lab.service (namespace b, veth pair c0 -- b0)"
 mkdir -p /etc/systemd/system/tsp-broker.service.d
@@ -237,21 +229,8 @@ cat >/usr/local/sbin/uml-lab-link <<'EOT'
 #!/bin/sh
 exec ip -n b link set c0 netns 1
 EOT
-cat >/etc/systemd/system/uml-lab-link.service <<'EOT'
-[Unit]
-Description=system tier lab: c0 into the client's namespace before NetworkManager starts
-Requires=uml-lab.service
-After=uml-lab.service
-Before=NetworkManager.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/sbin/uml-lab-link
-
-[Install]
-WantedBy=multi-user.target
-EOT
+lab_link_unit "before NetworkManager starts" "After=uml-lab.service
+Before=NetworkManager.service"
 printf '[Unit]\nAfter=NetworkManager.service\n[Service]\nExecStartPre=/bin/sleep 8\n' >/etc/systemd/system/tsp-broker.service.d/late.conf
 touch "$STATE/rebooted"
 # This boot ends in an orderly power-off (every unit stopped, NetworkManager's state saved)

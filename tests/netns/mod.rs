@@ -753,6 +753,17 @@ impl Host {
     }
 
     /// Whether interface `ifname` exists in this namespace.
+    /// ICMPv6 echo requests this host received (Icmp6InEchos of its /proc/net/snmp6).
+    pub fn icmp6_echo_requests_in(&self) -> u64 {
+        self.run("cat", &["/proc/net/snmp6"])
+            .unwrap()
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
     pub fn link_exists(&self, ifname: &str) -> bool {
         self.ip(&["link", "show", "dev", ifname]).is_ok()
     }

@@ -140,6 +140,25 @@ impl Stream {
     }
 }
 
+impl Report {
+    /// Panics unless the transfer ended cleanly on its one connection with every byte sent
+    /// received and never paused longer than `max_gap` (`what` names the case).
+    pub fn assert_carried(&self, what: &str, max_gap: Duration) {
+        assert!(self.clean, "{what}: the transfer did not end cleanly:\n{}", self.log);
+        assert!(
+            self.sent > 0 && self.received == self.sent,
+            "{what}: bytes lost:\n{}",
+            self.log
+        );
+        assert!(
+            self.longest_gap <= max_gap,
+            "{what}: the transfer stalled {:?}:\n{}",
+            self.longest_gap,
+            self.log
+        );
+    }
+}
+
 /// Now, in ms since the epoch (to compare with [`Report::gap_end_ms`]).
 pub fn now_ms() -> u128 {
     epoch_ms()

@@ -16,32 +16,82 @@ pub const MAX_MESSAGE: usize = 4096;
 /// Largest broker list we accept from a redirection (gogoc's limit).
 pub const MAX_BROKERS: usize = 50;
 
-/// Tunnel encapsulation, as requested in `create` (`v6anyv4` lets the broker choose) and as
-/// offered in `info` (always concrete).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TunnelMode {
-    /// Either of the two IPv6-over-IPv4 modes; the broker picks by NAT detection.
-    V6AnyV4,
-    /// IPv6 in IPv4, protocol 41.
-    V6V4,
-    /// IPv6 in UDP/IPv4 on the TSP socket (NAT traversal).
-    V6UdpV4,
-    /// IPv4 in IPv6.
-    V4V6,
+/// Error for an unknown keyword; carries the offending text for the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}` (expected one of: {expected})")]
+pub struct UnknownKeyword {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// A keyword enum: the enum, `ALL` (declaration order), `as_str`, `Display`, and a `FromStr`
+/// that ignores case (gogoc lower-cases the values it reads) and names every keyword when it
+/// refuses one.
+macro_rules! keywords {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $(#[$fmeta:meta])* $first:ident = $ftext:literal
+            $(, $(#[$vmeta:meta])* $variant:ident = $text:literal)* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $(#[$fmeta])* $first,
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: [Self; [$ftext $(, $text)*].len()] = [Self::$first $(, Self::$variant)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    Self::$first => $ftext,
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownKeyword;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|k| k.as_str().eq_ignore_ascii_case(s))
+                    .ok_or_else(|| UnknownKeyword {
+                        what: $what,
+                        value: s.to_owned(),
+                        expected: concat!($ftext $(, ", ", $text)*),
+                    })
+            }
+        }
+    };
+}
+
+keywords! {
+    /// Tunnel encapsulation, as requested in `create` (`v6anyv4` lets the broker choose) and as
+    /// offered in `info` (always concrete).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum TunnelMode("tunnel mode") {
+        /// Either of the two IPv6-over-IPv4 modes; the broker picks by NAT detection.
+        V6AnyV4 = "v6anyv4",
+        /// IPv6 in IPv4, protocol 41.
+        V6V4 = "v6v4",
+        /// IPv6 in UDP/IPv4 on the TSP socket (NAT traversal).
+        V6UdpV4 = "v6udpv4",
+        /// IPv4 in IPv6.
+        V4V6 = "v4v6",
+    }
 }
 
 impl TunnelMode {
-    pub const ALL: [TunnelMode; 4] = [Self::V6AnyV4, Self::V6V4, Self::V6UdpV4, Self::V4V6];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V6AnyV4 => "v6anyv4",
-            Self::V6V4 => "v6v4",
-            Self::V6UdpV4 => "v6udpv4",
-            Self::V4V6 => "v4v6",
-        }
-    }
-
     /// A concrete mode is one a tunnel can actually run in (what an offer must carry).
     pub fn is_concrete(self) -> bool {
         self != Self::V6AnyV4
@@ -53,171 +103,47 @@ impl TunnelMode {
     }
 }
 
-impl fmt::Display for TunnelMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+keywords! {
+    /// `host_type`: a host gets one address; a router also asks for a prefix to delegate.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum HostType("host type") {
+        #[default]
+        Host = "host",
+        Router = "router",
     }
 }
 
-/// Error for an unknown keyword; carries the offending text for the message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} `{value}` (expected one of: {expected})")]
-pub struct UnknownKeyword {
-    pub what: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
-
-impl FromStr for TunnelMode {
-    type Err = UnknownKeyword;
-    /// Case-insensitive, as gogoc lower-cases values it reads.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownKeyword {
-                what: "tunnel mode",
-                value: s.to_owned(),
-                expected: "v6anyv4, v6v4, v6udpv4, v4v6",
-            })
+keywords! {
+    /// `auth_method` as the user configures it. `Any` picks the strongest mechanism the broker
+    /// offers (PASSDSS-3DES-1 > DIGEST-MD5, and PLAIN only where the user allowed it).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum AuthMethod("authentication method") {
+        Anonymous = "anonymous",
+        #[default]
+        Any = "any",
+        PassDss3Des1 = "passdss-3des-1",
+        DigestMd5 = "digest-md5",
+        Plain = "plain",
     }
-}
-
-/// `host_type`: a host gets one address; a router also asks for a prefix to delegate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum HostType {
-    #[default]
-    Host,
-    Router,
-}
-
-impl HostType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::Router => "router",
-        }
-    }
-}
-
-impl fmt::Display for HostType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for HostType {
-    type Err = UnknownKeyword;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "host" => Ok(Self::Host),
-            "router" => Ok(Self::Router),
-            _ => Err(UnknownKeyword {
-                what: "host type",
-                value: s.to_owned(),
-                expected: "host, router",
-            }),
-        }
-    }
-}
-
-/// `auth_method` as the user configures it. `Any` picks the strongest mechanism the broker
-/// offers (PASSDSS-3DES-1 > DIGEST-MD5, and PLAIN only where the user allowed it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum AuthMethod {
-    Anonymous,
-    #[default]
-    Any,
-    PassDss3Des1,
-    DigestMd5,
-    Plain,
 }
 
 impl AuthMethod {
-    pub const ALL: [AuthMethod; 5] = [
-        Self::Anonymous,
-        Self::Any,
-        Self::PassDss3Des1,
-        Self::DigestMd5,
-        Self::Plain,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Anonymous => "anonymous",
-            Self::Any => "any",
-            Self::PassDss3Des1 => "passdss-3des-1",
-            Self::DigestMd5 => "digest-md5",
-            Self::Plain => "plain",
-        }
-    }
-
     pub fn needs_password(self) -> bool {
         self != Self::Anonymous
     }
 }
 
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuthMethod {
-    type Err = UnknownKeyword;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownKeyword {
-                what: "authentication method",
-                value: s.to_owned(),
-                expected: "anonymous, any, passdss-3des-1, digest-md5, plain",
-            })
-    }
-}
-
-/// How a v6v4 or v4v6 tunnel is carried (the broker's `datapath_kind`, gogoc.conf's
-/// `datapath_kind`): a kernel link (sit, ip6tnl) where the kernel has them and the userspace
-/// datapath (TUN + raw socket) otherwise, a kernel link or nothing, or always userspace.
-/// v6udpv4 is always carried in userspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum DatapathKind {
-    #[default]
-    Auto,
-    Kernel,
-    Userspace,
-}
-
-impl DatapathKind {
-    pub const ALL: [Self; 3] = [Self::Auto, Self::Kernel, Self::Userspace];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Kernel => "kernel",
-            Self::Userspace => "userspace",
-        }
-    }
-}
-
-impl fmt::Display for DatapathKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DatapathKind {
-    type Err = UnknownKeyword;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownKeyword {
-                what: "datapath kind",
-                value: s.to_owned(),
-                expected: "auto, kernel, userspace",
-            })
+keywords! {
+    /// How a v6v4 or v4v6 tunnel is carried (the broker's `datapath_kind`, gogoc.conf's
+    /// `datapath_kind`): a kernel link (sit, ip6tnl) where the kernel has them and the userspace
+    /// datapath (TUN + raw socket) otherwise, a kernel link or nothing, or always userspace.
+    /// v6udpv4 is always carried in userspace.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum DatapathKind("datapath kind") {
+        #[default]
+        Auto = "auto",
+        Kernel = "kernel",
+        Userspace = "userspace",
     }
 }
 
@@ -297,6 +223,24 @@ mod tests {
             assert_eq!(a.as_str().to_uppercase().parse::<AuthMethod>(), Ok(a));
         }
         assert!("v6v5".parse::<TunnelMode>().is_err());
+    }
+
+    #[test]
+    fn every_keyword_enum_parses_its_own_words_and_names_them_all() {
+        for h in HostType::ALL {
+            assert_eq!(h.to_string().parse::<HostType>(), Ok(h));
+        }
+        for k in DatapathKind::ALL {
+            assert_eq!(k.as_str().to_uppercase().parse::<DatapathKind>(), Ok(k));
+        }
+        let e = "bridge".parse::<HostType>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown host type `bridge` (expected one of: host, router)"
+        );
+        let e = "x".parse::<TunnelMode>().unwrap_err();
+        assert_eq!(e.expected, "v6anyv4, v6v4, v6udpv4, v4v6");
+        assert_eq!(AuthMethod::default(), AuthMethod::Any);
     }
 
     #[test]

@@ -764,6 +764,30 @@ impl Host {
             .unwrap()
     }
 
+    /// Sends three echo requests from this host's `src` to `dst` on `to` and panics unless
+    /// none was answered and none reached `to`'s ICMPv6 (a source check dropped them); then
+    /// `to`'s nftables `table` (ip6) must have counted at least three drops.
+    pub fn assert_spoofed_echoes_dropped(&self, src: &str, dst: &str, to: &Host, table: &str) {
+        let before = to.icmp6_echo_requests_in();
+        let args = ["-6", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-I", src, dst];
+        let ping = self.run("ping", &args).unwrap();
+        let reached = to.icmp6_echo_requests_in() - before;
+        let listed = to.run("nft", &["list", "table", "ip6", table]).unwrap().stdout;
+        assert!(
+            !ping.success(),
+            "echo requests from {src} were answered:\n{}",
+            ping.stdout
+        );
+        assert_eq!(reached, 0, "{reached} echo requests from {src} got through:\n{listed}");
+        let dropped: u64 = listed
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(dropped >= 3, "{table} counted {dropped} drops:\n{listed}");
+    }
+
     pub fn link_exists(&self, ifname: &str) -> bool {
         self.ip(&["link", "show", "dev", ifname]).is_ok()
     }

@@ -126,6 +126,7 @@ impl Broker {
             realm: cfg.realm.clone(),
             host_key,
             redirect: (!cfg.redirect.is_empty()).then(|| cfg.redirect.clone()),
+            busy: None,
         }
     }
 

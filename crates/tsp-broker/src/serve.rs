@@ -237,7 +237,7 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 established = Some(raw_endpoint(&offer));
                 tracing::info!(%peer, mode = %offer.mode, "tunnel established (TCP)");
             }
-            Ok(Progress::Continue) => {}
+            Ok(Progress::Continue | Progress::Need(_)) => {}
             Err(e) => {
                 tracing::info!(%peer, error = %e, "TCP session ended");
                 break;
@@ -441,7 +441,7 @@ fn answer_udp(
             shared.established(ep, &offer);
             tracing::info!(%peer, mode = %offer.mode, "tunnel established (UDP)");
         }
-        Ok(Progress::Continue) => {}
+        Ok(Progress::Continue | Progress::Need(_)) => {}
         Err(e) => tracing::info!(%peer, error = %e, "UDP session ended"),
     }
     Some((reply, hold))

@@ -20,7 +20,7 @@ use super::xml::{self, BrokerAddr, CreateRequest, Offer};
 use crate::secret::Secret;
 
 /// Broker-wide settings every session reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub capabilities: Capabilities,
     /// Versions answered with CAPABILITY; others get `302`.

@@ -330,6 +330,16 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
         "no ping through the tunnel"
     );
     println!("alice up on {home_broker} after {first_up:?}: {address}, prefix {prefix}");
+    // What routing glue reads: alice's address and prefix go to her home broker.
+    let routes_via = |broker: &str| {
+        wait_for(5 * SEC, || {
+            let routes = db_cmd(&conf_a, &["routes"], "");
+            let want = [format!("{address}/128 {broker} "), format!("{prefix} {broker} ")];
+            want.iter().all(|w| routes.contains(w.as_str())).then_some(routes)
+        })
+        .unwrap_or_else(|| panic!("no routes via {broker}: {}", db_cmd(&conf_a, &["routes"], "")))
+    };
+    routes_via(home_broker);
 
     // The master orders by load: the broker without tunnels first.
     let listed = master_list(&master, 0, 10 * SEC, |l| l.first().map(String::as_str) == Some(other));
@@ -399,6 +409,7 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
     let ping = c.ping_until("2001:db8:b::1", 10 * SEC);
     assert!(ping.is_some(), "no ping through the tunnel to {other}");
     let listed = master_list(&master, 0, 10 * SEC, |l| l == [other.to_string()]);
+    routes_via(other);
     println!(
         "{home_broker} killed: alice up on {other} after {failover:?} (same address and prefix), \
          first ping {:?} later; the master lists {listed:?}",

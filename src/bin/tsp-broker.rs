@@ -7,6 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tsp_broker::accounts::Accounts;
@@ -65,6 +66,9 @@ enum DbCommand {
     ListUsers,
     /// Copy the accounts (user:realm:HA1 lines) of FILE that belong to the realm.
     ImportAccounts { file: PathBuf },
+    /// Print where each carried tunnel's address and prefix must be routed: one line
+    /// "BLOCK BROKER-ADDRESS BROKER-ID" per block, live brokers only (for routing glue).
+    Routes,
 }
 
 fn main() -> ExitCode {
@@ -260,6 +264,12 @@ fn run_db(cfg: &BrokerConfig, cmd: DbCommand) -> Result<(), String> {
                     },
                     u.broker.as_deref().unwrap_or("-")
                 );
+            }
+        }
+        DbCommand::Routes => {
+            let dead_after = cfg.fleet.as_ref().map_or(Duration::from_secs(5), |f| f.dead_after);
+            for (block, id, address) in rt.block_on(db.routes(dead_after)).map_err(db_err)? {
+                println!("{block} {address} {id}");
             }
         }
         DbCommand::ImportAccounts { file } => {

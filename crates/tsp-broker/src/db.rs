@@ -435,6 +435,23 @@ impl Db {
         .await
     }
 
+    /// Where each carried tunnel's blocks must be routed: (block, broker id, broker address),
+    /// for the live brokers only (`tsp-broker db routes`; the `tunnel_routes` view has all).
+    pub async fn routes(&self, dead_after: Duration) -> Result<Vec<(String, String, String)>, DbError> {
+        timed(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT block::text, broker, broker_address FROM tunnel_routes \
+                     WHERE broker_seen > now() - make_interval(secs => $1) ORDER BY block",
+                    &[&dead_after.as_secs_f64()],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+        .await
+    }
+
     /// Adds an account (`tsp-broker db add-user`): only its HA1 is stored.
     pub async fn add_user(&self, user: &str, realm: &str, ha1: &[u8; 16]) -> Result<(), DbError> {
         timed(async {

@@ -55,8 +55,8 @@ impl Postgres {
     /// Starts one, or says why it cannot (the caller skips).
     fn start(name: &str) -> Result<Postgres, String> {
         let bin = postgres_bin().ok_or("PostgreSQL is not installed (apt install postgresql)")?;
-        // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
-        let (me, my_gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (me, my_gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        // nobody:nogroup when root; else the user running the test.
         let (uid, gid) = if me == 0 { (65534, 65534) } else { (me, my_gid) };
         let dir = std::env::temp_dir().join(format!("nm-tsp-pg-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -589,10 +589,67 @@ fn two_brokers_race_for_the_last_prefix() {
     );
     let loser = results.iter().find(|r| field(r, "prefix:").is_none()).unwrap();
     assert!(loser.contains("507"), "the other is told no prefix is left:\n{loser}");
+    // The first two stop (SIGTERM: they leave the fleet at once, so the tunnels they carried
+    // are nobody's), and the winner asks a third broker, over TCP (its UDP is off) and for
+    // v6v4: the same prefix, the database's.
     for b in &mut brokers {
-        let _ = b.0.kill();
-        let _ = b.0.wait();
+        let pid = nix::unistd::Pid::from_raw(b.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = b.0.wait().unwrap();
+        assert!(status.success(), "broker exit {status}");
     }
+    let winner = if field(&results[0], "prefix:").is_some() {
+        "carol"
+    } else {
+        "dave"
+    };
+    let conf3 = dir.join("r3.toml");
+    std::fs::write(
+        &conf3,
+        toml("r3").replace("tunnel_modes = [\"v6udpv4\"]", "tunnel_modes = [\"v6v4\"]\nudp = false"),
+    )
+    .unwrap();
+    let log3 = conf3.with_extension("log");
+    let mut r3 = Command::new(BROKER)
+        .args(["-v", "-c", conf3.to_str().unwrap()])
+        .stdout(std::fs::File::create(&log3).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port3: u16 = wait_for(10 * SEC, || {
+        let text = std::fs::read_to_string(&log3).ok()?;
+        let line = text.lines().find(|l| l.starts_with("tsp-broker listening"))?;
+        line.split("tcp [127.0.0.1:").nth(1)?.split(']').next()?.parse().ok()
+    })
+    .expect("third broker listening");
+    let conf = client_conf(
+        &dir,
+        "again.conf",
+        &[
+            format!("server=127.0.0.1:{port3}"),
+            "auth_method=digest-md5".into(),
+            format!("userid={winner}"),
+            format!("passwd={winner}-password"),
+            "host_type=router".into(),
+            "prefixlen=56".into(),
+            "if_prefix=lo".into(),
+            "tunnel_mode=v6v4".into(),
+            format!("gogoc_dir={}", dir.display()),
+        ],
+    );
+    let again = Command::new(TSPC)
+        .args(["-f", conf.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(said.contains("over Tcp"), "{said}");
+    assert_eq!(field(&said, "prefix:").as_deref(), Some("2001:db8:c000::/56"), "{said}");
+    let _ = r3.kill();
+    let _ = r3.wait();
 
     // The same guarantee under heavy contention: two brokers' connection pools allocating for
     // 24 keys at once from a pool of 16 prefixes.
@@ -638,5 +695,26 @@ fn two_brokers_race_for_the_last_prefix() {
     blocks.sort();
     blocks.dedup();
     assert_eq!(blocks.len(), 16, "a prefix handed out twice: {assigned:?}");
+    // And the guarantee is the schema's, whoever writes: an overlapping block is refused.
+    let sql = "INSERT INTO assignments (key, pool, block) VALUES ('user:intruder', 'prefix6', '2001:db8:d000::/62')";
+    let host = pg.dir.display().to_string();
+    let out = pg
+        .cmd("psql")
+        .args([
+            "-h",
+            &host,
+            "-U",
+            "tsp",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exclusion constraint"), "{err}");
     println!("last prefix: one winner end to end; 24 racing allocations got 16 distinct prefixes");
 }

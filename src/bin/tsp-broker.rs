@@ -155,9 +155,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let key = load_host_key(&cfg)?;
             let has_key = key.is_some();
             let protocol = Broker::server_config(&cfg, key);
-            let fleet = match cfg.fleet.is_some() {
-                true => Fleet::new(cfg.clone(), open_db(&cfg)?),
-                false => None,
+            let fleet = match &cfg.fleet {
+                Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
+                None => None,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -5,7 +5,8 @@
 //! The schema is `migrations/*.sql`, applied in order under an advisory lock. Allocation relies
 //! on the schema, not on timing: `assignments` has an EXCLUDE constraint (no two blocks
 //! overlap) and one row per key and pool, so two brokers racing for the last free block cannot
-//! both commit it; the loser re-reads and allocates again.
+//! both commit it; the loser re-reads and allocates again. New blocks of a pool are picked
+//! under a transaction-scoped advisory lock, so such races are rare rather than the rule.
 //!
 //! See docs/tsp-wire.md §1.7 and data/man/tsp-broker.8 (FLEET).
 
@@ -25,6 +26,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_fleet.
 
 /// Serialises migrations of brokers starting at once (`pg_advisory_xact_lock`'s key: "tsp" 1).
 const MIGRATION_LOCK: i64 = 0x7473_7000_0001;
+
+/// Serialises new allocations in one pool (plus the pool's index).
+const ALLOCATION_LOCK: i64 = 0x7473_7000_0100;
 
 /// A connection attempt or a query that takes longer fails: the broker answers "try later"
 /// rather than holding clients on a database that does not answer.
@@ -162,6 +166,13 @@ impl Db {
 
     /// Applies the migrations the database lacks; the schema version afterwards.
     pub async fn migrate(&self) -> Result<i32, DbError> {
+        // Up to date (the common case at a broker's start): no lock and no DDL, so a broker
+        // whose database user may only read and write rows starts all the same.
+        match self.check_schema().await {
+            Ok(()) => return Ok(MIGRATIONS.last().map_or(0, |m| m.0)),
+            Err(DbError::NoSchema) => {}
+            Err(e) => return Err(e),
+        }
         timed(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -196,12 +207,7 @@ impl Db {
     pub async fn check_schema(&self) -> Result<(), DbError> {
         timed(async {
             let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT max(version) FROM tsp_schema WHERE to_regclass('tsp_schema') IS NOT NULL",
-                    &[],
-                )
-                .await;
+            let row = client.query_opt("SELECT max(version) FROM tsp_schema", &[]).await;
             let found: Option<i32> = match row {
                 Ok(r) => r.and_then(|r| r.get(0)),
                 Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => None,
@@ -285,8 +291,12 @@ impl Db {
         {
             return Ok(Some(to_u128(row.get(0))));
         }
-        // The pool as the database holds it; the first free block is computed here, and the
-        // constraint decides if another broker took it meanwhile.
+        // New blocks of a pool are handed out one transaction at a time across the fleet
+        // (else a burst of new users on several brokers would all pick the same first free
+        // block and retry); the constraint stays the guarantee, this only spares the retries.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(ALLOCATION_LOCK + kind as i64)])
+            .await?;
+        // The pool as the database holds it; the first free block is computed here.
         let mut pool = kind.empty_pool(cfg);
         let used = tx
             .query(

@@ -340,6 +340,28 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
         .unwrap_or_else(|| panic!("no routes via {broker}: {}", db_cmd(&conf_a, &["routes"], "")))
     };
     routes_via(home_broker);
+    // And the home broker's host routes exactly alice's blocks to its TUN device, for a routing
+    // daemon to announce.
+    let host_routes = |host: &Host, tun: &str| {
+        wait_for(5 * SEC, || {
+            let routes = host.routes_v6().ok()?;
+            let has = |dst: &str| routes.iter().any(|r| r.starts_with(&format!("{dst} dev {tun}")));
+            (has(&address) && has(&prefix)).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} does not route {address} and {prefix} to {tun}: {:?}",
+                host.name(),
+                host.routes_v6()
+            )
+        })
+    };
+
+    if home_broker == "198.18.11.11" {
+        host_routes(&a, "tspa");
+    } else {
+        host_routes(&b, "tspb");
+    }
 
     // The master orders by load: the broker without tunnels first.
     let listed = master_list(&master, 0, 10 * SEC, |l| l.first().map(String::as_str) == Some(other));
@@ -410,6 +432,11 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
     assert!(ping.is_some(), "no ping through the tunnel to {other}");
     let listed = master_list(&master, 0, 10 * SEC, |l| l == [other.to_string()]);
     routes_via(other);
+    if other == "198.18.11.11" {
+        host_routes(&a, "tspa");
+    } else {
+        host_routes(&b, "tspb");
+    }
     println!(
         "{home_broker} killed: alice up on {other} after {failover:?} (same address and prefix), \
          first ping {:?} later; the master lists {listed:?}",

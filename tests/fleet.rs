@@ -8,8 +8,10 @@
 //!                                          |------ 198.18.11.1/.11 broker A   } same pools, same
 //!                                          '------ 198.18.12.1/.12 broker B   } database
 //! ```
-//! `two_brokers_race_for_the_last_prefix`: two brokers on loopback (no namespaces), one free
-//! prefix, two routers asking at once; and the database's allocation raced directly.
+//! `two_brokers_race_for_the_last_prefix`: two brokers on loopback (no namespaces, no root), one
+//! free prefix, two routers asking at once; the winner's prefix again from a third broker over
+//! TCP; its account disabled and enabled; the database's allocation raced directly; an
+//! overlapping block refused by the schema itself.
 mod netns;
 
 use std::io::Write as _;
@@ -675,6 +677,34 @@ fn two_brokers_race_for_the_last_prefix() {
     );
     assert!(said.contains("over Tcp"), "{said}");
     assert_eq!(field(&said, "prefix:").as_deref(), Some("2001:db8:c000::/56"), "{said}");
+    // A disabled account cannot log in (its prefix stays assigned); enabled again, it can.
+    let run = || {
+        let out = Command::new(TSPC)
+            .args(["-f", conf.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    db_cmd(&conf3, &["disable-user", winner], "");
+    let (ok, said) = run();
+    assert!(!ok && said.to_lowercase().contains("authentication failed"), "{said}");
+    let users = db_cmd(&conf3, &["list-users"], "");
+    let line = users
+        .lines()
+        .find(|l| l.starts_with(&format!("{winner}\t")))
+        .unwrap_or_default();
+    assert!(
+        line.contains("\tdisabled\t") && line.contains("prefix6 2001:db8:c000::/56"),
+        "{users}"
+    );
+    db_cmd(&conf3, &["enable-user", winner], "");
+    let (ok, said) = run();
+    assert!(ok && said.contains("2001:db8:c000::/56"), "{said}");
     let _ = r3.kill();
     let _ = r3.wait();
 

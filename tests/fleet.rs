@@ -54,9 +54,17 @@ fn postgres_bin() -> Option<PathBuf> {
 }
 
 impl Postgres {
-    /// Starts one, or says why it cannot (the caller skips).
-    fn start(name: &str) -> Result<Postgres, String> {
-        let bin = postgres_bin().ok_or("PostgreSQL is not installed (apt install postgresql)")?;
+    /// Starts one; `None` when PostgreSQL is not installed (the caller skips, saying so). Any
+    /// other trouble fails the test.
+    fn start(name: &str) -> Option<Postgres> {
+        let Some(bin) = postgres_bin() else {
+            println!("skipped: PostgreSQL is not installed (apt install postgresql; tests/run.sh does)");
+            return None;
+        };
+        Some(Self::init(bin, name).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}")))
+    }
+
+    fn init(bin: PathBuf, name: &str) -> Result<Postgres, String> {
         let (me, my_gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
         // nobody:nogroup when root; else the user running the test.
         let (uid, gid) = if me == 0 { (65534, 65534) } else { (me, my_gid) };
@@ -232,13 +240,7 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
     if !netns::require_root() {
         return;
     }
-    let pg = match Postgres::start("fleet") {
-        Ok(pg) => pg,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
-    };
+    let Some(pg) = Postgres::start("fleet") else { return };
     let started = Instant::now();
     let lab = Lab::new("fleet_serves_fails_over_and_outlives_the_database").unwrap();
     let [c, net, m, a, b, lan] = ["c", "net", "master", "a", "b", "lan"].map(|h| lab.host(h).unwrap());
@@ -545,13 +547,7 @@ fn start_loopback(conf: &Path) -> (std::process::Child, PathBuf, u16) {
 
 #[test]
 fn two_brokers_race_for_the_last_prefix() {
-    let pg = match Postgres::start("race") {
-        Ok(pg) => pg,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
-    };
+    let Some(pg) = Postgres::start("race") else { return };
     let dir = pg.dir.join("brokers");
     std::fs::create_dir_all(&dir).unwrap();
     // One /56 in the whole prefix pool.

@@ -14,10 +14,11 @@ export CARGO_TERM_COLOR=never
 # a private X server; network-manager-gnome: nm-connection-editor, the GTK3 editor's host
 # (tests/nm_connection_editor.rs); imagemagick: its screenshot (import); lintian: the Debian
 # packages' check (data/debian/build.sh); debootstrap: the system tier's Debian 12 root
-# (tests/system_tier.rs, harness tests/uml/system.rs; built once, cached under target/uml/).
+# (tests/system_tier.rs, harness tests/uml/system.rs; built once, cached under target/uml/);
+# postgresql: tests/fleet.rs runs a private PostgreSQL server (initdb/pg_ctl) for the broker fleet.
 need_pkgs=(iproute2 nftables iputils-ping ndisc6 procps dbus network-manager gnome-keyring libsecret-tools systemd util-linux
   libnm-dev libglib2.0-dev pkg-config libgtk-3-dev libgtk-4-dev xvfb xauth fonts-dejavu-core network-manager-gnome imagemagick
-  lintian debootstrap)
+  lintian debootstrap postgresql)
 missing=()
 for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

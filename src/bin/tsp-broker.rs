@@ -7,10 +7,13 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tsp_broker::accounts::Accounts;
 use tsp_broker::config::BrokerConfig;
+use tsp_broker::db::Db;
+use tsp_broker::fleet::{self, Fleet};
 use tsp_broker::{Broker, serve};
 use tsp_proto::sasl::passdss::HostKeyPair;
 use tsp_proto::secret::Secret;
@@ -42,6 +45,30 @@ enum Command {
     AddUser { user: String },
     /// Generate a DSA host key for PASSDSS-3DES-1 into FILE (mode 0600).
     GenHostKey { file: PathBuf },
+    /// Manage the fleet's PostgreSQL database (the configuration's `database`).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Create or upgrade the schema (brokers also do it when they start).
+    Migrate,
+    /// Add a user; the password is read from standard input, only its HA1 is stored.
+    AddUser { user: String },
+    /// Give a user a new password (read from standard input); its addresses stay.
+    SetPassword { user: String },
+    /// Refuse a user's logins from now on (its addresses stay assigned).
+    DisableUser { user: String },
+    /// Let a disabled user log in again.
+    EnableUser { user: String },
+    /// List the users, their addresses and prefixes, and the broker carrying their tunnel.
+    ListUsers,
+    /// Copy the accounts (user:realm:HA1 lines) of FILE that belong to the realm.
+    ImportAccounts { file: PathBuf },
+    /// Print where each carried tunnel's address and prefix must be routed: one line
+    /// "BLOCK BROKER-ADDRESS BROKER-ID" per block, live brokers only (for routing glue).
+    Routes,
 }
 
 fn main() -> ExitCode {
@@ -89,8 +116,15 @@ fn load_accounts(cfg: &BrokerConfig) -> Result<Accounts, String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Run) {
         Command::GenHostKey { file } => gen_host_key(&file),
+        Command::Db(cmd) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            run_db(&cfg, cmd)
+        }
         Command::AddUser { user } => {
             let cfg = load_config(cli.config.as_deref())?;
+            if cfg.fleet.is_some() {
+                return Err("the accounts live in the database: use `tsp-broker db add-user`".into());
+            }
             let path = cfg
                 .accounts_file
                 .clone()
@@ -105,6 +139,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let accounts = load_accounts(&cfg)?;
             let key = load_host_key(&cfg)?;
             print_summary(&cfg, &accounts, key.is_some(), None);
+            if cfg.fleet.is_some() {
+                let db = open_db(&cfg)?;
+                runtime()?
+                    .block_on(db.check_schema())
+                    .map_err(|e| format!("database: {e}"))?;
+                println!("database reachable, schema up to date");
+            }
             println!("configuration OK");
             Ok(())
         }
@@ -114,13 +155,20 @@ fn run(cli: Cli) -> Result<(), String> {
             let key = load_host_key(&cfg)?;
             let has_key = key.is_some();
             let protocol = Broker::server_config(&cfg, key);
+            let fleet = match &cfg.fleet {
+                Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
+                None => None,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
             rt.block_on(async {
-                let shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
+                let mut shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
+                if let Some(f) = &fleet {
+                    shared = shared.with_fleet(f.clone());
+                }
                 let running = serve::start(shared, &cfg)
                     .await
                     .map_err(|e| format!("cannot start on {:?}: {e}", cfg.listen))?;
@@ -133,6 +181,10 @@ fn run(cli: Cli) -> Result<(), String> {
                         Ok(())
                     }
                 };
+                // Out of the fleet at once, so the master sends nobody here any more.
+                if let Some(f) = &fleet {
+                    let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
+                }
                 // Remove the routes and addresses we added; the TUN devices go with us.
                 if let Some(dp) = datapath {
                     dp.shutdown().await;
@@ -141,6 +193,107 @@ fn run(cli: Cli) -> Result<(), String> {
             })
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn open_db(cfg: &BrokerConfig) -> Result<Db, String> {
+    let fleet = cfg.fleet.as_ref().ok_or("the configuration names no database")?;
+    Db::new(fleet).map_err(|e| e.to_string())
+}
+
+fn run_db(cfg: &BrokerConfig, cmd: DbCommand) -> Result<(), String> {
+    let db = open_db(cfg)?;
+    let rt = runtime()?;
+    let realm = cfg.realm.as_str();
+    let ha1_of = |user: &str| -> Result<[u8; 16], String> {
+        if !Accounts::valid_user(user) {
+            return Err(format!(
+                "invalid user name {user:?}: 1 to 253 printable characters, no `:`"
+            ));
+        }
+        let password = read_password(user)?;
+        Ok(tsp_proto::sasl::digest_md5::ha1(user, realm, &password))
+    };
+    let db_err = |e: tsp_broker::db::DbError| format!("database: {e}");
+    match cmd {
+        DbCommand::Migrate => {
+            let version = rt.block_on(db.migrate()).map_err(db_err)?;
+            println!("database schema at version {version}");
+        }
+        DbCommand::AddUser { user } => {
+            let ha1 = ha1_of(&user)?;
+            rt.block_on(async {
+                db.migrate().await?;
+                db.add_user(&user, realm, &ha1).await
+            })
+            .map_err(db_err)?;
+            println!("added {user} (realm {realm})");
+        }
+        DbCommand::SetPassword { user } => {
+            let ha1 = ha1_of(&user)?;
+            rt.block_on(db.set_password(&user, realm, &ha1)).map_err(db_err)?;
+            println!("new password for {user} (realm {realm})");
+        }
+        DbCommand::DisableUser { user } => {
+            rt.block_on(db.set_enabled(&user, false)).map_err(db_err)?;
+            println!("disabled {user}");
+        }
+        DbCommand::EnableUser { user } => {
+            rt.block_on(db.set_enabled(&user, true)).map_err(db_err)?;
+            println!("enabled {user}");
+        }
+        DbCommand::ListUsers => {
+            let users = rt.block_on(db.users()).map_err(db_err)?;
+            for u in users {
+                let blocks: Vec<String> = u.blocks.iter().map(|(pool, b)| format!("{pool} {b}")).collect();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    u.name,
+                    u.realm,
+                    if u.enabled { "enabled" } else { "disabled" },
+                    if blocks.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        blocks.join(", ")
+                    },
+                    u.broker.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        DbCommand::Routes => {
+            let dead_after = cfg.fleet.as_ref().map_or(Duration::from_secs(5), |f| f.dead_after);
+            for (block, id, address) in rt.block_on(db.routes(dead_after)).map_err(db_err)? {
+                println!("{block} {address} {id}");
+            }
+        }
+        DbCommand::ImportAccounts { file } => {
+            let accounts = Accounts::load(&file, realm).map_err(|e| e.to_string())?;
+            let (mut added, mut present) = (0, 0);
+            rt.block_on(async {
+                db.migrate().await?;
+                for (user, ha1) in accounts.iter() {
+                    match db.add_user(user, realm, &ha1).await {
+                        Ok(()) => added += 1,
+                        Err(tsp_broker::db::DbError::UserExists(_)) => present += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .map_err(db_err)?;
+            println!(
+                "imported {added} account(s) of realm {realm} from {}; {present} already there",
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -173,12 +326,31 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
             cfg.redirect.len()
         );
     }
+    if let Some(f) = &cfg.fleet {
+        if f.master {
+            out += &format!(
+                "  fleet master {:?}: every client is sent to the live brokers of the database (no tunnels here)\n",
+                f.id
+            );
+        } else {
+            out += &format!(
+                "  fleet broker {:?} at {}: accounts and assignments in the database; heartbeat every {:?}, dead after {:?}\n",
+                f.id,
+                tsp_broker::config::broker_addr_text(&f.address),
+                f.heartbeat,
+                f.dead_after
+            );
+        }
+    }
     let versions: Vec<_> = cfg.versions.iter().map(|v| v.to_string()).collect();
     out += &format!("  offers {} ; TSP versions {}\n", caps.describe(), versions.join(", "));
+    let accounts = match &cfg.fleet {
+        Some(_) => "accounts in the database".to_owned(),
+        None => format!("{} account(s)", accounts.len()),
+    };
     out += &format!(
-        "  realm {:?}, {} account(s), PASSDSS host key: {}\n",
+        "  realm {:?}, {accounts}, PASSDSS host key: {}\n",
         cfg.realm,
-        accounts.len(),
         if has_key { "loaded" } else { "none" }
     );
     out += &format!(
@@ -213,11 +385,11 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
         cfg.max_tunnels,
         cfg.keepalive_min,
         cfg.keepalive_max,
-        cfg.state_file
-            .as_ref()
-            .map_or("(none: assignments last while the broker runs)".to_owned(), |p| p
-                .display()
-                .to_string())
+        match (&cfg.fleet, &cfg.state_file) {
+            (Some(_), _) => "(none: assignments live in the database)".to_owned(),
+            (None, None) => "(none: assignments last while the broker runs)".to_owned(),
+            (None, Some(p)) => p.display().to_string(),
+        }
     );
     print!("{out}");
     let _ = std::io::stdout().flush();

@@ -74,6 +74,18 @@ impl Accounts {
         self.ha1.get(user).copied()
     }
 
+    /// Every account, sorted by user (what `tsp-broker db import-accounts` copies).
+    pub fn iter(&self) -> Vec<(&str, [u8; 16])> {
+        let mut v: Vec<_> = self.ha1.iter().map(|(u, h)| (u.as_str(), *h)).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `user` is a name an account may have (1 to 253 printable characters, no `:`).
+    pub fn valid_user(user: &str) -> bool {
+        valid_user(user)
+    }
+
     pub fn len(&self) -> usize {
         self.ha1.len()
     }

@@ -81,6 +81,13 @@ struct Raw {
     tun4_name: String,
     forwarding: bool,
     datapath_kind: String,
+    database: Option<String>,
+    database_password_file: Option<PathBuf>,
+    fleet_id: Option<String>,
+    fleet_address: Option<String>,
+    fleet_master: bool,
+    fleet_heartbeat_ms: u64,
+    fleet_dead_after_ms: u64,
 }
 
 impl Default for Raw {
@@ -119,6 +126,13 @@ impl Default for Raw {
             tun4_name: "tspb4".into(),
             forwarding: false,
             datapath_kind: "auto".into(),
+            database: None,
+            database_password_file: None,
+            fleet_id: None,
+            fleet_address: None,
+            fleet_master: false,
+            fleet_heartbeat_ms: 1000,
+            fleet_dead_after_ms: 5000,
         }
     }
 }
@@ -178,6 +192,69 @@ pub struct BrokerConfig {
     /// How v6v4 and v4v6 tunnels are carried: kernel links where the kernel has them, or the
     /// userspace datapath (datapath.rs).
     pub datapath_kind: DatapathKind,
+    /// Accounts and assignments in PostgreSQL, shared by a fleet of brokers (db.rs, fleet.rs);
+    /// `None`: the accounts file and the state file.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// A broker of a fleet: its database and its place in the fleet.
+#[derive(Clone)]
+pub struct FleetConfig {
+    /// The connection string (libpq key=value or URL), without a password.
+    pub database: String,
+    /// A file holding the database password, read at start.
+    pub database_password_file: Option<PathBuf>,
+    /// This broker's name in the fleet (its heartbeat row; its sessions).
+    pub id: String,
+    /// Where the master and the other brokers send clients to reach this broker: an IPv4 or
+    /// IPv6 address or a DNS name (TSP's port, 3653: redirections carry no port).
+    pub address: BrokerAddr,
+    /// A master: answers every client with the live brokers (`1200`); carries no tunnels.
+    pub master: bool,
+    /// How often the heartbeat row is refreshed (and a master reads the live brokers).
+    pub heartbeat: std::time::Duration,
+    /// A broker whose heartbeat is older is dead: out of the master's list, its users free.
+    pub dead_after: std::time::Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection string names hosts and users only (a password in it is refused), but
+        // it stays out of debug output all the same.
+        f.debug_struct("FleetConfig")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .field("master", &self.master)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_after", &self.dead_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A redirection entry as text (IPv6 without brackets): what the brokers table holds.
+pub fn broker_addr_text(a: &BrokerAddr) -> String {
+    match a {
+        BrokerAddr::V4(a) => a.to_string(),
+        BrokerAddr::V6(a) => a.to_string(),
+        BrokerAddr::Name(n) => n.clone(),
+    }
+}
+
+/// A broker named in a redirection: an IPv4 or IPv6 address (brackets allowed) or a DNS name.
+pub fn broker_addr(text: &str) -> Option<BrokerAddr> {
+    let t = text.trim_start_matches('[').trim_end_matches(']');
+    match t.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Some(BrokerAddr::V4(a)),
+        Ok(IpAddr::V6(a)) => Some(BrokerAddr::V6(a)),
+        Err(_)
+            if !t.is_empty()
+                && t.len() <= 254
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Some(BrokerAddr::Name(t.to_owned()))
+        }
+        Err(_) => None,
+    }
 }
 
 pub use tsp_proto::types::DatapathKind;
@@ -271,10 +348,10 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if auth.iter().any(|m| *m != Mechanism::Anonymous) && raw.accounts_file.is_none() {
+    if auth.iter().any(|m| *m != Mechanism::Anonymous) && raw.accounts_file.is_none() && raw.database.is_none() {
         return Err(invalid(
             "accounts_file",
-            "needed when auth includes a mechanism other than anonymous".into(),
+            "needed when auth includes a mechanism other than anonymous (or a database)".into(),
         ));
     }
     if auth.contains(&Mechanism::PassDss3Des1) && raw.host_key_file.is_none() {
@@ -340,19 +417,8 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
     }
     let mut redirect = Vec::new();
     for r in &raw.redirect {
-        let t = r.trim_start_matches('[').trim_end_matches(']');
-        redirect.push(match t.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => BrokerAddr::V4(a),
-            Ok(IpAddr::V6(a)) => BrokerAddr::V6(a),
-            Err(_)
-                if !t.is_empty()
-                    && t.len() <= 254
-                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
-            {
-                BrokerAddr::Name(t.to_owned())
-            }
-            Err(_) => return Err(invalid("redirect", format!("{r:?} is not an address or host name"))),
-        });
+        redirect
+            .push(broker_addr(r).ok_or_else(|| invalid("redirect", format!("{r:?} is not an address or host name")))?);
     }
     for (key, name) in [("tun_name", &raw.tun_name), ("tun4_name", &raw.tun4_name)] {
         if name.is_empty()
@@ -375,6 +441,35 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
     {
         return Err(invalid("dns_suffix", format!("{s:?} is not a domain name")));
+    }
+    let fleet = fleet_config(&raw, &listen, &invalid)?;
+    if fleet.is_some() && raw.accounts_file.is_some() {
+        return Err(invalid(
+            "accounts_file",
+            "not used with a database: the accounts live in the database (`tsp-broker db import-accounts FILE`)".into(),
+        ));
+    }
+    if fleet.is_some() && raw.state_file.is_some() {
+        return Err(invalid(
+            "state_file",
+            "not used with a database: the assignments live in the database".into(),
+        ));
+    }
+    if fleet.as_ref().is_some_and(|f| f.master) && !redirect.is_empty() {
+        return Err(invalid(
+            "redirect",
+            "a fleet master redirects to the live brokers it finds in the database; no fixed list".into(),
+        ));
+    }
+    if fleet.is_some() {
+        // The database refuses overlapping blocks across pools (one EXCLUDE constraint).
+        let (c, p) = (client_pool, prefix_pool);
+        if contains6(c, p.addr) || contains6(p, c.addr) {
+            return Err(invalid(
+                "prefix_pool",
+                "must not overlap client_pool when the assignments live in a database".into(),
+            ));
+        }
     }
     Ok(BrokerConfig {
         listen,
@@ -410,7 +505,90 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         tun4_name: raw.tun4_name,
         forwarding: raw.forwarding,
         datapath_kind,
+        fleet,
     })
+}
+
+fn contains6(net: Net<Ipv6Addr>, a: Ipv6Addr) -> bool {
+    let mask = if net.len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(net.len))
+    };
+    u128::from(net.addr) & mask == u128::from(a) & mask
+}
+
+/// The `database` and `fleet_*` keys.
+fn fleet_config(
+    raw: &Raw,
+    listen: &[SocketAddr],
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<FleetConfig>, ConfigError> {
+    let Some(database) = raw.database.clone() else {
+        if raw.fleet_master {
+            return Err(invalid("fleet_master", "needs a database".into()));
+        }
+        return Ok(None);
+    };
+    let parsed = database
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| invalid("database", format!("not a PostgreSQL connection string: {e}")))?;
+    if parsed.get_password().is_some() {
+        // The configuration file is world-readable where packages install it.
+        return Err(invalid(
+            "database",
+            "holds a password; put it in database_password_file (mode 0600) instead".into(),
+        ));
+    }
+    let id = match &raw.fleet_id {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "fleet_id",
+            format!("{id:?} is not a broker name (1 to 64 printable characters, no spaces)"),
+        ));
+    }
+    let address = match &raw.fleet_address {
+        Some(a) => {
+            broker_addr(a).ok_or_else(|| invalid("fleet_address", format!("{a:?} is not an address or host name")))?
+        }
+        None => match (raw.server_ipv4, listen.iter().find(|l| !l.ip().is_unspecified())) {
+            (Some(v4), _) => BrokerAddr::V4(v4),
+            (None, Some(l)) => match l.ip() {
+                IpAddr::V4(a) => BrokerAddr::V4(a),
+                IpAddr::V6(a) => BrokerAddr::V6(a),
+            },
+            (None, None) if raw.fleet_master => BrokerAddr::Name(id.clone()),
+            (None, None) => {
+                return Err(invalid(
+                    "fleet_address",
+                    "needed: where should the master send clients to reach this broker? (no server_ipv4, and every listen address is a wildcard)".into(),
+                ));
+            }
+        },
+    };
+    if raw.fleet_heartbeat_ms < 100 || raw.fleet_heartbeat_ms > 60_000 {
+        return Err(invalid("fleet_heartbeat_ms", "must be 100..=60000".into()));
+    }
+    if raw.fleet_dead_after_ms < 2 * raw.fleet_heartbeat_ms || raw.fleet_dead_after_ms > 600_000 {
+        return Err(invalid(
+            "fleet_dead_after_ms",
+            "must be at least twice fleet_heartbeat_ms and at most 600000".into(),
+        ));
+    }
+    Ok(Some(FleetConfig {
+        database,
+        database_password_file: raw.database_password_file.clone(),
+        id,
+        address,
+        master: raw.fleet_master,
+        heartbeat: std::time::Duration::from_millis(raw.fleet_heartbeat_ms),
+        dead_after: std::time::Duration::from_millis(raw.fleet_dead_after_ms),
+    }))
 }
 
 #[cfg(test)]
@@ -464,5 +642,43 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = BrokerConfig::parse("tunnel_modes = [\"v6anyv4\"]", Path::new("b.toml")).unwrap_err();
         assert!(e.to_string().contains("tunnel_modes"), "{e}");
+    }
+
+    #[test]
+    fn fleet_keys() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
+        let c = parse(
+            "database = \"host=/run/postgresql dbname=tsp\"\nauth = [\"digest-md5\"]\n\
+             listen = [\"192.0.2.11:3653\"]\nfleet_id = \"b1\"",
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            (f.id.as_str(), &f.address),
+            ("b1", &BrokerAddr::V4("192.0.2.11".parse().unwrap()))
+        );
+        assert!(!f.master);
+        assert!(
+            !format!("{f:?}").contains("dbname"),
+            "no connection string in debug output"
+        );
+        let e = parse("database = \"host=db password=hunter2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_password_file") && !e.contains("hunter2"), "{e}");
+        let e = parse("database = \"host=db\"\nfleet_id = \"b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fleet_address"), "{e}");
+        let e = parse("fleet_master = true").unwrap_err().to_string();
+        assert!(e.contains("needs a database"), "{e}");
+        let e = parse("database = \"host=db\"\nfleet_address = \"b1\"\nstate_file = \"/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_file"), "{e}");
+        let e = parse("database = \"host=db\"\nfleet_address = \"b1\"\nprefix_pool = \"2001:db8:b::/48\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlap"), "{e}");
     }
 }

@@ -60,6 +60,9 @@ struct Route {
     /// Carried by a kernel link (links.rs): the raw sockets' copies of its packets only show
     /// the client alive, and nothing is delivered to the TUN.
     kernel: bool,
+    /// Its blocks are routed to the TUN devices one by one (a fleet member: see
+    /// [`BrokerDatapath::announce`]); taken back when the tunnel goes.
+    announced: Vec<(IpAddr, u8)>,
 }
 
 impl Route {
@@ -103,8 +106,8 @@ struct Table {
 }
 
 impl Table {
-    fn remove(&mut self, ep: &Endpoint) -> bool {
-        let Some(r) = self.routes.remove(ep) else { return false };
+    fn take(&mut self, ep: &Endpoint) -> Option<Route> {
+        let r = self.routes.remove(ep)?;
         if let Some(a) = r.inner_v6 {
             self.by_v6.remove(&a);
         }
@@ -112,7 +115,7 @@ impl Table {
             self.by_v4.remove(&a);
         }
         self.by_prefix.retain(|(_, _, e)| e != ep);
-        true
+        Some(r)
     }
 
     /// A packet from `endpoint`: marks its client alive if the inner source is the client's;
@@ -189,6 +192,11 @@ pub struct BrokerDatapath {
     /// for v4v6), and the task that makes them.
     kernel: (bool, bool),
     link_task: Option<tokio::sync::mpsc::UnboundedSender<links::Cmd>>,
+    /// A fleet member routes each userspace-carried tunnel's blocks to its TUN devices one by
+    /// one (the pools' routes cover delivery already): more specific routes of this host that
+    /// a routing daemon can announce, so the network sends a user's traffic to the broker
+    /// carrying the tunnel. They go with the tunnel, and with the TUN devices if the broker dies.
+    announce: Option<tokio::sync::mpsc::UnboundedSender<RouteChange>>,
 }
 
 impl Drop for BrokerDatapath {
@@ -307,9 +315,22 @@ impl BrokerDatapath {
         } else {
             None
         };
+        let announce = match cfg.fleet {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let idx4 = match &tun4 {
+                    Some(t) => Some(t.index().map_err(io::Error::other)?),
+                    None => None,
+                };
+                tokio::spawn(announce_routes(rx, idx6, idx4));
+                Some(tx)
+            }
+            None => None,
+        };
         let dp = Arc::new(Self {
             kernel,
             link_task,
+            announce,
             table: Mutex::new(Table::default()),
             udp_gso,
             udp,
@@ -382,6 +403,7 @@ impl BrokerDatapath {
                 local: Some(IpAddr::V6(offer.server_v6)),
                 echo,
                 kernel: false,
+                announced: Vec::new(),
             },
             _ => Route {
                 inner_v6: Some(offer.client_v6),
@@ -392,6 +414,7 @@ impl BrokerDatapath {
                 local: Some(IpAddr::V4(offer.server_v4)),
                 echo,
                 kernel: false,
+                announced: Vec::new(),
             },
         };
         let kernel_kind = match endpoint {
@@ -415,10 +438,10 @@ impl BrokerDatapath {
             .map(|(ep, _)| *ep)
             .collect();
         for ep in stale {
-            t.remove(&ep);
+            self.forget(&mut t, &ep);
             self.link_down(ep);
         }
-        t.remove(&endpoint);
+        self.forget(&mut t, &endpoint);
         if let Some(a) = route.inner_v6 {
             t.by_v6.insert(a, endpoint);
         }
@@ -432,6 +455,11 @@ impl BrokerDatapath {
         routes.extend(route.inner_v6.map(|a| (IpAddr::V6(a), 128)));
         routes.extend(route.prefix.map(|(base, len)| (IpAddr::V6(Ipv6Addr::from(base)), len)));
         routes.extend(route.inner_v4.map(|a| (IpAddr::V4(a), 32)));
+        let mut route = route;
+        if let (Some(tx), false) = (&self.announce, on_link) {
+            route.announced = routes.clone();
+            let _ = tx.send((true, routes.clone()));
+        }
         t.routes.insert(endpoint, route);
         drop(t);
         if let (true, Some(tx), Some(local)) = (sink, &self.link_task, local) {
@@ -466,6 +494,15 @@ impl BrokerDatapath {
         }
     }
 
+    /// Removes a tunnel from the table, and its announced routes from the TUN devices.
+    fn forget(&self, t: &mut Table, ep: &Endpoint) -> bool {
+        let Some(r) = t.take(ep) else { return false };
+        if let (Some(tx), false) = (&self.announce, r.announced.is_empty()) {
+            let _ = tx.send((false, r.announced));
+        }
+        true
+    }
+
     /// Deletes the endpoint's kernel link, if it has one.
     fn link_down(&self, endpoint: Endpoint) {
         if let (Some(tx), Endpoint::V4(_) | Endpoint::V6(_)) = (&self.link_task, endpoint) {
@@ -474,7 +511,7 @@ impl BrokerDatapath {
     }
 
     pub fn remove(&self, endpoint: &Endpoint) -> bool {
-        let removed = lock(&self.table).remove(endpoint);
+        let removed = self.forget(&mut lock(&self.table), endpoint);
         if removed {
             self.link_down(*endpoint);
         }
@@ -644,10 +681,40 @@ impl BrokerDatapath {
                 gone.extend(r.inner_v6.map(IpAddr::V6).or(r.inner_v4.map(IpAddr::V4)));
             }
             tracing::info!(?ep, "tunnel silent for five keepalive intervals; dropped");
-            t.remove(&ep);
+            self.forget(&mut t, &ep);
             self.link_down(ep);
         }
         gone
+    }
+}
+
+/// Routes of one tunnel to add (true) or delete (false) on the TUN devices.
+type RouteChange = (bool, Vec<(IpAddr, u8)>);
+
+/// Adds or deletes routes of single tunnels on the TUN devices, in order.
+async fn announce_routes(mut rx: tokio::sync::mpsc::UnboundedReceiver<RouteChange>, idx6: u32, idx4: Option<u32>) {
+    let nl = match Netlink::new() {
+        Ok(nl) => nl,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot route single tunnels (rtnetlink); only the pools are routed");
+            return;
+        }
+    };
+    while let Some((add, routes)) = rx.recv().await {
+        for (dst, plen) in routes {
+            let Some(idx) = (if dst.is_ipv6() { Some(idx6) } else { idx4 }) else {
+                continue;
+            };
+            let r = if add {
+                nl.add_route(dst, plen, idx).await
+            } else {
+                nl.del_route(dst, plen, idx).await
+            };
+            match r {
+                Ok(()) => tracing::debug!(%dst, plen, add, "tunnel route"),
+                Err(e) => tracing::warn!(%dst, plen, add, error = %e, "tunnel route"),
+            }
+        }
     }
 }
 
@@ -729,10 +796,11 @@ mod tests {
                 local: None,
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: false,
+                announced: Vec::new(),
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
-        assert!(t.remove(&ep));
+        assert!(t.take(&ep).is_some());
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), None);
     }
 
@@ -752,6 +820,7 @@ mod tests {
                 local: None,
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: true,
+                announced: Vec::new(),
             },
         );
         let mut pkt = vec![0u8; 40];
@@ -780,6 +849,7 @@ mod tests {
             local: None,
             echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
             kernel: false,
+            announced: Vec::new(),
         };
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;

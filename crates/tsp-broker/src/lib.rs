@@ -12,7 +12,9 @@
 pub mod accounts;
 pub mod config;
 pub mod datapath;
+pub mod db;
 pub mod echo_limit;
+pub mod fleet;
 pub mod pool;
 pub mod serve;
 pub mod throttle;
@@ -48,6 +50,91 @@ pub struct SessionRecord {
     pub offered: Instant,
 }
 
+/// The three address pools of a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// Client IPv6 addresses (v6v4, v6udpv4), `client_pool`.
+    Addr6,
+    /// Delegated prefixes, `prefix_pool`.
+    Prefix6,
+    /// Client IPv4 addresses (v4v6), `ipv4_pool`.
+    Addr4,
+}
+
+impl PoolKind {
+    /// The name in the state file and the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Addr6 => "addr6",
+            Self::Prefix6 => "prefix6",
+            Self::Addr4 => "addr4",
+        }
+    }
+
+    /// The empty pool of this kind as `cfg` lays it out, with the addresses that are never
+    /// handed out (the pool's first address, ours, the DNS server's; IPv4 network, first host
+    /// and broadcast) reserved.
+    pub fn empty_pool(self, cfg: &BrokerConfig) -> Pool {
+        match self {
+            Self::Addr6 => {
+                let mut p = Pool::new(u128::from(cfg.client_pool.addr), cfg.client_pool.len, 128);
+                p.reserve(u128::from(cfg.client_pool.addr));
+                p.reserve(u128::from(cfg.server_ipv6));
+                p.reserve(u128::from(cfg.dns_server));
+                p
+            }
+            Self::Prefix6 => Pool::new(u128::from(cfg.prefix_pool.addr), cfg.prefix_pool.len, 128),
+            Self::Addr4 => {
+                let mut p = Pool::new(u128::from(u32::from(cfg.ipv4_pool.addr)), cfg.ipv4_pool.len, 32);
+                let net4 = u32::from(cfg.ipv4_pool.addr) & !(u32::MAX >> cfg.ipv4_pool.len);
+                let bcast4 = net4 | (u32::MAX >> cfg.ipv4_pool.len);
+                for a in [net4, net4 + 1, bcast4] {
+                    p.reserve(u128::from(a));
+                }
+                p
+            }
+        }
+    }
+
+    /// The address a block of this pool starts at.
+    pub fn addr(self, start: u128) -> IpAddr {
+        match self {
+            Self::Addr4 => IpAddr::V4(Ipv4Addr::from(start as u32)),
+            _ => IpAddr::V6(Ipv6Addr::from(start)),
+        }
+    }
+}
+
+/// An offer decided but for the blocks it needs from the pools ([`Broker::plan`]); whoever
+/// holds the assignments (the broker's own pools, or the fleet's database) assigns them and
+/// [`Broker::finish`] completes the offer.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Whose assignment it is (the session key, [`Broker::session_key`]).
+    pub key: String,
+    /// The pool of the client's address: IPv4 for v4v6, else IPv6.
+    pub addr_pool: PoolKind,
+    /// A delegated prefix of this length, for a router.
+    pub prefix_len: Option<u8>,
+    /// The offer with placeholder client address and prefix.
+    offer: Offer,
+}
+
+/// The blocks assigned for a [`Plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    pub addr: u128,
+    pub prefix: Option<u128>,
+}
+
+/// What refuses a plan whose pool is exhausted: `507` for a prefix, `301` for an address.
+pub fn exhausted(kind: PoolKind) -> Refusal {
+    match kind {
+        PoolKind::Prefix6 => StatusCode::PrefixLengthUnavailable.into(),
+        _ => StatusCode::NoMoreTunnels.into(),
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     cfg: Arc<BrokerConfig>,
@@ -68,19 +155,10 @@ fn v4_mapped(ip: IpAddr) -> IpAddr {
 
 impl Broker {
     pub fn new(cfg: Arc<BrokerConfig>, accounts: Accounts) -> Self {
-        let c = &cfg;
-        let mut addr6 = Pool::new(u128::from(c.client_pool.addr), c.client_pool.len, 128);
-        addr6.reserve(u128::from(c.client_pool.addr));
-        addr6.reserve(u128::from(c.server_ipv6));
-        addr6.reserve(u128::from(c.dns_server));
-        let prefix6 = Pool::new(u128::from(c.prefix_pool.addr), c.prefix_pool.len, 128);
-        let mut addr4 = Pool::new(u128::from(u32::from(c.ipv4_pool.addr)), c.ipv4_pool.len, 32);
-        let net4 = u32::from(c.ipv4_pool.addr) & !(u32::MAX >> c.ipv4_pool.len);
-        let bcast4 = net4 | (u32::MAX >> c.ipv4_pool.len);
-        for a in [net4, net4 + 1, bcast4] {
-            addr4.reserve(u128::from(a));
-        }
-        let logins = throttle::LoginThrottle::new(c.login_delay, c.login_delay_max);
+        let addr6 = PoolKind::Addr6.empty_pool(&cfg);
+        let prefix6 = PoolKind::Prefix6.empty_pool(&cfg);
+        let addr4 = PoolKind::Addr4.empty_pool(&cfg);
+        let logins = throttle::LoginThrottle::new(cfg.login_delay, cfg.login_delay_max);
         let mut b = Self {
             cfg,
             accounts,
@@ -126,6 +204,7 @@ impl Broker {
             realm: cfg.realm.clone(),
             host_key,
             redirect: (!cfg.redirect.is_empty()).then(|| cfg.redirect.clone()),
+            busy: None,
         }
     }
 
@@ -153,21 +232,25 @@ impl Broker {
             .on_login(attempt.user.as_deref(), source, attempt.ok, std::time::Instant::now())
     }
 
-    /// The client accepted its offer; false when that offer was withdrawn meanwhile (it
-    /// expired, [`Self::expire_offers`]) and the tunnel must not be carried.
-    pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) -> bool {
+    /// The client accepted its offer: the session's key; `None` when that offer was withdrawn
+    /// meanwhile (it expired, [`Self::expire_offers`]) and the tunnel must not be carried.
+    pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) -> Option<String> {
         self.expire_offers();
-        match self
+        let s = self
             .sessions
             .values_mut()
-            .find(|s| s.peer == info.peer && &s.offer == offer)
-        {
-            Some(s) => {
-                s.established = true;
-                true
-            }
-            None => false,
-        }
+            .find(|s| s.peer == info.peer && &s.offer == offer)?;
+        s.established = true;
+        Some(s.key.clone())
+    }
+
+    /// The keys of the established sessions (the tunnels this broker carries).
+    pub fn established_keys(&self) -> Vec<String> {
+        self.sessions
+            .values()
+            .filter(|s| s.established)
+            .map(|s| s.key.clone())
+            .collect()
     }
 
     /// Withdraws the offers not accepted within `offer_timeout` (a client that sent its create
@@ -183,17 +266,33 @@ impl Broker {
         });
     }
 
-    /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone.
-    pub fn end_tunnel(&mut self, inner: IpAddr) {
-        self.sessions.retain(|_, s| match inner {
-            IpAddr::V6(a) => !(s.offer.mode != TunnelMode::V4V6 && s.offer.client_v6 == a),
-            IpAddr::V4(a) => !(s.offer.mode == TunnelMode::V4V6 && s.offer.client_v4 == a),
-        });
+    /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone; the
+    /// keys of the established sessions that ended.
+    pub fn end_tunnel(&mut self, inner: IpAddr) -> Vec<String> {
+        self.end_where(|s| match inner {
+            IpAddr::V6(a) => s.offer.mode != TunnelMode::V4V6 && s.offer.client_v6 == a,
+            IpAddr::V4(a) => s.offer.mode == TunnelMode::V4V6 && s.offer.client_v4 == a,
+        })
     }
 
-    /// The client's TSP connection went away (TCP closed).
-    pub fn end_session(&mut self, peer: SocketAddr) {
-        self.sessions.retain(|_, s| s.peer != peer);
+    /// The client's TSP connection went away (TCP closed); the keys of the established
+    /// sessions that ended.
+    pub fn end_session(&mut self, peer: SocketAddr) -> Vec<String> {
+        self.end_where(|s| s.peer == peer)
+    }
+
+    fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
+        let mut ended = Vec::new();
+        self.sessions.retain(|_, s| {
+            if !ends(s) {
+                return true;
+            }
+            if s.established {
+                ended.push(s.key.clone());
+            }
+            false
+        });
+        ended
     }
 
     fn choose_mode(&self, info: &SessionInfo, req: &CreateRequest) -> Result<TunnelMode, Refusal> {
@@ -252,18 +351,20 @@ impl Broker {
         }
     }
 
-    fn build_offer(
-        &mut self,
+    /// Everything of the offer but its client address and prefix; the checks that need no
+    /// pool (prefix length, address families).
+    fn plan_offer(
+        &self,
         key: &str,
         info: &SessionInfo,
         req: &CreateRequest,
         mode: TunnelMode,
-    ) -> Result<Offer, StatusCode> {
-        let cfg = self.cfg.clone();
+    ) -> Result<Plan, StatusCode> {
+        let cfg = &self.cfg;
         let keepalive_interval = req.keepalive.map(|i| i.clamp(cfg.keepalive_min, cfg.keepalive_max));
         let observed = v4_mapped(info.peer.ip());
         let local = v4_mapped(info.local.ip());
-        let prefix = match &req.router {
+        let prefix_len = match &req.router {
             None => None,
             Some(_) if info.user.is_none() => return Err(StatusCode::PrefixForAnonymous),
             Some(_) if mode == TunnelMode::V4V6 => return Err(StatusCode::UnsupportedPrefixLength),
@@ -272,19 +373,18 @@ impl Broker {
                 if !(cfg.prefix_length_min..=cfg.prefix_length_max).contains(&len) {
                     return Err(StatusCode::UnsupportedPrefixLength);
                 }
-                let start = self
-                    .prefix6
-                    .assign(key, len)
-                    .ok_or(StatusCode::PrefixLengthUnavailable)?;
-                Some(OfferedPrefix {
-                    addr: IpAddr::V6(Ipv6Addr::from(start)),
-                    len,
-                })
+                Some(len)
             }
         };
         let client_dns_name = match (&info.user, &cfg.dns_suffix) {
             (Some(u), Some(suffix)) => Some(format!("{}.{suffix}", u.to_ascii_lowercase())),
             _ => None,
+        };
+        let plan = |addr_pool, offer| Plan {
+            key: key.to_owned(),
+            addr_pool,
+            prefix_len,
+            offer,
         };
         if mode == TunnelMode::V4V6 {
             let IpAddr::V6(client_v6) = observed else {
@@ -293,23 +393,25 @@ impl Broker {
             let IpAddr::V6(server_v6) = local else {
                 return Err(StatusCode::ServerError);
             };
-            let start = self.addr4.assign(key, 32).ok_or(StatusCode::NoMoreTunnels)?;
             let server_v4 = self.server_tunnel_v4();
-            return Ok(Offer {
-                mode,
-                lifetime: Some(cfg.lifetime),
-                server_v4,
-                server_v6,
-                client_v4: Ipv4Addr::from(start as u32),
-                client_v6,
-                client_dns_name,
-                client_dns_server: Some(cfg.dns_server),
-                prefix,
-                keepalive: keepalive_interval.map(|interval| Keepalive {
-                    interval,
-                    address: IpAddr::V4(server_v4),
-                }),
-            });
+            return Ok(plan(
+                PoolKind::Addr4,
+                Offer {
+                    mode,
+                    lifetime: Some(cfg.lifetime),
+                    server_v4,
+                    server_v6,
+                    client_v4: Ipv4Addr::UNSPECIFIED,
+                    client_v6,
+                    client_dns_name,
+                    client_dns_server: Some(cfg.dns_server),
+                    prefix: None,
+                    keepalive: keepalive_interval.map(|interval| Keepalive {
+                        interval,
+                        address: IpAddr::V4(server_v4),
+                    }),
+                },
+            ));
         }
         let server_v4 = match (cfg.server_ipv4, local) {
             (Some(a), _) => a,
@@ -322,22 +424,111 @@ impl Broker {
             (_, _, IpAddr::V4(reported)) => reported,
             _ => return Err(StatusCode::InvalidIpv4),
         };
-        let start = self.addr6.assign(key, 128).ok_or(StatusCode::NoMoreTunnels)?;
-        Ok(Offer {
-            mode,
-            lifetime: Some(cfg.lifetime),
-            server_v4,
-            server_v6: cfg.server_ipv6,
-            client_v4,
-            client_v6: Ipv6Addr::from(start),
-            client_dns_name,
-            client_dns_server: Some(cfg.dns_server),
-            prefix,
-            keepalive: keepalive_interval.map(|interval| Keepalive {
-                interval,
-                address: IpAddr::V6(cfg.server_ipv6),
-            }),
-        })
+        Ok(plan(
+            PoolKind::Addr6,
+            Offer {
+                mode,
+                lifetime: Some(cfg.lifetime),
+                server_v4,
+                server_v6: cfg.server_ipv6,
+                client_v4,
+                client_v6: Ipv6Addr::UNSPECIFIED,
+                client_dns_name,
+                client_dns_server: Some(cfg.dns_server),
+                prefix: None,
+                keepalive: keepalive_interval.map(|interval| Keepalive {
+                    interval,
+                    address: IpAddr::V6(cfg.server_ipv6),
+                }),
+            },
+        ))
+    }
+
+    /// The checks of a tunnel request that need no pool: capacity, offers pending per source,
+    /// the mode (NAT detection), the prefix length. What remains is assigning the plan's
+    /// blocks ([`Self::assign_local`] or the fleet's database) and [`Self::finish`].
+    pub fn plan(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Plan, Refusal> {
+        let key = Self::session_key(info, req);
+        self.expire_offers();
+        if !self.sessions.contains_key(&key) {
+            if self.sessions.len() >= self.cfg.max_tunnels {
+                tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
+                return Err(StatusCode::NoMoreTunnels.into());
+            }
+            let source = v4_mapped(info.peer.ip());
+            let pending = self
+                .sessions
+                .values()
+                .filter(|s| !s.established && v4_mapped(s.peer.ip()) == source)
+                .count();
+            if pending >= self.cfg.max_pending_per_source {
+                tracing::warn!(peer = %info.peer, pending, "too many offers awaiting their accept from one address");
+                return Err(Refusal::because(
+                    StatusCode::ServerTooBusy,
+                    format!("{pending} offers to this address await their accept"),
+                ));
+            }
+        }
+        let mode = self.choose_mode(info, req)?;
+        Ok(self.plan_offer(&key, info, req, mode)?)
+    }
+
+    /// Assigns a plan's blocks from the broker's own pools (and saves them to the state file).
+    pub fn assign_local(&mut self, plan: &Plan) -> Result<Blocks, Refusal> {
+        let prefix = match plan.prefix_len {
+            Some(len) => Some(
+                self.prefix6
+                    .assign(&plan.key, len)
+                    .ok_or_else(|| exhausted(PoolKind::Prefix6))?,
+            ),
+            None => None,
+        };
+        let pool = match plan.addr_pool {
+            PoolKind::Addr4 => &mut self.addr4,
+            _ => &mut self.addr6,
+        };
+        let width = if plan.addr_pool == PoolKind::Addr4 { 32 } else { 128 };
+        let addr = pool.assign(&plan.key, width).ok_or_else(|| exhausted(plan.addr_pool))?;
+        self.save_state();
+        Ok(Blocks { addr, prefix })
+    }
+
+    /// The offer of a plan whose blocks were assigned; the session is recorded, awaiting the
+    /// client's accept.
+    pub fn finish(&mut self, info: &SessionInfo, req: &CreateRequest, plan: Plan, blocks: Blocks) -> Offer {
+        let mut offer = plan.offer;
+        match plan.addr_pool {
+            PoolKind::Addr4 => offer.client_v4 = Ipv4Addr::from(blocks.addr as u32),
+            _ => offer.client_v6 = Ipv6Addr::from(blocks.addr),
+        }
+        offer.prefix = plan.prefix_len.zip(blocks.prefix).map(|(len, start)| OfferedPrefix {
+            addr: IpAddr::V6(Ipv6Addr::from(start)),
+            len,
+        });
+        tracing::info!(
+            peer = %info.peer,
+            user = info.user.as_deref().unwrap_or("(anonymous)"),
+            requested = %req.mode,
+            mode = %offer.mode,
+            client_v6 = %offer.client_v6,
+            client_v4 = %offer.client_v4,
+            prefix = ?offer.prefix.as_ref().map(|p| format!("{}/{}", p.addr, p.len)),
+            "tunnel offered"
+        );
+        self.sessions.insert(
+            plan.key.clone(),
+            SessionRecord {
+                key: plan.key,
+                user: info.user.clone(),
+                peer: info.peer,
+                transport: info.transport,
+                offer: offer.clone(),
+                established: false,
+                since: SystemTime::now(),
+                offered: Instant::now(),
+            },
+        );
+        offer
     }
 
     fn load_state(&mut self) {
@@ -397,54 +588,9 @@ impl Backend for Broker {
     }
 
     fn offer(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Offer, Refusal> {
-        let key = Self::session_key(info, req);
-        self.expire_offers();
-        if !self.sessions.contains_key(&key) {
-            if self.sessions.len() >= self.cfg.max_tunnels {
-                tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
-                return Err(StatusCode::NoMoreTunnels.into());
-            }
-            let source = v4_mapped(info.peer.ip());
-            let pending = self
-                .sessions
-                .values()
-                .filter(|s| !s.established && v4_mapped(s.peer.ip()) == source)
-                .count();
-            if pending >= self.cfg.max_pending_per_source {
-                tracing::warn!(peer = %info.peer, pending, "too many offers awaiting their accept from one address");
-                return Err(Refusal::because(
-                    StatusCode::ServerTooBusy,
-                    format!("{pending} offers to this address await their accept"),
-                ));
-            }
-        }
-        let mode = self.choose_mode(info, req)?;
-        let offer = self.build_offer(&key, info, req, mode)?;
-        tracing::info!(
-            peer = %info.peer,
-            user = info.user.as_deref().unwrap_or("(anonymous)"),
-            requested = %req.mode,
-            %mode,
-            client_v6 = %offer.client_v6,
-            client_v4 = %offer.client_v4,
-            prefix = ?offer.prefix.as_ref().map(|p| format!("{}/{}", p.addr, p.len)),
-            "tunnel offered"
-        );
-        self.sessions.insert(
-            key.clone(),
-            SessionRecord {
-                key,
-                user: info.user.clone(),
-                peer: info.peer,
-                transport: info.transport,
-                offer: offer.clone(),
-                established: false,
-                since: SystemTime::now(),
-                offered: Instant::now(),
-            },
-        );
-        self.save_state();
-        Ok(offer)
+        let plan = self.plan(info, req)?;
+        let blocks = self.assign_local(&plan)?;
+        Ok(self.finish(info, req, plan, blocks))
     }
 }
 
@@ -611,7 +757,7 @@ mod tests {
         // An accepted offer stays; the others expire and give their slots back.
         let i = info("192.0.2.3:1", Transport::Udp, None);
         let o = b.session("anon:10.0.0.1@192.0.2.3").unwrap().offer.clone();
-        assert!(b.mark_established(&i, &o));
+        assert!(b.mark_established(&i, &o).is_some());
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(half(&mut b, "192.0.2.4:1", "10.0.0.1").is_ok());
         assert!(half(&mut b, "192.0.2.2:4", "10.0.0.4").is_ok());
@@ -621,7 +767,7 @@ mod tests {
         let gone = info("192.0.2.2:1", Transport::Udp, None);
         let mut stale = o.clone();
         stale.client_v4 = "192.0.2.2".parse().unwrap();
-        assert!(!b.mark_established(&gone, &stale));
+        assert!(b.mark_established(&gone, &stale).is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,9 +14,10 @@ use tokio::time::{Instant, sleep, timeout};
 use super::Broker;
 use super::config::BrokerConfig;
 use super::datapath::{BrokerDatapath, Endpoint};
+use super::fleet::{self, Fleet};
 use tsp_proto::client::Transport;
 use tsp_proto::rudp::{self, HEADER_LEN, Header};
-use tsp_proto::server::{Progress, ServerConfig, ServerSession};
+use tsp_proto::server::{Answer, Need, Progress, Refusal, ServerConfig, ServerError, ServerSession, SessionInfo};
 use tsp_proto::types::MAX_MESSAGE;
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;
@@ -36,18 +37,63 @@ const ECHO_REPLY: &[u8] = b"200 Success\r\n";
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub broker: Arc<Mutex<Broker>>,
-    pub protocol: Arc<ServerConfig>,
+    /// What new sessions start with; a fleet changes it (busy while its database is away, a
+    /// master's list of live brokers).
+    protocol: Arc<RwLock<Arc<ServerConfig>>>,
     /// Carries the tunnels' packets, when the configuration asks for it.
     pub datapath: Option<Arc<BrokerDatapath>>,
+    /// Accounts and assignments in the fleet's database instead of the broker's own.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl Shared {
     pub fn new(broker: Broker, protocol: ServerConfig) -> Self {
         Self {
             broker: Arc::new(Mutex::new(broker)),
-            protocol: Arc::new(protocol),
+            protocol: Arc::new(RwLock::new(Arc::new(protocol))),
             datapath: None,
+            fleet: None,
         }
+    }
+
+    /// A fleet member: lookups go to the database, and new clients are refused until the
+    /// database has answered once.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self.set_busy(Some(fleet::DB_DOWN.to_owned()));
+        self
+    }
+
+    /// The protocol settings a new session starts with.
+    pub fn protocol(&self) -> Arc<ServerConfig> {
+        self.protocol.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update_protocol(&self, f: impl FnOnce(&mut ServerConfig)) {
+        let mut current = self.protocol.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**current).clone();
+        f(&mut next);
+        *current = Arc::new(next);
+    }
+
+    /// New clients are answered `530` with this reason (`None`: served again).
+    pub fn set_busy(&self, reason: Option<String>) {
+        self.update_protocol(|c| c.busy = reason);
+    }
+
+    /// A master's live brokers: every client is redirected to them; none, and clients are
+    /// told to try later.
+    pub fn set_redirect(&self, brokers: &[String]) {
+        let entries = fleet::redirect_entries(brokers);
+        self.update_protocol(|c| {
+            if entries.is_empty() {
+                c.busy = Some(fleet::NO_BROKER.to_owned());
+                c.redirect = None;
+            } else {
+                c.busy = None;
+                c.redirect = Some(entries);
+            }
+        });
     }
 
     /// A session was established: its packets may flow.
@@ -57,10 +103,88 @@ impl Shared {
         }
     }
 
+    /// The client accepted `offer`: records it (false when the offer was withdrawn meanwhile)
+    /// and makes this broker the key's home in the fleet.
+    fn accept(&self, info: &SessionInfo, offer: &Offer) -> bool {
+        let Some(key) = self.lock().mark_established(info, offer) else {
+            return false;
+        };
+        if let Some(f) = &self.fleet {
+            f.session_up(key);
+        }
+        true
+    }
+
+    /// Sessions ended (their keys): the fleet's database hears of it.
+    fn ended(&self, keys: Vec<String>) {
+        if let (Some(f), false) = (&self.fleet, keys.is_empty()) {
+            f.sessions_down(keys);
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Broker> {
         // A panic while holding the lock cannot leave the pools half-updated in a way that
         // matters more than stopping the broker would; keep serving.
         self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answer to a session's lookup, when it is at hand: the broker's own accounts and
+    /// pools answer at once; a fleet's database does not (`None`: use [`Self::answer`]).
+    fn answer_now(&self, need: &Need, info: &SessionInfo) -> Option<Answer> {
+        if self.fleet.is_some() {
+            return None;
+        }
+        let mut broker = self.lock();
+        Some(Answer::from_backend(need, info, &mut *broker))
+    }
+
+    /// The answer to a session's lookup, from wherever accounts and assignments live.
+    pub async fn answer(&self, need: &Need, info: &SessionInfo) -> Answer {
+        if let Some(now) = self.answer_now(need, info) {
+            return now;
+        }
+        let Some(f) = self.fleet.clone() else {
+            return Answer::Offer(Err(tsp_proto::status::StatusCode::ServerError.into()));
+        };
+        match need {
+            Need::Account { user } => Answer::Account(f.account(self, user).await),
+            Need::Offer(req) => Answer::Offer(self.fleet_offer(&f, info, req).await),
+        }
+    }
+
+    /// An offer from the fleet's database: the checks of this broker, the home check (a
+    /// tunnel carried by another live broker is redirected there), then the assignment.
+    async fn fleet_offer(
+        &self,
+        f: &Fleet,
+        info: &SessionInfo,
+        req: &tsp_proto::xml::CreateRequest,
+    ) -> Result<Offer, Refusal> {
+        let plan = self.lock().plan(info, req)?;
+        if let Some(redirect) = f.home_elsewhere(self, &plan.key).await? {
+            return Err(redirect);
+        }
+        let blocks = f.assign(self, &plan).await?;
+        Ok(self.lock().finish(info, req, plan, blocks))
+    }
+
+    /// Feeds client bytes and answers the lookups the session needs; the result, and how long
+    /// to hold the replies back (a failed login's throttling).
+    async fn drive(&self, session: &mut ServerSession, bytes: &[u8]) -> (Result<Progress, ServerError>, Duration) {
+        let mut result = session.feed(bytes, &mut rand::rngs::OsRng);
+        while let Ok(Progress::Need(need)) = &result {
+            let answer = self.answer(need, session.info()).await;
+            result = session.resume(answer, &mut rand::rngs::OsRng);
+        }
+        (result, self.login_hold(session))
+    }
+
+    fn login_hold(&self, session: &mut ServerSession) -> Duration {
+        let peer = session.info().peer;
+        session
+            .take_login()
+            .map(|l| self.lock().login_hold(&l, peer.ip()))
+            .unwrap_or_default()
     }
 }
 
@@ -128,7 +252,8 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         tcp.extend(t);
         udp.extend(u.map(Arc::new));
     }
-    if cfg.datapath {
+    // A fleet's master only redirects: it carries no tunnel.
+    if cfg.datapath && !cfg.fleet.as_ref().is_some_and(|f| f.master) {
         shared.datapath = Some(BrokerDatapath::start(cfg, udp.clone()).await?);
     }
     let mut running = Running {
@@ -139,6 +264,9 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
     };
     if shared.datapath.is_some() {
         running.tasks.push(tokio::spawn(sweep(shared.clone())));
+    }
+    if let Some(f) = shared.fleet.clone() {
+        running.tasks.push(tokio::spawn(f.run(shared.clone())));
     }
     for t in tcp {
         running.tcp.push(t.local_addr()?);
@@ -158,7 +286,8 @@ async fn sweep(shared: Shared) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for inner in dp.sweep() {
-            shared.lock().end_tunnel(inner);
+            let ended = shared.lock().end_tunnel(inner);
+            shared.ended(ended);
         }
     }
 }
@@ -188,7 +317,7 @@ async fn serve_tcp(listener: TcpListener, shared: Shared) {
 async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let Ok(local) = stream.local_addr() else { return };
     let _ = stream.set_nodelay(true);
-    let mut session = ServerSession::new(shared.protocol.clone(), peer, local, Transport::Tcp);
+    let mut session = ServerSession::new(shared.protocol(), peer, local, Transport::Tcp);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let started = Instant::now();
     let mut established = None;
@@ -214,12 +343,7 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let (result, hold) = {
-            let mut broker = shared.lock();
-            let r = session.on_bytes(&buf[..n], &mut *broker, &mut rand::rngs::OsRng);
-            let hold = session.take_login().map(|l| broker.login_hold(&l, peer.ip()));
-            (r, hold.unwrap_or_default())
-        };
+        let (result, hold) = shared.drive(&mut session, &buf[..n]).await;
         if !hold.is_zero() {
             // Failed logins are throttled (and the answers after them held alike).
             sleep(hold).await;
@@ -229,7 +353,7 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
         }
         match result {
             Ok(Progress::Established(offer)) => {
-                if !shared.lock().mark_established(session.info(), &offer) {
+                if !shared.accept(session.info(), &offer) {
                     tracing::info!(%peer, "accept for a withdrawn offer; closing");
                     break;
                 }
@@ -237,14 +361,15 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 established = Some(raw_endpoint(&offer));
                 tracing::info!(%peer, mode = %offer.mode, "tunnel established (TCP)");
             }
-            Ok(Progress::Continue) => {}
+            Ok(Progress::Continue | Progress::Need(_)) => {}
             Err(e) => {
                 tracing::info!(%peer, error = %e, "TCP session ended");
                 break;
             }
         }
     }
-    shared.lock().end_session(peer);
+    let ended = shared.lock().end_session(peer);
+    shared.ended(ended);
     // gogoc keeps the TCP connection for the tunnel's lifetime: its end is the tunnel's end.
     if let (Some(dp), Some(ep)) = (&shared.datapath, established) {
         dp.remove(&ep);
@@ -264,7 +389,8 @@ async fn flush_tcp(stream: &mut TcpStream, session: &mut ServerSession) -> std::
 }
 
 struct UdpPeer {
-    session: ServerSession,
+    /// `None` while a lookup of the session's runs in a task of its own ([`answer_later`]).
+    session: Option<ServerSession>,
     /// The last answered sequence number and the datagram we answered with: a retransmission
     /// gets the same answer (tsps answered it as a new exchange and broke gogoc).
     last: Option<(u32, Vec<u8>)>,
@@ -272,6 +398,24 @@ struct UdpPeer {
     /// The last reply is held back until then (login throttling): retransmissions meanwhile
     /// get no answer.
     held_until: Option<Instant>,
+}
+
+/// The control state of the UDP peers of one listener, shared with the tasks that answer
+/// lookups a fleet's database takes time over.
+type Peers = Arc<Mutex<HashMap<SocketAddr, UdpPeer>>>;
+
+fn lock_peers(peers: &Peers) -> MutexGuard<'_, HashMap<SocketAddr, UdpPeer>> {
+    peers.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a control datagram is answered.
+enum UdpAnswer {
+    /// This datagram, after this delay.
+    Reply(Vec<u8>, Duration),
+    /// Not at all (a retransmission while the answer is held or looked up).
+    Silent,
+    /// By a task, once a lookup is answered.
+    Later(Box<ServerSession>, Result<Progress, ServerError>, u32, [u8; HEADER_LEN]),
 }
 
 /// The local address a reply to `peer` leaves from (the socket may be bound to 0.0.0.0).
@@ -293,7 +437,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     use tsp_tunnel::batch::Sock;
     use tsp_tunnel::{mmsg, tundev};
     let Ok(bound) = socket.local_addr() else { return };
-    let mut peers: HashMap<SocketAddr, UdpPeer> = HashMap::new();
+    let peers: Peers = Arc::default();
     // Data datagrams dominate: receive them in batches, coalesced by the kernel (UDP GRO)
     // where it can; control datagrams are picked out of the same batches.
     let udp_gro = shared.datapath.is_some()
@@ -341,26 +485,31 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                 let Some((_, payload)) = Header::decode(dgram) else {
                     continue;
                 };
-                let Some((reply, hold)) = answer_udp(&mut peers, &shared, bound, listener, peer, dgram, payload) else {
-                    continue;
-                };
-                if !hold.is_zero() {
-                    let socket = socket.clone();
-                    tokio::spawn(async move {
-                        sleep(hold).await;
-                        let _ = socket.send_to(&reply, peer).await;
-                    });
-                } else if let Err(e) = socket.send_to(&reply, peer).await {
-                    tracing::debug!(%peer, error = %e, "UDP send failed");
+                let answer = answer_udp(&mut lock_peers(&peers), &shared, bound, listener, peer, dgram, payload);
+                match answer {
+                    UdpAnswer::Silent => {}
+                    UdpAnswer::Reply(reply, hold) => send_reply(&socket, peer, reply, hold).await,
+                    UdpAnswer::Later(session, first, seq, header) => {
+                        let at = UdpAt {
+                            socket: socket.clone(),
+                            peers: peers.clone(),
+                            listener,
+                            peer,
+                            seq,
+                            header,
+                        };
+                        tokio::spawn(answer_later(shared.clone(), at, session, first));
+                    }
                 }
-                if last_sweep.elapsed() > Duration::from_secs(10) || peers.len() > MAX_UDP_PEERS {
+                if last_sweep.elapsed() > Duration::from_secs(10) || lock_peers(&peers).len() > MAX_UDP_PEERS {
                     last_sweep = Instant::now();
+                    let mut peers = lock_peers(&peers);
                     // The control state of a session matters only while it negotiates (and for a
                     // retransmitted accept just after); its tunnel lives in the datapath's table.
                     peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
                     if peers.len() > MAX_UDP_PEERS {
                         // A flood of fresh peers: keep the sessions that got somewhere.
-                        peers.retain(|_, p| p.session.is_established());
+                        peers.retain(|_, p| p.session.as_ref().is_none_or(|s| s.is_established()));
                     }
                 }
             }
@@ -371,66 +520,68 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     }
 }
 
-/// The datagram answering `dgram` (header echoed verbatim) and how long to hold it back, or
-/// `None` to stay silent.
-fn answer_udp(
-    peers: &mut HashMap<SocketAddr, UdpPeer>,
-    shared: &Shared,
-    bound: SocketAddr,
+async fn send_reply(socket: &Arc<UdpSocket>, peer: SocketAddr, reply: Vec<u8>, hold: Duration) {
+    if !hold.is_zero() {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            sleep(hold).await;
+            let _ = socket.send_to(&reply, peer).await;
+        });
+    } else if let Err(e) = socket.send_to(&reply, peer).await {
+        tracing::debug!(%peer, error = %e, "UDP send failed");
+    }
+}
+
+/// Where the answer of a lookup finished by [`answer_later`] goes.
+struct UdpAt {
+    socket: Arc<UdpSocket>,
+    peers: Peers,
     listener: usize,
     peer: SocketAddr,
-    dgram: &[u8],
-    payload: &[u8],
-) -> Option<(Vec<u8>, Duration)> {
-    let header = &dgram[..HEADER_LEN];
-    let seq = Header::decode(dgram)?.0.seq;
-    if payload.starts_with(b"ECHO REQUEST") {
-        return Some(([header, ECHO_REPLY].concat(), Duration::ZERO));
+    seq: u32,
+    header: [u8; HEADER_LEN],
+}
+
+/// Answers a UDP session's lookups (a fleet's database), then its datagram; the session goes
+/// back to its peer entry unless the client started over meanwhile.
+async fn answer_later(
+    shared: Shared,
+    at: UdpAt,
+    mut session: Box<ServerSession>,
+    mut result: Result<Progress, ServerError>,
+) {
+    while let Ok(Progress::Need(need)) = &result {
+        let answer = shared.answer(need, session.info()).await;
+        result = session.resume(answer, &mut rand::rngs::OsRng);
     }
-    if let Some(p) = peers.get_mut(&peer)
-        && let Some((last_seq, last_reply)) = &p.last
-        && *last_seq == seq
+    let hold = shared.login_hold(&mut session);
+    let reply = finish_udp(&shared, at.listener, at.peer, &mut session, result, &at.header);
     {
+        let mut peers = lock_peers(&at.peers);
+        let Some(p) = peers.get_mut(&at.peer).filter(|p| p.session.is_none()) else {
+            return;
+        };
+        p.session = Some(*session);
+        p.last = Some((at.seq, reply.clone()));
         p.touched = Instant::now();
-        if p.held_until.is_some_and(|t| t > Instant::now()) {
-            return None;
-        }
-        return Some((last_reply.clone(), Duration::ZERO));
+        p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
     }
-    if peers
-        .get(&peer)
-        .is_some_and(|p| p.held_until.is_some_and(|t| t > Instant::now()))
-    {
-        // A new message before the held answer went out: the client cannot have read it.
-        return None;
-    }
-    if payload.starts_with(b"VERSION=") {
-        let local = local_towards(bound, peer);
-        let session = ServerSession::new(shared.protocol.clone(), peer, local, Transport::Udp);
-        peers.insert(
-            peer,
-            UdpPeer {
-                session,
-                last: None,
-                touched: Instant::now(),
-                held_until: None,
-            },
-        );
-    }
-    let p = peers.get_mut(&peer)?;
-    p.touched = Instant::now();
-    let (result, hold) = {
-        let mut broker = shared.lock();
-        let r = p.session.on_bytes(payload, &mut *broker, &mut rand::rngs::OsRng);
-        let hold = p.session.take_login().map(|l| broker.login_hold(&l, peer.ip()));
-        (r, hold.unwrap_or_default())
-    };
-    let body = p.session.next_reply().unwrap_or_default();
-    let reply = [header, &body].concat();
-    p.last = Some((seq, reply.clone()));
-    p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
+    send_reply(&at.socket, at.peer, reply, hold).await;
+}
+
+/// The datagram answering the client's (its header echoed), once the session went as far as
+/// it could; an established tunnel is handed to the datapath.
+fn finish_udp(
+    shared: &Shared,
+    listener: usize,
+    peer: SocketAddr,
+    session: &mut ServerSession,
+    result: Result<Progress, ServerError>,
+    header: &[u8],
+) -> Vec<u8> {
+    let body = session.next_reply().unwrap_or_default();
     match result {
-        Ok(Progress::Established(offer)) if !shared.lock().mark_established(p.session.info(), &offer) => {
+        Ok(Progress::Established(offer)) if !shared.accept(session.info(), &offer) => {
             tracing::info!(%peer, "accept for a withdrawn offer (not accepted in time); ignored");
         }
         Ok(Progress::Established(offer)) => {
@@ -441,8 +592,87 @@ fn answer_udp(
             shared.established(ep, &offer);
             tracing::info!(%peer, mode = %offer.mode, "tunnel established (UDP)");
         }
-        Ok(Progress::Continue) => {}
+        Ok(Progress::Continue | Progress::Need(_)) => {}
         Err(e) => tracing::info!(%peer, error = %e, "UDP session ended"),
     }
-    Some((reply, hold))
+    [header, &body].concat()
+}
+
+/// How to answer the control datagram `dgram` from `peer`.
+fn answer_udp(
+    peers: &mut HashMap<SocketAddr, UdpPeer>,
+    shared: &Shared,
+    bound: SocketAddr,
+    listener: usize,
+    peer: SocketAddr,
+    dgram: &[u8],
+    payload: &[u8],
+) -> UdpAnswer {
+    let Some(header) = dgram
+        .get(..HEADER_LEN)
+        .and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return UdpAnswer::Silent;
+    };
+    let Some((h, _)) = Header::decode(dgram) else {
+        return UdpAnswer::Silent;
+    };
+    let seq = h.seq;
+    if payload.starts_with(b"ECHO REQUEST") {
+        return UdpAnswer::Reply([&header[..], ECHO_REPLY].concat(), Duration::ZERO);
+    }
+    if let Some(p) = peers.get_mut(&peer)
+        && let Some((last_seq, last_reply)) = &p.last
+        && *last_seq == seq
+    {
+        p.touched = Instant::now();
+        if p.held_until.is_some_and(|t| t > Instant::now()) {
+            return UdpAnswer::Silent;
+        }
+        return UdpAnswer::Reply(last_reply.clone(), Duration::ZERO);
+    }
+    if peers
+        .get(&peer)
+        .is_some_and(|p| p.held_until.is_some_and(|t| t > Instant::now()))
+    {
+        // A new message before the held answer went out: the client cannot have read it.
+        return UdpAnswer::Silent;
+    }
+    if payload.starts_with(b"VERSION=") {
+        let local = local_towards(bound, peer);
+        let session = ServerSession::new(shared.protocol(), peer, local, Transport::Udp);
+        peers.insert(
+            peer,
+            UdpPeer {
+                session: Some(session),
+                last: None,
+                touched: Instant::now(),
+                held_until: None,
+            },
+        );
+    }
+    let Some(p) = peers.get_mut(&peer) else {
+        return UdpAnswer::Silent;
+    };
+    p.touched = Instant::now();
+    // No session: a lookup of its runs; the client's retransmissions get the answer once it
+    // is there.
+    let Some(session) = p.session.as_mut() else {
+        return UdpAnswer::Silent;
+    };
+    let mut result = session.feed(payload, &mut rand::rngs::OsRng);
+    while let Ok(Progress::Need(need)) = &result {
+        let Some(answer) = shared.answer_now(need, session.info()) else {
+            let Some(session) = p.session.take() else {
+                return UdpAnswer::Silent;
+            };
+            return UdpAnswer::Later(Box::new(session), result, seq, header);
+        };
+        result = session.resume(answer, &mut rand::rngs::OsRng);
+    }
+    let hold = shared.login_hold(session);
+    let reply = finish_udp(shared, listener, peer, session, result, &header);
+    p.last = Some((seq, reply.clone()));
+    p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
+    UdpAnswer::Reply(reply, hold)
 }

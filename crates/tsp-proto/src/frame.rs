@@ -82,6 +82,18 @@ pub fn status_line(status: StatusCode) -> Vec<u8> {
     format!("{} {}\r\n", status.code(), status.wire_text()).into_bytes()
 }
 
+/// [`status_line`] with words after the status text saying why (`530 Server too busy: …`);
+/// line breaks and control characters in `reason` become spaces.
+pub fn status_line_because(status: StatusCode, reason: Option<&str>) -> Vec<u8> {
+    match reason {
+        None => status_line(status),
+        Some(r) => {
+            let r: String = r.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            format!("{} {}: {r}\r\n", status.code(), status.wire_text()).into_bytes()
+        }
+    }
+}
+
 /// Removes one trailing `\r\n` or `\n` (and a stray NUL after it, which TCP streams carry).
 pub fn trim_crlf(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\0").unwrap_or(line);
@@ -114,13 +126,7 @@ pub fn frame_reply(status: StatusCode, xml: &str) -> Vec<u8> {
 /// [`frame_reply`] with words after the status text saying why (`303 Unsupported tunnel
 /// type: …`); line breaks and control characters in `reason` become spaces.
 pub fn frame_reply_because(status: StatusCode, reason: Option<&str>, xml: &str) -> Vec<u8> {
-    let mut body = match reason {
-        None => status_line(status),
-        Some(r) => {
-            let r: String = r.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-            format!("{} {}: {r}\r\n", status.code(), status.wire_text()).into_bytes()
-        }
-    };
+    let mut body = status_line_because(status, reason);
     body.extend_from_slice(xml.as_bytes());
     let mut out = format!("Content-length: {}\r\n", body.len()).into_bytes();
     out.extend_from_slice(&body);

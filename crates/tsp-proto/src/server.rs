@@ -20,7 +20,7 @@ use super::xml::{self, BrokerAddr, CreateRequest, Offer};
 use crate::secret::Secret;
 
 /// Broker-wide settings every session reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub capabilities: Capabilities,
     /// Versions answered with CAPABILITY; others get `302`.
@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub host_key: Option<passdss::HostKeyPair>,
     /// Redirector mode: every client is sent to these brokers.
     pub redirect: Option<Vec<BrokerAddr>>,
+    /// Set while the broker cannot serve new clients (its account database is unreachable, a
+    /// fleet master knows no live broker): VERSION is answered `530` with this reason, which
+    /// gogoc retries after its delay.
+    pub busy: Option<String>,
 }
 
 /// What the broker knows about the client when it builds an offer.
@@ -51,6 +55,8 @@ pub struct SessionInfo {
 pub struct Refusal {
     pub status: StatusCode,
     pub reason: Option<String>,
+    /// With a redirect status: the brokers the client is sent to (§4.4).
+    pub brokers: Vec<BrokerAddr>,
 }
 
 impl Refusal {
@@ -58,22 +64,66 @@ impl Refusal {
         Self {
             status,
             reason: Some(reason.into()),
+            brokers: Vec::new(),
+        }
+    }
+
+    /// Sends the client elsewhere (`1200` and the broker list, §4.4).
+    pub fn redirect(brokers: Vec<BrokerAddr>) -> Self {
+        Self {
+            status: StatusCode::Redirect(1200),
+            reason: None,
+            brokers,
         }
     }
 }
 
 impl From<StatusCode> for Refusal {
     fn from(status: StatusCode) -> Self {
-        Self { status, reason: None }
+        Self {
+            status,
+            reason: None,
+            brokers: Vec::new(),
+        }
     }
 }
 
-/// The broker's resources: accounts and address pools.
+/// The broker's resources: accounts and address pools, answered at once. A broker whose
+/// resources are behind I/O (a database) answers the session's [`Need`]s itself instead
+/// ([`ServerSession::feed`], [`ServerSession::resume`]).
 pub trait Backend {
     /// `MD5(user ":" realm ":" password)` of an account, if the user exists.
     fn account_ha1(&self, user: &str) -> Option<[u8; 16]>;
     /// The offer for this client, or the status (and reason) that refuses it.
     fn offer(&mut self, session: &SessionInfo, request: &CreateRequest) -> Result<Offer, Refusal>;
+}
+
+/// What a session waits for before it can go on: the driver looks it up (from a [`Backend`],
+/// or asynchronously from a database) and hands the [`Answer`] to [`ServerSession::resume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The account of this user (its HA1), to check a login.
+    Account { user: String },
+    /// The offer for this tunnel request.
+    Offer(CreateRequest),
+}
+
+/// The answer to a [`Need`]. A refusal of an account lookup (the store cannot be asked) ends the
+/// login with that status instead of `300`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Account(Result<Option<[u8; 16]>, Refusal>),
+    Offer(Result<Offer, Refusal>),
+}
+
+impl Answer {
+    /// The answer a synchronous [`Backend`] gives.
+    pub fn from_backend(need: &Need, session: &SessionInfo, backend: &mut dyn Backend) -> Self {
+        match need {
+            Need::Account { user } => Self::Account(Ok(backend.account_ha1(user))),
+            Need::Offer(request) => Self::Offer(backend.offer(session, request)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +142,10 @@ pub enum ServerError {
     Version(String),
     #[error("client was redirected")]
     Redirected,
+    #[error("broker cannot serve the client now: {0}")]
+    Busy(String),
+    #[error("no lookup is pending")]
+    NotWaiting,
 }
 
 /// A login the session just decided, for the broker's throttling of failed logins
@@ -110,6 +164,39 @@ pub enum Progress {
     Continue,
     /// The client accepted this offer (or, with TSP 1.0.1, received it): the tunnel exists.
     Established(Offer),
+    /// Only from [`ServerSession::feed`] and [`ServerSession::resume`]: the session waits for
+    /// this lookup; bytes fed meanwhile are kept for later.
+    Need(Need),
+}
+
+/// A login or a create request parked until its lookup is answered.
+enum Pending {
+    Plain {
+        user: String,
+        password: Secret,
+    },
+    Digest {
+        response: Box<digest_md5::ClientResponse>,
+        nonce: String,
+    },
+    PassDss {
+        exchange: Box<passdss::ServerExchange>,
+        user: String,
+        msg2: Vec<u8>,
+    },
+    Offer,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No password, digest or exchange state in logs.
+        f.write_str(match self {
+            Self::Plain { .. } => "Plain",
+            Self::Digest { .. } => "Digest",
+            Self::PassDss { .. } => "PassDss",
+            Self::Offer => "Offer",
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -117,10 +204,14 @@ enum State {
     Version,
     Authenticate,
     PlainCredentials,
-    DigestResponse { nonce: String },
+    DigestResponse {
+        nonce: String,
+    },
     PassDssMsg1,
     PassDssMsg2(Box<passdss::ServerExchange>, String),
     Create,
+    /// Waiting for the driver's [`Answer`].
+    Lookup(Pending),
     Accept(Box<Offer>),
     Established,
     Closed,
@@ -198,11 +289,28 @@ impl ServerSession {
         self.out.len()
     }
 
-    /// Feeds client bytes; processes every complete message they contain.
+    /// Feeds client bytes; processes every complete message they contain, asking `backend`
+    /// whatever the session needs on the way. Never returns [`Progress::Need`].
     pub fn on_bytes<R: rand::RngCore + rand::CryptoRng>(
         &mut self,
         data: &[u8],
         backend: &mut dyn Backend,
+        rng: &mut R,
+    ) -> Result<Progress, ServerError> {
+        let mut progress = self.feed(data, rng)?;
+        while let Progress::Need(need) = &progress {
+            let answer = Answer::from_backend(need, &self.info, backend);
+            progress = self.resume(answer, rng)?;
+        }
+        Ok(progress)
+    }
+
+    /// Feeds client bytes like [`Self::on_bytes`], but stops at the first lookup the session
+    /// needs ([`Progress::Need`]): the caller answers it with [`Self::resume`], asynchronously
+    /// if it must. Bytes fed meanwhile wait in the session.
+    pub fn feed<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        data: &[u8],
         rng: &mut R,
     ) -> Result<Progress, ServerError> {
         if matches!(self.state, State::Closed | State::Established) {
@@ -213,7 +321,61 @@ impl ServerSession {
             return Err(ServerError::Frame(FrameError::LineTooLong));
         }
         self.buf.extend_from_slice(data);
+        if matches!(self.state, State::Lookup(_)) {
+            return Ok(Progress::Continue);
+        }
+        self.run(rng, Progress::Continue)
+    }
+
+    /// The answer to the session's [`Progress::Need`]; goes on with the messages waiting.
+    pub fn resume<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        answer: Answer,
+        rng: &mut R,
+    ) -> Result<Progress, ServerError> {
+        if !matches!(self.state, State::Lookup(_)) {
+            return Err(ServerError::NotWaiting);
+        }
+        let State::Lookup(pending) = std::mem::replace(&mut self.state, State::Closed) else {
+            return Err(ServerError::NotWaiting);
+        };
+        if matches!(pending, Pending::Offer) != matches!(answer, Answer::Offer(_)) {
+            // A driver bug, not the client's doing: keep waiting for the right answer.
+            self.state = State::Lookup(pending);
+            return Err(ServerError::NotWaiting);
+        }
         let mut progress = Progress::Continue;
+        let next = match answer {
+            Answer::Offer(result) => {
+                let (next, p) = self.offered(result)?;
+                if let Some(p) = p {
+                    progress = p;
+                }
+                next
+            }
+            Answer::Account(Err(refusal)) => {
+                // The account could not be looked up: not a failed login, a temporary refusal.
+                self.trying = None;
+                let reason = refusal.reason.clone().unwrap_or_else(|| refusal.status.to_string());
+                self.reply(frame::status_line_because(refusal.status, refusal.reason.as_deref()));
+                return Err(ServerError::Busy(reason));
+            }
+            Answer::Account(Ok(stored)) => self.login_looked_up(pending, stored)?,
+        };
+        self.state = next;
+        if matches!(self.state, State::Established | State::Closed) {
+            return Ok(progress);
+        }
+        self.run(rng, progress)
+    }
+
+    /// Processes the buffered messages until one is incomplete, a lookup is needed, or the
+    /// session ends.
+    fn run<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        mut progress: Progress,
+    ) -> Result<Progress, ServerError> {
         loop {
             if self.skip_nul && !self.buf.is_empty() {
                 if self.buf[0] == 0 {
@@ -222,14 +384,14 @@ impl ServerSession {
                 self.skip_nul = false;
             }
             let state = std::mem::replace(&mut self.state, State::Closed);
-            match self.step(state, backend, rng) {
+            match self.step(state, rng) {
                 Ok(Some((next, used, p))) => {
                     self.buf.drain(..used);
                     self.state = next;
                     if let Some(p) = p {
                         progress = p;
                     }
-                    if matches!(self.state, State::Established | State::Closed) {
+                    if matches!(self.state, State::Established | State::Closed | State::Lookup(_)) {
                         return Ok(progress);
                     }
                 }
@@ -238,6 +400,68 @@ impl ServerSession {
                     self.state = State::Closed;
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// A login whose account was looked up: checks the credentials.
+    fn login_looked_up(&mut self, pending: Pending, stored: Option<[u8; 16]>) -> Result<State, ServerError> {
+        match pending {
+            Pending::Plain { user, password } => {
+                let m = Mechanism::Plain;
+                let ok =
+                    stored.is_some_and(|ha1| constant_eq(&digest_md5::ha1(&user, &self.cfg.realm, &password), &ha1));
+                if !ok {
+                    return Err(self.auth_failed(m, format!("bad credentials for user {user:?}")));
+                }
+                self.authenticated(Some(user));
+            }
+            Pending::Digest { response, nonce } => {
+                let m = Mechanism::DigestMd5;
+                let Some(ha1) = stored else {
+                    return Err(self.auth_failed(m, format!("unknown user {:?}", response.username)));
+                };
+                let rspauth = digest_md5::verify_response(&response, &ha1, &nonce, &self.cfg.realm)
+                    .map_err(|e| self.auth_failed(m, e))?;
+                self.reply(rspauth);
+                self.authenticated(Some(response.username));
+            }
+            Pending::PassDss { exchange, user, msg2 } => {
+                let realm = self.cfg.realm.clone();
+                let ok = exchange.verify(&msg2, |u: &str, pw: &Secret| {
+                    stored.is_some_and(|ha1| u == user && constant_eq(&sasl::digest_md5::ha1(u, &realm, pw), &ha1))
+                });
+                ok.map_err(|e| self.auth_failed(Mechanism::PassDss3Des1, e))?;
+                self.authenticated(Some(user));
+            }
+            Pending::Offer => return Err(ServerError::NotWaiting),
+        }
+        Ok(State::Create)
+    }
+
+    /// The create request was answered: the offer (then the accept) or the refusal.
+    fn offered(&mut self, result: Result<Offer, Refusal>) -> Result<(State, Option<Progress>), ServerError> {
+        match result {
+            Ok(offer) => {
+                self.reply(frame::frame_reply(StatusCode::Success, &xml::build_info(&offer)));
+                if self.info.version.sends_accept() {
+                    Ok((State::Accept(Box::new(offer)), None))
+                } else {
+                    Ok((State::Established, Some(Progress::Established(offer))))
+                }
+            }
+            Err(refusal) if matches!(refusal.status, StatusCode::Redirect(_)) => {
+                // As the create reply a redirection is framed like any other (§4.4).
+                self.reply(frame::frame_reply(
+                    refusal.status,
+                    &xml::build_redirect(&refusal.brokers),
+                ));
+                Err(ServerError::Redirected)
+            }
+            Err(refusal) => {
+                let status = refusal.status;
+                self.reply(frame::frame_reply_because(status, refusal.reason.as_deref(), ""));
+                Err(ServerError::Refused(status))
             }
         }
     }
@@ -267,7 +491,6 @@ impl ServerSession {
     fn step<R: rand::RngCore + rand::CryptoRng>(
         &mut self,
         state: State,
-        backend: &mut dyn Backend,
         rng: &mut R,
     ) -> Result<Option<(State, usize, Option<Progress>)>, ServerError> {
         match state {
@@ -291,6 +514,10 @@ impl ServerSession {
                     return Err(ServerError::Version(v.to_owned()));
                 };
                 self.info.version = version;
+                if let Some(reason) = self.cfg.busy.clone() {
+                    self.reply(frame::status_line_because(StatusCode::ServerTooBusy, Some(&reason)));
+                    return Err(ServerError::Busy(reason));
+                }
                 if let Some(brokers) = &self.cfg.redirect {
                     let mut msg = frame::status_line(StatusCode::Redirect(1200));
                     msg.extend_from_slice(xml::build_redirect(brokers).as_bytes());
@@ -344,9 +571,9 @@ impl ServerSession {
                 let (user, password) =
                     plain::parse_client_message(&line).map_err(|e| self.auth_failed(Mechanism::Plain, e))?;
                 self.trying = Some(user.clone());
-                self.check_password(Mechanism::Plain, &user, &password, backend)?;
-                self.authenticated(Some(user));
-                Ok(Some((State::Create, used, None)))
+                let need = Need::Account { user: user.clone() };
+                let pending = Pending::Plain { user, password };
+                Ok(Some((State::Lookup(pending), used, Some(Progress::Need(need)))))
             }
             State::DigestResponse { nonce } => {
                 let Some((line, used)) = frame::take_line(&self.buf)? else {
@@ -356,14 +583,14 @@ impl ServerSession {
                 let m = Mechanism::DigestMd5;
                 let resp = digest_md5::parse_response(&line).map_err(|e| self.auth_failed(m, e))?;
                 self.trying = Some(resp.username.clone());
-                let Some(ha1) = backend.account_ha1(&resp.username) else {
-                    return Err(self.auth_failed(m, format!("unknown user {:?}", resp.username)));
+                let need = Need::Account {
+                    user: resp.username.clone(),
                 };
-                let rspauth = digest_md5::verify_response(&resp, &ha1, &nonce, &self.cfg.realm)
-                    .map_err(|e| self.auth_failed(m, e))?;
-                self.reply(rspauth);
-                self.authenticated(Some(resp.username));
-                Ok(Some((State::Create, used, None)))
+                let pending = Pending::Digest {
+                    response: Box::new(resp),
+                    nonce,
+                };
+                Ok(Some((State::Lookup(pending), used, Some(Progress::Need(need)))))
             }
             State::PassDssMsg1 => {
                 let Some(used) = passdss::msg1_len(&self.buf) else {
@@ -383,17 +610,14 @@ impl ServerSession {
                 let Some(used) = exchange.msg2_complete(&self.buf) else {
                     return self.wait_bounded(State::PassDssMsg2(exchange, user));
                 };
-                let m = Mechanism::PassDss3Des1;
                 self.trying = Some(user.clone());
-                let stored = backend.account_ha1(&user);
-                let realm = self.cfg.realm.clone();
-                let msg2 = self.buf[..used].to_vec();
-                let ok = exchange.verify(&msg2, |u: &str, pw: &Secret| {
-                    stored.is_some_and(|ha1| u == user && constant_eq(&sasl::digest_md5::ha1(u, &realm, pw), &ha1))
-                });
-                ok.map_err(|e| self.auth_failed(m, e))?;
-                self.authenticated(Some(user));
-                Ok(Some((State::Create, used, None)))
+                let need = Need::Account { user: user.clone() };
+                let pending = Pending::PassDss {
+                    exchange,
+                    user,
+                    msg2: self.buf[..used].to_vec(),
+                };
+                Ok(Some((State::Lookup(pending), used, Some(Progress::Need(need)))))
             }
             State::Create => {
                 let Some((body, used)) = frame::take_framed(&self.buf, false)? else {
@@ -407,21 +631,11 @@ impl ServerSession {
                         return Err(ServerError::BadRequest(e.to_string()));
                     }
                 };
-                match backend.offer(&self.info, &request) {
-                    Ok(offer) => {
-                        self.reply(frame::frame_reply(StatusCode::Success, &xml::build_info(&offer)));
-                        if self.info.version.sends_accept() {
-                            Ok(Some((State::Accept(Box::new(offer)), used, None)))
-                        } else {
-                            Ok(Some((State::Established, used, Some(Progress::Established(offer)))))
-                        }
-                    }
-                    Err(refusal) => {
-                        let status = refusal.status;
-                        self.reply(frame::frame_reply_because(status, refusal.reason.as_deref(), ""));
-                        Err(ServerError::Refused(status))
-                    }
-                }
+                Ok(Some((
+                    State::Lookup(Pending::Offer),
+                    used,
+                    Some(Progress::Need(Need::Offer(request))),
+                )))
             }
             State::Accept(offer) => {
                 let Some((body, used)) = frame::take_framed(&self.buf, false)? else {
@@ -434,6 +648,7 @@ impl ServerSession {
                 Ok(Some((State::Established, used, Some(Progress::Established(*offer)))))
             }
             State::Established => Ok(Some((State::Established, self.buf.len(), None))),
+            State::Lookup(pending) => self.wait(State::Lookup(pending)),
             State::Closed => Ok(None),
         }
     }
@@ -459,23 +674,6 @@ impl ServerSession {
         });
         self.info.user = user;
         self.status(StatusCode::Success);
-    }
-
-    fn check_password(
-        &mut self,
-        m: Mechanism,
-        user: &str,
-        password: &Secret,
-        backend: &dyn Backend,
-    ) -> Result<(), ServerError> {
-        let ok = backend
-            .account_ha1(user)
-            .is_some_and(|stored| constant_eq(&digest_md5::ha1(user, &self.cfg.realm, password), &stored));
-        if ok {
-            Ok(())
-        } else {
-            Err(self.auth_failed(m, format!("bad credentials for user {user:?}")))
-        }
     }
 }
 
@@ -540,6 +738,7 @@ mod tests {
                     })
                     .collect()
             }),
+            busy: None,
         };
         let user1 = digest_md5::ha1("user1", "hexos", &Secret::new("pass1"));
         (Arc::new(config), TestBackend { user1 })
@@ -693,6 +892,117 @@ mod tests {
             String::from_utf8_lossy(&r)
         );
         assert_eq!(r.len(), 262, "the §4.4 document");
+    }
+
+    #[test]
+    fn lookups_are_answered_later_while_bytes_wait() {
+        let (cfg, mut broker) = setup();
+        let mut rng = rand::rngs::OsRng;
+        let mut s = session(&cfg, Transport::Tcp);
+        s.feed(b"VERSION=2.0.2\r\nAUTHENTICATE DIGEST-MD5\r\n\0", &mut rng)
+            .unwrap();
+        s.next_reply();
+        let ch = digest_md5::parse_challenge(&s.next_reply().unwrap()).unwrap();
+        let (resp, expected) = digest_md5::client_response(&ch, "user1", &Secret::new("pass1"), "b", "1");
+        let need = s.feed(&resp, &mut rng).unwrap();
+        assert_eq!(
+            need,
+            Progress::Need(Need::Account {
+                user: "user1".to_owned()
+            })
+        );
+        // The create request arrives before the account does: it waits.
+        let create = xml::build_create(&CreateRequest {
+            mode: crate::types::TunnelMode::V6V4,
+            proxy: false,
+            client_addr: "192.168.1.10".parse().unwrap(),
+            keepalive: None,
+            router: None,
+        });
+        assert_eq!(
+            s.feed(&frame::frame_request(&create), &mut rng).unwrap(),
+            Progress::Continue
+        );
+        assert_eq!(s.pending_replies(), 0);
+        let ha1 = broker.account_ha1("user1");
+        let Progress::Need(Need::Offer(req)) = s.resume(Answer::Account(Ok(ha1)), &mut rng).unwrap() else {
+            panic!("the waiting create request is processed after the login");
+        };
+        assert_eq!(req.mode, crate::types::TunnelMode::V6V4);
+        assert_eq!(s.take_login().map(|l| l.ok), Some(true));
+        digest_md5::check_rspauth(&s.next_reply().unwrap(), &expected).unwrap();
+        assert_eq!(s.next_reply().as_deref(), Some(&b"200 Success\r\n"[..]));
+        let offer = broker.offer(s.info(), &req);
+        assert_eq!(s.resume(Answer::Offer(offer), &mut rng).unwrap(), Progress::Continue);
+        assert!(s.next_reply().unwrap().starts_with(b"Content-length: "));
+        assert!(matches!(
+            s.resume(Answer::Account(Ok(None)), &mut rng),
+            Err(ServerError::NotWaiting)
+        ));
+        let accept = s.feed(&frame::frame_request(xml::ACCEPT), &mut rng).unwrap();
+        assert!(matches!(accept, Progress::Established(_)));
+    }
+
+    #[test]
+    fn unreachable_accounts_are_a_temporary_refusal() {
+        let (cfg, _) = setup();
+        let mut rng = rand::rngs::OsRng;
+        let mut s = session(&cfg, Transport::Udp);
+        s.feed(b"VERSION=2.0.2\r\n", &mut rng).unwrap();
+        s.feed(b"AUTHENTICATE PLAIN\r\n\0", &mut rng).unwrap();
+        assert!(matches!(
+            s.feed(b"\0user1\0pass1\r\n", &mut rng).unwrap(),
+            Progress::Need(Need::Account { .. })
+        ));
+        let down = Refusal::because(StatusCode::ServerTooBusy, "account database unreachable");
+        let e = s.resume(Answer::Account(Err(down)), &mut rng).unwrap_err();
+        assert!(matches!(e, ServerError::Busy(_)), "{e}");
+        assert!(!e.to_string().contains("pass1"));
+        s.next_reply();
+        assert_eq!(
+            s.next_reply().as_deref(),
+            Some(&b"530 Server too busy: account database unreachable\r\n"[..])
+        );
+        assert_eq!(s.take_login(), None, "not a failed login: nothing to throttle");
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn a_busy_broker_answers_version_with_530() {
+        let (cfg, _) = setup();
+        let mut cfg = Arc::try_unwrap(cfg).unwrap();
+        cfg.busy = Some("account database unreachable; try later".to_owned());
+        let cfg = Arc::new(cfg);
+        let mut s = session(&cfg, Transport::Tcp);
+        let e = s.feed(b"VERSION=2.0.2\r\n", &mut rand::rngs::OsRng).unwrap_err();
+        assert!(matches!(e, ServerError::Busy(_)));
+        assert_eq!(
+            s.next_reply().as_deref(),
+            Some(&b"530 Server too busy: account database unreachable; try later\r\n"[..])
+        );
+    }
+
+    #[test]
+    fn a_create_request_can_be_redirected() {
+        let (cfg, _) = setup();
+        let mut rng = rand::rngs::OsRng;
+        let mut s = session(&cfg, Transport::Tcp);
+        let stream = gogoc_anonymous_stream();
+        let Progress::Need(Need::Offer(_)) = s.feed(&stream, &mut rng).unwrap() else {
+            panic!("create needs an offer");
+        };
+        let home = Refusal::redirect(vec![BrokerAddr::V4("192.0.2.11".parse().unwrap())]);
+        assert!(matches!(
+            s.resume(Answer::Offer(Err(home)), &mut rng),
+            Err(ServerError::Redirected)
+        ));
+        let replies: Vec<_> = std::iter::from_fn(|| s.next_reply()).collect();
+        let last = replies.last().unwrap();
+        let (body, _) = frame::take_framed(last, true).unwrap().unwrap();
+        let (st, doc) = frame::split_status(body).unwrap();
+        assert_eq!(st.status, StatusCode::Redirect(1200));
+        let brokers = xml::parse_redirect(doc).unwrap();
+        assert_eq!(brokers, vec![BrokerAddr::V4("192.0.2.11".parse().unwrap())]);
     }
 
     #[test]

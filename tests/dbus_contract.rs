@@ -879,10 +879,12 @@ async fn connect_to_a_closed_port_fails_and_exits() {
     }
     let mut fx = Fixture::start("closed").await;
     let mut signals = fx.signals().await;
-    // Returns at once: the negotiation runs after the reply.
-    fx.connect(&fx.profile(&[("server", CLOSED_BROKER)], &[]))
-        .await
-        .expect("Connect with an anonymous profile");
+    // Returns at once: the negotiation runs after the reply. vpn.timeout 1 s: a first
+    // connection waits for an unreachable broker two thirds of it, not the default 40 s.
+    let closed = fx
+        .profile(&[("server", CLOSED_BROKER)], &[])
+        .set("vpn", "timeout", Value::from(1u32));
+    fx.connect(&closed).await.expect("Connect with an anonymous profile");
     let seen = signals.until(&Sig::State(STOPPED), &fx).await;
     let relevant: Vec<Sig> = seen.into_iter().filter(|s| !matches!(s, Sig::Other(_))).collect();
     assert_eq!(
@@ -981,7 +983,9 @@ async fn persist_keeps_the_service_and_sigterm_stops_it() {
     let broker = SilentBroker::new();
     let mut fx = Fixture::start_with("persist", &["--persist"]).await;
     let mut signals = fx.signals().await;
-    let closed = fx.profile(&[("server", CLOSED_BROKER)], &[]);
+    let closed = fx
+        .profile(&[("server", CLOSED_BROKER)], &[])
+        .set("vpn", "timeout", Value::from(1u32));
     fx.connect(&closed).await.expect("Connect");
     let seen = signals.until(&Sig::State(STOPPED), &fx).await;
     assert_eq!(

@@ -684,11 +684,13 @@ async fn wait_reachable(
                 }
             },
             async {
+                // Without a last peer the candidates are the brokers themselves: their host
+                // answering is enough (a broker not listening yet refuses at once).
                 !others.is_empty()
                     && rank::rank(others, peer.is_some_and(|p| p.is_ipv6()), &opts)
                         .await
                         .iter()
-                        .any(|p| p.answered)
+                        .any(|p| p.answered || (peer.is_none() && p.host_answered))
             }
         );
         if other {

@@ -64,11 +64,16 @@ const SECRETS_WAIT: Duration = Duration::from_secs(180);
 /// Consecutive failed negotiations before a first connection is reported as failed (the
 /// second attempt is immediate, so a transient loss does not fail it).
 const FIRST_CONNECT_ATTEMPTS: u32 = 2;
+/// NetworkManager's VPN timeout when the profile's `vpn.timeout` is 0 or absent.
+const NM_VPN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a first connection keeps trying a broker it cannot reach (probing it every
 /// second meanwhile): at boot, a VPN activated with its base connection may come before the
-/// network or the broker does. Below NetworkManager's default VPN timeout (60 s), so the
-/// failure it reports is ours, with its cause.
-const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(40);
+/// network or the broker does. Two thirds of NetworkManager's timeout for the profile (40 s by
+/// default), so the failure it reports is ours, with its cause, not NetworkManager's timeout.
+fn first_connect_patience(vpn_timeout: Option<Duration>) -> Duration {
+    vpn_timeout.unwrap_or(NM_VPN_TIMEOUT) * 2 / 3
+}
 
 /// The plugin's D-Bus errors (`org.freedesktop.NetworkManager.VPN.Error.*`, docs/nm-plugin.md §1.5).
 #[derive(Debug, zbus::DBusError)]
@@ -104,6 +109,9 @@ pub struct Request {
     pub id: String,
     pub data: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
+    /// `vpn.timeout`: how long NetworkManager waits for the connection (0 or absent: its
+    /// default, 60 s).
+    pub timeout: Option<Duration>,
 }
 
 impl Request {
@@ -155,6 +163,11 @@ impl Request {
         };
         let data = map("data")?;
         let secrets = map("secrets")?;
+        let timeout = match vpn.get("timeout").map(|v| u32::try_from(&**v)) {
+            None | Some(Ok(0)) => None,
+            Some(Ok(secs)) => Some(Duration::from_secs(secs.into())),
+            Some(Err(_)) => return Err(VpnError::BadArguments("vpn.timeout is not a u32".into())),
+        };
         let connection = c.get("connection");
         let (uuid, id) = match connection {
             Some(s) => (string(s, "connection", "uuid")?, string(s, "connection", "id")?),
@@ -169,6 +182,7 @@ impl Request {
             uuid,
             data,
             secrets,
+            timeout,
         })
     }
 
@@ -597,6 +611,7 @@ async fn run_session(
         ever_up: false,
         failures: 0,
         started: std::time::Instant::now(),
+        patience: first_connect_patience(req.timeout),
         stop: stop_tx,
         failure: None,
     };
@@ -633,8 +648,10 @@ struct NmHooks {
     router: Option<Configured>,
     ever_up: bool,
     failures: u32,
-    /// When the connection was asked for.
+    /// When the connection was asked for, and how long a first connection may wait for an
+    /// unreachable broker.
     started: std::time::Instant,
+    patience: Duration,
     stop: Arc<watch::Sender<bool>>,
     failure: Option<u32>,
 }
@@ -732,7 +749,7 @@ impl Hooks for NmHooks {
             Some(d)
                 if self.ever_up
                     || self.failures < FIRST_CONNECT_ATTEMPTS
-                    || (error.is_unreachable() && self.started.elapsed() < FIRST_CONNECT_PATIENCE) =>
+                    || (error.is_unreachable() && self.started.elapsed() < self.patience) =>
             {
                 tracing::warn!(error = %error, "negotiation failed; retrying in {} s", d.as_secs());
             }
@@ -754,6 +771,28 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), OwnedValue::try_from(v.try_clone().unwrap()).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn vpn_timeout_sets_how_long_a_first_connection_waits() {
+        let mut c = connection(&[("server", "192.0.2.1")], &[]);
+        assert_eq!(Request::from_dbus(&c).unwrap().timeout, None);
+        assert_eq!(first_connect_patience(None), Duration::from_secs(40));
+        let vpn = c.get_mut("vpn").unwrap();
+        vpn.insert("timeout".into(), OwnedValue::from(9u32));
+        let t = Request::from_dbus(&c).unwrap().timeout;
+        assert_eq!(t, Some(Duration::from_secs(9)));
+        assert_eq!(first_connect_patience(t), Duration::from_secs(6));
+        let vpn = c.get_mut("vpn").unwrap();
+        vpn.insert("timeout".into(), OwnedValue::from(0u32));
+        assert_eq!(
+            Request::from_dbus(&c).unwrap().timeout,
+            None,
+            "0 is NetworkManager's default"
+        );
+        let vpn = c.get_mut("vpn").unwrap();
+        vpn.insert("timeout".into(), OwnedValue::try_from(Value::from("9")).unwrap());
+        assert!(matches!(Request::from_dbus(&c), Err(VpnError::BadArguments(_))));
     }
 
     fn connection(data: &[(&str, &str)], secrets: &[(&str, &str)]) -> ConnectionDict {

@@ -62,6 +62,9 @@ pub struct Probe {
     pub distance: Duration,
     /// The broker answered `200` to the echo request (over whichever family).
     pub answered: bool,
+    /// Its host answered, without a broker: a TSP refusal, or an ICMP port unreachable (the
+    /// path works; the broker is not listening yet).
+    pub host_answered: bool,
 }
 
 /// Why a probe got no usable answer; only logged (the penalty is the same for all).
@@ -116,6 +119,7 @@ pub async fn rank(brokers: &[String], want_v6: bool, opts: &RankOptions) -> Vec<
             Ok(rtt) => (base + *rtt, true),
             Err(_) => (base + NO_ANSWER_PENALTY, false),
         };
+        let host_answered = answered || result.as_ref().is_err_and(ProbeError::host_answered);
         match result {
             Ok(rtt) => tracing::debug!(server, ?rtt, wrong_family, "broker answered the echo request"),
             Err(e) => tracing::debug!(server, wrong_family, "broker did not answer the echo request: {e}"),
@@ -124,6 +128,7 @@ pub async fn rank(brokers: &[String], want_v6: bool, opts: &RankOptions) -> Vec<
             server: server.clone(),
             distance,
             answered,
+            host_answered,
         }
     });
     let mut ranked = join_all(probes).await;
@@ -257,9 +262,19 @@ async fn echo(
 pub async fn reachable(addr: SocketAddr, timeout: Duration) -> bool {
     let start = Instant::now();
     match echo(addr, timeout, 1, start, start + timeout).await {
-        Ok(_) | Err(ProbeError::Refused(_)) => true,
-        Err(ProbeError::Io { source, .. }) => source.kind() == std::io::ErrorKind::ConnectionRefused,
-        Err(_) => false,
+        Ok(_) => true,
+        Err(e) => e.host_answered(),
+    }
+}
+
+impl ProbeError {
+    /// The broker's host answered although no broker did (see [`Probe::host_answered`]).
+    fn host_answered(&self) -> bool {
+        match self {
+            Self::Refused(_) => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
+            _ => false,
+        }
     }
 }
 
@@ -390,10 +405,23 @@ mod tests {
             [Probe {
                 server: silent,
                 distance: NO_ANSWER_PENALTY,
-                answered: false
+                answered: false,
+                host_answered: false,
             }]
         );
         assert_eq!(count(&seen), 3);
+    }
+
+    /// A host without a broker refuses at once (ICMP port unreachable): no answer, but the
+    /// host is there (what the supervisor waits for while a broker comes up).
+    #[tokio::test]
+    async fn a_closed_port_is_a_host_that_answered() {
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let ranked = rank(std::slice::from_ref(&server), false, &opts(500, 1)).await;
+        assert!(!ranked[0].answered && ranked[0].host_answered, "{ranked:?}");
+        assert!(reachable(server.parse().unwrap(), Duration::from_millis(500)).await);
     }
 
     #[tokio::test]

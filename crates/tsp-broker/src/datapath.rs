@@ -310,7 +310,7 @@ impl BrokerDatapath {
         // Also for the userspace datapath: its sink links (links.rs).
         let link_task = if cfg.tunnel_modes.contains(&TunnelMode::V6V4) || v4v6 {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(links::run(rx, cfg.tun_name.clone()));
+            tokio::spawn(links::run(rx, cfg.tun_name.clone(), kernel.0));
             Some(tx)
         } else {
             None

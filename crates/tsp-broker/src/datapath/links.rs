@@ -14,7 +14,7 @@
 //! (`net.ipv4.conf.<link>.rp_filter = 1`), so an inner IPv4 source whose route does not go back
 //! through the link (anything but the client's address) is dropped. Linux has no reverse-path
 //! filter for IPv6 outside netfilter, so for v6v4 links the broker installs one nftables rule
-//! (with the first sit link; [`SourceFilter`]): a packet that arrives on one of its links and
+//! (at start, when v6v4 tunnels go on kernel links; [`SourceFilter`]): a packet that arrives on one of its links and
 //! whose source has no route back through that link (`fib saddr . iif oif missing`) is dropped
 //! before routing — one lookup per packet whatever the number of tunnels. Without nftables (the
 //! `nft` program or the kernel's nf_tables) the broker says so once and the inner IPv6 source
@@ -105,8 +105,10 @@ pub(super) fn is_local(a: IpAddr) -> bool {
     std::net::UdpSocket::bind((a, 0)).is_ok()
 }
 
-/// The link task: makes and deletes links in the order asked.
-pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) {
+/// The link task: makes and deletes links in the order asked. With `sit_links` (v6v4 tunnels
+/// go on kernel links) it first installs the inner-source filter, so no tunnel waits for it
+/// and none runs before it.
+pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String, sit_links: bool) {
     // At most 9 + 1 + 5 characters: within the kernel's 15.
     let prefix: String = tun_name.chars().take(9).collect();
     let nl = match Netlink::new() {
@@ -129,6 +131,9 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
     let mut links: HashMap<Endpoint, (u32, String)> = HashMap::new();
     let mut n = 0u32;
     let mut filter = SourceFilter::new(&prefix);
+    if sit_links {
+        filter.ensure().await;
+    }
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Up {
@@ -152,9 +157,6 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
                 };
                 if let Ok(true) = tsp_tunnel::netlink::remove_stale_link(&nl, &name, kind).await {
                     tracing::info!(link = %name, "removed a stale kernel link");
-                }
-                if !sink && matches!(endpoint, Endpoint::V4(_)) {
-                    filter.ensure().await;
                 }
                 match up(&nl, &name, endpoint, local, &routes, sink).await {
                     Ok(idx) if sink => {
@@ -200,7 +202,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String) 
 }
 
 /// The inner IPv6 source check of sit links (see the module docs): one nftables table of ours,
-/// made when the first sit link is, removed at the end.
+/// made when the link task starts, removed at the end.
 struct SourceFilter {
     table: String,
     ruleset: String,

@@ -33,6 +33,9 @@ case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
 BIN=$TARGET/release
 P=nb$$
 W=$(mktemp -d /tmp/tspnmbench.XXXXXX)
+# nm-tsp-service leaves root for its system user (nm-tsp) before it connects to the bus socket
+# in here: the directory must be traversable (its files keep their own modes).
+chmod 755 "$W"
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$W/bus/sock
 cleanup() {
   set +e

@@ -27,6 +27,9 @@ fi
 BIN=$PWD/target/debug
 P=tspdemo
 W=$(mktemp -d /tmp/tspdemo.XXXXXX)
+# nm-tsp-service leaves root for its system user (nm-tsp) before it connects to the bus socket
+# in here: the directory must be traversable (its files keep their own modes).
+chmod 755 "$W"
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$W/bus/sock
 PIDS=()
 cleanup() {

@@ -57,7 +57,7 @@ pub(super) fn random_mod_q(rng: &mut (impl RngCore + CryptoRng), q: &BigUint) ->
 }
 
 /// Session keys for the client→server direction (the only one gogoc computes).
-#[cfg_attr(test, derive(Clone))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 pub(super) struct Keys {
     pub(super) iv: [u8; 8],
     pub(super) key: [u8; 24],

@@ -19,7 +19,7 @@ use crate::sasl::{MAX_MESSAGE, MAX_PASSWORD, MAX_USER, SaslError, b64_encode, de
 use crate::secret::Secret;
 
 /// Broker side of one exchange, between sending the server message and receiving msg2.
-#[cfg_attr(test, derive(Clone))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 pub struct ServerExchange {
     user: String,
     hbuf: Vec<u8>,

@@ -1,7 +1,8 @@
 //! The client's `accept` as the broker reads it: `Content-length: N\r\n` +
 //! `<tunnel action="accept"></tunnel>\r\n` after an offer (docs/tsp-wire.md §1.2, §4.2).
 //!
-//! Input: one `Setup` byte (transport), then what the client sends after an anonymous login
+//! Input: two `Setup` bytes (transport, how lookups are answered), then what the client
+//! sends after an anonymous login
 //! and the `create` request of the real gogoc capture (v6anyv4 over TCP), cut at every `|||` as in
 //! `server_session`; the first piece is the accept.
 //!
@@ -21,10 +22,10 @@ use tsp_proto::{frame, xml};
 const CAPTURE_CREATE: &str = "<tunnel action=\"create\" type=\"v6udpv4\" proxy=\"no\">\r\n <client>\r\n  <address type=\"ipv4\">192.0.2.2</address>\r\n  <keepalive interval=\"30\">\r\n    <address type=\"ipv6\">::</address>\r\n  </keepalive>\r\n </client>\r\n</tunnel>\r\n";
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&bits, rest)) = data.split_first() else {
+    let Some((setup, rest)) = Setup::read(data) else {
         return;
     };
-    let setup = Setup(bits & Setup::UDP | Setup::ANONYMOUS);
+    let setup = Setup(setup.0 & (Setup::UDP | Setup::ASYNC | Setup::LATE)).with(Setup::ANONYMOUS);
     let udp = setup.transport() == Transport::Udp;
     let mut d = Driver::new(setup);
     d.send(b"VERSION=2.0.2\r\n");
@@ -36,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         CAPTURE_CREATE.replace("v6udpv4", "v6anyv4")
     };
     d.send(&frame::frame_request(&create));
+    d.settle();
     let offered = d
         .backend
         .offers

@@ -2,20 +2,21 @@
 //! `<tunnel action="create">` document, and the broker's answer (docs/tsp-wire.md §1.2,
 //! §4.2, §4.3, §10 items 2–3).
 //!
-//! Input: one `Setup` byte (transport, TSP 1.0.1 over TCP instead of 2.0.0, refusals), then
-//! what the client sends after an anonymous login, cut at every `|||` as in
-//! `server_session`; the first piece is the request.
+//! Input: two `Setup` bytes (transport, TSP 1.0.1 over TCP instead of 2.0.0, refusals,
+//! redirections, how lookups are answered), then what the client sends after an anonymous
+//! login, cut at every `|||` as in `server_session`; the first piece is the request.
 //!
 //! Invariants: the `Driver`'s; and the first piece is answered as the request reads: a whole
 //! frame whose document `xml::parse_create` reads reaches the backend as exactly that
 //! request, and the answer is one `Content-length` frame the client takes whole, holding
 //! `200 Success` and an offer the client's parser reads back to the backend's offer, or a
-//! refusal whose status line is one clean line; a document that does not parse gets a framed
-//! `500`; an incomplete frame gets nothing yet; a broken header ends the session unanswered.
+//! refusal whose status line is one clean line, or a `1200` redirection whose broker list
+//! the client reads back; a document that does not parse gets a framed `500`; an incomplete
+//! frame gets nothing yet; a broken header ends the session unanswered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp_fuzz::{Driver, Setup, pieces};
+use nm_tsp_fuzz::{Driver, Setup, pieces, redirect_list};
 use tsp_proto::client::{Expect, Transport, take_reply};
 use tsp_proto::sasl::Mechanism;
 use tsp_proto::types::MAX_MESSAGE;
@@ -30,10 +31,12 @@ fn read_as_client(reply: &[u8]) -> (StatusCode, String, &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&bits, rest)) = data.split_first() else {
+    let Some((setup, rest)) = Setup::read(data) else {
         return;
     };
-    let setup = Setup(bits & (Setup::UDP | Setup::OLD_VERSIONS | Setup::REFUSE) | Setup::ANONYMOUS);
+    const USED: u16 =
+        Setup::UDP | Setup::OLD_VERSIONS | Setup::REFUSE | Setup::REDIRECT_OFFERS | Setup::ASYNC | Setup::LATE;
+    let setup = Setup(setup.0 & USED).with(Setup::ANONYMOUS);
     let udp = setup.transport() == Transport::Udp;
     let legacy = setup.has(Setup::OLD_VERSIONS) && !udp;
     let mut d = Driver::new(setup);
@@ -52,12 +55,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     d.send(request);
+    d.settle();
     let answer = d.log.replies.get(2).cloned();
     for piece in pieces {
         if !(udp && piece.starts_with(b"VERSION=")) {
             d.send(piece);
         }
     }
+    d.settle();
 
     let body = match frame::take_framed(request, false) {
         Err(_) => {
@@ -87,6 +92,14 @@ fuzz_target!(|data: &[u8]| {
             if legacy {
                 assert_eq!(d.log.established.as_ref(), Some(&offer), "1.0.1 has no accept");
             }
+        }
+        StatusCode::Redirect(code) => {
+            assert_eq!(code, 1200);
+            assert!(setup.has(Setup::REDIRECT_OFFERS) && d.log.closed);
+            assert_eq!(
+                xml::parse_redirect(offer_xml).expect("the client reads the broker list"),
+                xml::redirect_try_order(&redirect_list())
+            );
         }
         refused => {
             assert!(matches!(

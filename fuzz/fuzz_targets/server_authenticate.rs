@@ -1,9 +1,10 @@
 //! The client's `AUTHENTICATE <MECH>\r\n\0` as the broker reads it, and the messages that
 //! follow it (docs/tsp-wire.md §3.1–§3.5, §10 item 1).
 //!
-//! Input: one `Setup` byte (transport, mechanisms offered, refusals; not the redirector),
-//! then what the client sends after `VERSION=2.0.0\r\n`, cut into pieces at every `|||` as in
-//! `server_session`: TCP stream pieces or RUDP datagram payloads.
+//! Input: two `Setup` bytes (transport, mechanisms offered, refusals, account store down,
+//! how lookups are answered; not the redirector or a busy broker), then what the client
+//! sends after `VERSION=2.0.0\r\n`, cut into pieces at every `|||` as in `server_session`:
+//! TCP stream pieces or RUDP datagram payloads.
 //!
 //! Invariants: the `Driver`'s; and the first line picks the mechanism as §3 says. A mechanism
 //! the broker offers (its name in any case) gets, for ANONYMOUS, `200 Success`; for
@@ -21,10 +22,10 @@ use tsp_proto::sasl::{Mechanism, digest_md5};
 use tsp_proto::types::MAX_MESSAGE;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&bits, rest)) = data.split_first() else {
+    let Some((setup, rest)) = Setup::read(data) else {
         return;
     };
-    let setup = Setup(bits & !Setup::REDIRECT);
+    let setup = setup.without(Setup::REDIRECT | Setup::BUSY);
     let mut d = Driver::new(setup);
     d.send(b"VERSION=2.0.0\r\n");
     assert_eq!(d.log.replies.len(), 1, "CAPABILITY");
@@ -46,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
             later_datagrams = true;
         }
     }
+
+    d.settle();
 
     let Some(end) = stream.iter().position(|&b| b == b'\n').filter(|&i| i < MAX_MESSAGE) else {
         return;

@@ -1,25 +1,26 @@
 //! The client's first message as the broker reads it: `VERSION=2.0.x\r\n`, answered with
 //! CAPABILITY, `302` or a redirection (docs/tsp-wire.md §1.2, §1.7 item 1, §4.4).
 //!
-//! Input: one `Setup` byte (transport, old versions only, redirector), then the bytes the
-//! client sends first: the TCP stream, or the payload of one RUDP datagram.
+//! Input: two `Setup` bytes (transport, old versions only, redirector, busy broker), then
+//! the bytes the client sends first: the TCP stream, or the payload of one RUDP datagram.
 //!
 //! Invariants: the `Driver`'s; and the first line is answered as §1.7 says: a version the
 //! broker speaks (1.0.1 only over TCP) gets the broker's CAPABILITY line, which the client's
 //! parser reads back to the same bits, or in redirector mode a `1200` status whose broker
-//! list the client reads back; another `VERSION=` gets exactly `302 Unsupported client
-//! version` and ends the session; anything else ends it without an answer.
+//! list the client reads back, or from a busy broker `530` with its reason, which ends the
+//! session; another `VERSION=` gets exactly `302 Unsupported client version` and ends the
+//! session; anything else ends it without an answer.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nm_tsp_fuzz::{Driver, Setup, redirect_list};
+use nm_tsp_fuzz::{BUSY_REASON, Driver, Setup, redirect_list};
 use tsp_proto::caps::Capabilities;
 use tsp_proto::client::{Expect, Transport, take_reply};
 use tsp_proto::types::MAX_MESSAGE;
-use tsp_proto::{Version, frame, xml};
+use tsp_proto::{StatusCode, Version, frame, xml};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&bits, msg)) = data.split_first() else {
+    let Some((setup, msg)) = Setup::read(data) else {
         return;
     };
     if msg.len() > 2 * MAX_MESSAGE {
@@ -27,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Mechanisms and refusals play no part before AUTHENTICATE.
-    let setup = Setup(bits & (Setup::UDP | Setup::OLD_VERSIONS | Setup::REDIRECT) | Setup::ANONYMOUS);
+    let setup =
+        Setup(setup.0 & (Setup::UDP | Setup::OLD_VERSIONS | Setup::REDIRECT | Setup::BUSY)).with(Setup::ANONYMOUS);
     let cfg = setup.config();
     let mut d = Driver::new(setup);
     d.send(msg);
@@ -67,7 +69,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(d.log.version, Some(version));
-    if setup.has(Setup::REDIRECT) {
+    if setup.has(Setup::BUSY) {
+        assert_eq!(*first, format!("530 Server too busy: {BUSY_REASON}\r\n").as_bytes());
+        assert!(d.log.closed && d.log.replies.len() == 1);
+        let status = frame::parse_status_line(first).expect("the client reads the status");
+        assert_eq!(status.status, StatusCode::ServerTooBusy);
+    } else if setup.has(Setup::REDIRECT) {
         assert!(d.log.closed && d.log.replies.len() == 1);
         assert_eq!(take_reply(first, Expect::Line), Ok(Some(first.len())));
         let (status, body) = frame::split_status(first).expect("redirect status line");

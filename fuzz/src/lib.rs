@@ -1,7 +1,9 @@
 //! What the broker-side fuzz targets share: the §11.4 DSA host key, broker settings chosen by
-//! one input byte, a small in-memory backend, and [`Driver`], which feeds a `ServerSession`
-//! over TCP or RUDP framing and checks after every input the invariants a session keeps
-//! whatever the client sends:
+//! the input's first two bytes ([`Setup`]), a small in-memory backend, and [`Driver`], which
+//! feeds a `ServerSession` over TCP or RUDP framing, answers its lookups at once
+//! (`on_bytes`) or through `feed`/`resume` as a broker with a database does, possibly only
+//! after more client bytes arrived, and checks after every input the invariants a session
+//! keeps whatever the client sends:
 //!
 //! * no reply is longer than the client's 4096-byte receive buffer, and one session queues
 //!   at most five (CAPABILITY, DIGEST-MD5's challenge and rspauth, `200`, the offer);
@@ -11,7 +13,8 @@
 //! * a login succeeds only for `user1`, the account whose password is known; never for
 //!   `locked`, whose stored hash belongs to no known password;
 //! * the backend is asked for an offer only after an authentication the broker offers, with
-//!   the user that authenticated (none only if ANONYMOUS is offered).
+//!   the user that authenticated (none only if ANONYMOUS is offered);
+//! * a session waiting for a lookup answers nothing, whatever arrives meanwhile.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
@@ -24,7 +27,9 @@ use tsp_proto::sasl::Mechanism;
 use tsp_proto::sasl::digest_md5;
 use tsp_proto::sasl::passdss::HostKeyPair;
 use tsp_proto::secret::Secret;
-use tsp_proto::server::{Backend, LoginAttempt, Progress, Refusal, ServerConfig, ServerSession, SessionInfo};
+use tsp_proto::server::{
+    Answer, Backend, LoginAttempt, Need, Progress, Refusal, ServerConfig, ServerError, ServerSession, SessionInfo,
+};
 use tsp_proto::types::MAX_MESSAGE;
 use tsp_proto::xml::{BrokerAddr, CreateRequest, Keepalive, Offer, OfferedPrefix};
 use tsp_proto::{StatusCode, TunnelMode, Version};
@@ -96,27 +101,52 @@ impl RngCore for FuzzRng {
 // Not cryptographic in the least: the marker only lets the broker's code take it.
 impl CryptoRng for FuzzRng {}
 
-/// Broker settings and transport, from one input byte.
+/// Broker settings, transport and the way lookups are answered: the first two bytes of an
+/// input (the first byte's bits are the `u16`'s low byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Setup(pub u8);
+pub struct Setup(pub u16);
 
 impl Setup {
     /// RUDP datagrams instead of a TCP stream.
-    pub const UDP: u8 = 0x01;
-    pub const ANONYMOUS: u8 = 0x02;
-    pub const PLAIN: u8 = 0x04;
-    pub const DIGEST_MD5: u8 = 0x08;
+    pub const UDP: u16 = 0x0001;
+    pub const ANONYMOUS: u16 = 0x0002;
+    pub const PLAIN: u16 = 0x0004;
+    pub const DIGEST_MD5: u16 = 0x0008;
     /// PASSDSS-3DES-1, with the §11.4 host key.
-    pub const PASSDSS: u8 = 0x10;
+    pub const PASSDSS: u16 = 0x0010;
     /// Only 2.0.0 and 1.0.1 are answered; newer versions get `302`.
-    pub const OLD_VERSIONS: u8 = 0x20;
+    pub const OLD_VERSIONS: u16 = 0x0020;
     /// Redirector mode: every client is sent to three other brokers.
-    pub const REDIRECT: u8 = 0x40;
+    pub const REDIRECT: u16 = 0x0040;
     /// The backend refuses every tunnel request, with a reason.
-    pub const REFUSE: u8 = 0x80;
+    pub const REFUSE: u16 = 0x0080;
+    /// Lookups go through `feed` and `resume` instead of `on_bytes`.
+    pub const ASYNC: u16 = 0x0100;
+    /// ... and each is answered only when the next client input has arrived.
+    pub const LATE: u16 = 0x0200;
+    /// The account store cannot be asked: account lookups are refused with `530`.
+    pub const STORE_DOWN: u16 = 0x0400;
+    /// Tunnel requests are answered with a redirection to [`redirect_list`].
+    pub const REDIRECT_OFFERS: u16 = 0x0800;
+    /// The broker cannot serve anyone: VERSION is answered `530`.
+    pub const BUSY: u16 = 0x1000;
 
-    pub fn has(self, bit: u8) -> bool {
+    /// The setup at the start of an input, and the rest.
+    pub fn read(data: &[u8]) -> Option<(Self, &[u8])> {
+        let (&[low, high], rest) = data.split_first_chunk::<2>()?;
+        Some((Self(u16::from_le_bytes([low, high])), rest))
+    }
+
+    pub fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
+    }
+
+    pub fn with(self, bits: u16) -> Self {
+        Self(self.0 | bits)
+    }
+
+    pub fn without(self, bits: u16) -> Self {
+        Self(self.0 & !bits)
     }
 
     pub fn transport(self) -> Transport {
@@ -129,13 +159,27 @@ impl Setup {
 
     /// The broker-wide settings (built once per combination: the host key is not cheap).
     pub fn config(self) -> Arc<ServerConfig> {
-        // Bits 1 to 6 shape the configuration: 64 of them.
+        // The bits that shape a configuration: mechanisms, versions, redirector, busy.
+        const SHAPING: [u16; 7] = [
+            Setup::ANONYMOUS,
+            Setup::PLAIN,
+            Setup::DIGEST_MD5,
+            Setup::PASSDSS,
+            Setup::OLD_VERSIONS,
+            Setup::REDIRECT,
+            Setup::BUSY,
+        ];
+        fn setup_of(index: usize) -> Setup {
+            let bits = SHAPING.iter().enumerate().filter(|(i, _)| index >> i & 1 == 1);
+            Setup(bits.fold(0, |acc, (_, bit)| acc | bit))
+        }
         static CONFIGS: LazyLock<Vec<Arc<ServerConfig>>> = LazyLock::new(|| {
-            (0..64_u8)
-                .map(|bits| Arc::new(build_config(Setup(bits << 1))))
+            (0..1 << SHAPING.len())
+                .map(|i| Arc::new(build_config(setup_of(i))))
                 .collect()
         });
-        CONFIGS[usize::from((self.0 >> 1) & 0x3f)].clone()
+        let index = SHAPING.iter().enumerate().filter(|(_, bit)| self.has(**bit));
+        CONFIGS[index.fold(0, |acc, (i, _)| acc | 1 << i)].clone()
     }
 
     /// Whether the broker answers `mech` (offered, and PASSDSS has its key).
@@ -143,6 +187,9 @@ impl Setup {
         self.config().capabilities.auths & mech.cap_bit() != 0
     }
 }
+
+/// The reason a busy broker gives (and a refused account lookup).
+pub const BUSY_REASON: &str = "account database unreachable";
 
 fn build_config(setup: Setup) -> ServerConfig {
     let auths = [
@@ -168,7 +215,7 @@ fn build_config(setup: Setup) -> ServerConfig {
         realm: REALM.to_owned(),
         host_key: setup.has(Setup::PASSDSS).then(|| HOST_KEY.clone()),
         redirect: setup.has(Setup::REDIRECT).then(redirect_list),
-        busy: None,
+        busy: setup.has(Setup::BUSY).then(|| BUSY_REASON.to_owned()),
     }
 }
 
@@ -187,6 +234,7 @@ pub fn redirect_list() -> Vec<BrokerAddr> {
 #[derive(Debug, Default)]
 pub struct FuzzBackend {
     pub refuse: bool,
+    pub redirect: bool,
     /// Every request the broker passed on, with the session it came from.
     pub requests: Vec<(SessionInfo, CreateRequest)>,
     /// The offers made, in order.
@@ -205,6 +253,9 @@ impl Backend for FuzzBackend {
     fn offer(&mut self, session: &SessionInfo, request: &CreateRequest) -> Result<Offer, Refusal> {
         self.requests.push((session.clone(), request.clone()));
         let dns_name = request.router.as_ref().and_then(|r| r.dns_names.first());
+        if self.redirect {
+            return Err(Refusal::redirect(redirect_list()));
+        }
         if self.refuse {
             // Client-supplied text in the reason: it must come out as one clean status line.
             return Err(Refusal::because(
@@ -313,6 +364,9 @@ pub struct Driver {
     seq: u32,
     /// The last datagram answered: its sequence number and the answer.
     last: Option<(u32, Vec<u8>)>,
+    /// A lookup the session waits for, answered when the next input has arrived
+    /// ([`Setup::LATE`]) or by [`Driver::settle`].
+    waiting: Option<Need>,
     pub log: Log,
 }
 
@@ -326,6 +380,7 @@ impl Driver {
             cfg: setup.config(),
             backend: FuzzBackend {
                 refuse: setup.has(Setup::REFUSE),
+                redirect: setup.has(Setup::REDIRECT_OFFERS),
                 ..Default::default()
             },
             rng: FuzzRng::default(),
@@ -333,6 +388,7 @@ impl Driver {
             queued: 0,
             seq: rudp::FIRST_SEQ,
             last: None,
+            waiting: None,
             log: Log::default(),
         };
         if setup.transport() == Transport::Tcp {
@@ -353,6 +409,7 @@ impl Driver {
             self.setup.transport(),
         ));
         self.queued = 0;
+        self.waiting = None;
         self.log.established = None;
         self.log.user = None;
         self.log.version = None;
@@ -384,6 +441,23 @@ impl Driver {
         self.feed(bytes);
         while let Some(r) = self.session.as_mut().and_then(ServerSession::next_reply) {
             self.record(r);
+        }
+    }
+
+    /// Lets the broker catch up: a lookup still waiting is answered (as if the store replied
+    /// before the client sent more), and over RUDP the replies still queued are collected as
+    /// the client's empty polls would fetch them.
+    pub fn settle(&mut self) {
+        while self.waiting.is_some() {
+            match self.setup.transport() {
+                Transport::Tcp => self.stream(&[]),
+                Transport::Udp => self.feed(&[]),
+            }
+        }
+        if self.setup.transport() == Transport::Udp {
+            while let Some(r) = self.session.as_mut().and_then(ServerSession::next_reply) {
+                self.record(r);
+            }
         }
     }
 
@@ -439,7 +513,13 @@ impl Driver {
         let was_established = s.is_established();
         let before = s.pending_replies();
         let requests_before = self.backend.requests.len();
-        let result = s.on_bytes(bytes, &mut self.backend, &mut self.rng);
+        let result = if self.setup.has(Setup::ASYNC) || self.setup.has(Setup::STORE_DOWN) {
+            self.feed_and_resume(bytes)
+        } else {
+            s.on_bytes(bytes, &mut self.backend, &mut self.rng)
+        };
+        assert!(!matches!(result, Ok(Progress::Need(_))), "a lookup left unanswered");
+        assert_ne!(result, Err(ServerError::NotWaiting));
         let s = self.session.as_mut().expect("session present");
         let new = s.pending_replies() - before;
         self.queued += new;
@@ -465,6 +545,7 @@ impl Driver {
                     "login succeeded for {:?}",
                     login.user
                 );
+                assert!(!self.setup.has(Setup::STORE_DOWN), "a login without the account store");
             }
             self.log.logins.push(login);
         }
@@ -480,7 +561,6 @@ impl Driver {
                 );
                 self.log.established = Some(offer);
             }
-            // on_bytes answers every lookup itself: never Need.
             Ok(Progress::Continue | Progress::Need(_)) => assert!(!s.is_established()),
             Err(_) => self.log.failures += 1,
         }
@@ -497,6 +577,41 @@ impl Driver {
         self.log.closed = s.is_closed();
         self.log.user = info.user;
         self.log.version = Some(info.version);
+    }
+}
+
+impl Driver {
+    /// `feed`, then the lookups the session asks for: answered at once, or the first left
+    /// waiting until the next input ([`Setup::LATE`]), whose bytes the session must keep.
+    fn feed_and_resume(&mut self, bytes: &[u8]) -> Result<Progress, ServerError> {
+        let s = self.session.as_mut().expect("session present");
+        let queued = s.pending_replies();
+        let mut result = s.feed(bytes, &mut self.rng);
+        if let Some(need) = self.waiting.take() {
+            if result.is_err() {
+                // The bytes that came meanwhile broke the session: nothing waits any more.
+                return result;
+            }
+            assert_eq!(result, Ok(Progress::Continue), "a session waiting for a lookup went on");
+            assert_eq!(s.pending_replies(), queued, "a session waiting for a lookup answered");
+            result = Ok(Progress::Need(need));
+        }
+        loop {
+            let Ok(Progress::Need(need)) = result else {
+                return result;
+            };
+            if self.setup.has(Setup::LATE) && !bytes.is_empty() {
+                self.waiting = Some(need);
+                return Ok(Progress::Continue);
+            }
+            let answer = match need {
+                Need::Account { .. } if self.setup.has(Setup::STORE_DOWN) => {
+                    Answer::Account(Err(Refusal::because(StatusCode::ServerTooBusy, BUSY_REASON)))
+                }
+                _ => Answer::from_backend(&need, s.info(), &mut self.backend),
+            };
+            result = s.resume(answer, &mut self.rng);
+        }
     }
 }
 

@@ -4,9 +4,12 @@
 # Needs a nightly toolchain (libFuzzer + AddressSanitizer); without one it prints a
 # "skipped" line and exits 0. Installs cargo-fuzz if it is missing. Each target starts from
 # a scratch copy of its committed seeds (fuzz/seeds/<target>/) and runs for FUZZ_SECONDS
-# (default 15) with inputs of at most 4096 bytes, the TSP message limit. Any crash, panic,
+# with inputs of at most 4096 bytes, the TSP message limit. By default the targets share
+# 180 s of fuzzing (at least 5 s each; with 13 targets, 13 s each), so the whole smoke stays
+# near 3 minutes on top of the build however many targets there are. Any crash, panic,
 # sanitizer report or timeout fails the script; the crashing input is printed as hex and
-# kept under fuzz/artifacts/<target>/ (git-ignored).
+# kept under fuzz/artifacts/<target>/ (git-ignored). Long runs (10 million inputs per
+# target) are tests/fuzz-long.sh's, outside CI.
 #
 #   FUZZ_SECONDS=60 bash tests/fuzz-smoke.sh
 #   FUZZ_TARGET_DIR=/tmp/fuzz-target bash tests/fuzz-smoke.sh   # build elsewhere
@@ -14,7 +17,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-seconds="${FUZZ_SECONDS:-15}"
 
 if ! command -v rustup >/dev/null 2>&1; then
   echo "fuzz-smoke: skipped: rustup is not installed (cargo-fuzz needs a nightly toolchain)"
@@ -54,6 +56,12 @@ if [ ${#targets[@]} -eq 0 ]; then
   echo "fuzz-smoke: 0 passed, 1 failed"
   exit 1
 fi
+seconds=$((180 / ${#targets[@]}))
+if [ "$seconds" -lt 5 ]; then
+  seconds=5
+fi
+seconds="${FUZZ_SECONDS:-$seconds}"
+echo "== ${#targets[@]} targets, $seconds s each"
 
 passed=0
 failed=0

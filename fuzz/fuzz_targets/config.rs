@@ -9,7 +9,9 @@ use tsp_config as config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(cfg) = config::parse(text, Path::new("fuzz.conf")) else { return };
+    let Ok(cfg) = config::parse(text, Path::new("fuzz.conf")) else {
+        return;
+    };
     if cfg.validate(Path::new("fuzz.conf")).is_err() {
         return;
     }

@@ -136,6 +136,8 @@ pub enum ServerError {
     AuthFailed { mechanism: &'static str, reason: String },
     #[error("client's tunnel request is invalid: {0}")]
     BadRequest(String),
+    #[error("client's accept is invalid: {0}")]
+    BadAccept(String),
     #[error("tunnel refused: {0}")]
     Refused(StatusCode),
     #[error("client speaks an unsupported TSP version: {0:?}")]
@@ -641,10 +643,7 @@ impl ServerSession {
                 let Some((body, used)) = frame::take_framed(&self.buf, false)? else {
                     return self.wait(State::Accept(offer));
                 };
-                let text = String::from_utf8_lossy(body).into_owned();
-                if !text.contains("action=\"accept\"") {
-                    return Err(ServerError::Unexpected(frame::preview(text.as_bytes())));
-                }
+                xml::parse_accept(body).map_err(|e| ServerError::BadAccept(e.to_string()))?;
                 Ok(Some((State::Established, used, Some(Progress::Established(*offer)))))
             }
             State::Established => Ok(Some((State::Established, self.buf.len(), None))),
@@ -798,6 +797,25 @@ mod tests {
             assert_eq!(replies[1], b"200 Success\r\n");
             assert!(replies[2].starts_with(b"Content-length: "));
         }
+    }
+
+    #[test]
+    fn only_an_accept_document_establishes() {
+        let (cfg, mut broker) = setup();
+        let mut rng = rand::rngs::OsRng;
+        let stream = gogoc_anonymous_stream();
+        let before_accept = stream.len() - frame::frame_request(xml::ACCEPT).len();
+        let not_accept = "<tunnel action=\"reject\"><x>action=\"accept\"</x></tunnel>\r\n";
+        let mut s = session(&cfg, Transport::Tcp);
+        assert_eq!(
+            s.on_bytes(&stream[..before_accept], &mut broker, &mut rng),
+            Ok(Progress::Continue)
+        );
+        assert!(matches!(
+            s.on_bytes(&frame::frame_request(not_accept), &mut broker, &mut rng),
+            Err(ServerError::BadAccept(_))
+        ));
+        assert!(s.is_closed() && !s.is_established());
     }
 
     #[test]

@@ -274,7 +274,10 @@ pub fn verify_response(
     if resp.realm != expected_realm {
         return Err(SaslError::RealmMismatch);
     }
-    let nc_ok = resp.nc.len() == 8 && u32::from_str_radix(&resp.nc, 16) == Ok(1);
+    // Eight hex digits exactly: `from_str_radix` alone would also take `+0000001`.
+    let nc_ok = resp.nc.len() == 8
+        && resp.nc.bytes().all(|b| b.is_ascii_hexdigit())
+        && u32::from_str_radix(&resp.nc, 16) == Ok(1);
     if !nc_ok {
         return Err(SaslError::BadNonceCount);
     }
@@ -619,6 +622,28 @@ mod tests {
             Err(SaslError::BadNonceCount)
         );
         assert!(verify_response(&resp, &stored, "n1", "hexos").is_ok());
+    }
+
+    /// Found by fuzz/digest_response: a sign before the digits passed as nonce count 1.
+    #[test]
+    fn nonce_count_is_eight_hex_digits() {
+        let stored = ha1("user1", "hexos", &Secret::from("pass1"));
+        let ch = parse_challenge(&server_challenge("hexos", "n1")).unwrap();
+        let (line, _) = client_response(&ch, "user1", &Secret::from("pass1"), "srv", "42");
+        let good = parse_response(&line).unwrap();
+        for nc in ["+0000001", "0000001 ", "0x000001"] {
+            // The response is right for this nc: only the nc check can refuse it.
+            let resp = ClientResponse {
+                nc: nc.into(),
+                response: digest(&stored, "n1", "42", nc, "auth", "AUTHENTICATE", &good.digest_uri),
+                ..good.clone()
+            };
+            assert_eq!(
+                verify_response(&resp, &stored, "n1", "hexos"),
+                Err(SaslError::BadNonceCount),
+                "{nc:?}"
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::types::TunnelMode;
 pub use build::{
     build_create, build_info, build_redirect, expand_v6, is_fully_expanded, is_valid_hostname, redirect_try_order,
 };
-pub use parse::{parse_create, parse_info, parse_redirect};
+pub use parse::{parse_accept, parse_create, parse_info, parse_redirect};
 
 /// Deepest element nesting accepted. The deepest real path is
 /// `tunnel/client/router/dns_server/address` (5); 8 leaves room for extensions.
@@ -174,9 +174,9 @@ pub enum XmlError {
         value: String,
         expected: &'static str,
     },
-    /// A request whose `action` is not `create`.
-    #[error("the request's action is {0:?}, expected \"create\"")]
-    WrongAction(String),
+    /// A request whose `action` is not the one expected (`create`, or `accept` after an offer).
+    #[error("the request's action is {action:?}, expected {expected:?}")]
+    WrongAction { action: String, expected: &'static str },
     /// A `type` that is not a TSP tunnel mode.
     #[error("unknown tunnel type {0:?} (expected v6v4, v6udpv4, v6anyv4 or v4v6)")]
     UnknownMode(String),

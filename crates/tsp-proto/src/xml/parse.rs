@@ -14,13 +14,7 @@ use crate::types::{MAX_BROKERS, TunnelMode};
 /// placeholder).
 pub fn parse_create(xml: &[u8]) -> Result<CreateRequest, XmlError> {
     let root = parse_document(xml)?;
-    let action = root.attr("action").ok_or(XmlError::MissingAttribute {
-        element: "tunnel",
-        attribute: "action",
-    })?;
-    if !action.eq_ignore_ascii_case("create") {
-        return Err(XmlError::WrongAction(action.to_owned()));
-    }
+    expect_action(&root, "create")?;
     let mode = tunnel_type(&root)?;
     let proxy = match root.attr("proxy") {
         None => false,
@@ -79,6 +73,28 @@ pub fn parse_create(xml: &[u8]) -> Result<CreateRequest, XmlError> {
         keepalive,
         router,
     })
+}
+
+/// Reads the client's `accept` (broker side): a `<tunnel>` document whose `action` is
+/// `accept`, in any case as for `create`. gogoc sends exactly [`ACCEPT`]; what the element
+/// holds is ignored, since nothing in it is used.
+pub fn parse_accept(xml: &[u8]) -> Result<(), XmlError> {
+    expect_action(&parse_document(xml)?, "accept")
+}
+
+fn expect_action(root: &Element, expected: &'static str) -> Result<(), XmlError> {
+    let action = root.attr("action").ok_or(XmlError::MissingAttribute {
+        element: "tunnel",
+        attribute: "action",
+    })?;
+    if action.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(XmlError::WrongAction {
+            action: action.to_owned(),
+            expected,
+        })
+    }
 }
 
 /// Reads a broker's `info` offer (client side); `body` is what follows the status line.

@@ -174,7 +174,10 @@ fn create_rejections() {
     let with = |from: &str, to: &str| c(&CAPTURE_CREATE.replacen(from, to, 1));
     assert_eq!(
         with("action=\"create\"", "action=\"info\""),
-        Err(XmlError::WrongAction("info".into()))
+        Err(XmlError::WrongAction {
+            action: "info".into(),
+            expected: "create"
+        })
     );
     assert_eq!(
         with("action=\"create\" ", ""),
@@ -228,6 +231,44 @@ fn create_rejections() {
     assert!(matches!(
         router("<prefix length=\"64\"/><dns_server><address type=\"dn\">bad name</address></dns_server>"),
         Err(XmlError::InvalidHostname { .. })
+    ));
+}
+
+#[test]
+fn accept_is_read_as_a_document() {
+    assert_eq!(parse_accept(ACCEPT.as_bytes()), Ok(()));
+    for variant in [
+        "<tunnel action=\"ACCEPT\"/>",
+        "\r\n<tunnel type=\"v6v4\" action=\"accept\">\t<client/></tunnel>",
+    ] {
+        assert_eq!(parse_accept(variant.as_bytes()), Ok(()), "{variant}");
+    }
+    assert_eq!(
+        parse_accept(b"<tunnel action=\"reject\"></tunnel>\r\n"),
+        Err(XmlError::WrongAction {
+            action: "reject".into(),
+            expected: "accept"
+        })
+    );
+    // Before documents were parsed, the substring `action="accept"` anywhere was enough.
+    assert_eq!(
+        parse_accept(b"<tunnel action=\"reject\"><x>action=\"accept\"</x></tunnel>"),
+        Err(XmlError::WrongAction {
+            action: "reject".into(),
+            expected: "accept"
+        })
+    );
+    assert!(matches!(
+        parse_accept(b"action=\"accept\""),
+        Err(XmlError::StrayText(_))
+    ));
+    assert!(matches!(
+        parse_accept(b"<tunnel action=\"accept\">"),
+        Err(XmlError::Unclosed(_))
+    ));
+    assert!(matches!(
+        parse_accept(b"<tunnel><x action=\"accept\"/></tunnel>"),
+        Err(XmlError::MissingAttribute { .. })
     ));
 }
 

@@ -13,7 +13,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 
 use super::encoding::{put_bn, put_string};
 use super::{BLOCK, DH_P, DH_SECRET_BYTES, MAC_LEN, MAX_Q_BYTES};
-use crate::sasl::SaslError;
+use crate::sasl::{B64_LENIENT, SaslError};
 use crate::secret::Secret;
 
 pub(super) fn sha1(parts: &[&[u8]]) -> [u8; 20] {
@@ -57,7 +57,7 @@ pub(super) fn random_mod_q(rng: &mut (impl RngCore + CryptoRng), q: &BigUint) ->
 }
 
 /// Session keys for the client→server direction (the only one gogoc computes).
-#[cfg_attr(test, derive(Clone))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 pub(super) struct Keys {
     pub(super) iv: [u8; 8],
     pub(super) key: [u8; 24],
@@ -160,15 +160,41 @@ pub(super) fn is_b64_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
 }
 
-/// Decodes the whole 4-character groups among the valid base64 characters at the start of
-/// `buf`. Returns the decoded bytes and the number of valid characters.
-pub(super) fn decode_prefix(buf: &[u8], max_chars: usize) -> Option<(Vec<u8>, usize)> {
-    let valid = buf.iter().position(|&b| !is_b64_char(b)).unwrap_or(buf.len());
-    let quads = valid.min(max_chars) / 4 * 4;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(buf.get(..quads)?)
-        .ok()?;
-    Some((decoded, valid))
+/// The start of a base64 text at the front of `buf`, for framing a message that has no
+/// terminator (PASSDSS msg1 and msg2 over TCP).
+pub(super) struct B64Prefix {
+    /// What the whole groups of data characters decode to, up to the first padding character
+    /// (and at most `max_chars` characters).
+    pub(super) raw: Vec<u8>,
+    /// How many characters of `buf` belong to the text: base64 characters, up to the end of
+    /// the group that the first padding character closes.
+    pub(super) len: usize,
+    /// The text cannot grow: its padded group is complete, or a byte after it arrived.
+    pub(super) ended: bool,
+}
+
+impl B64Prefix {
+    /// Nothing after the first padding character is decoded, and nothing after its group
+    /// counts: a message's end is found from its own characters, whatever followed it in
+    /// the same read.
+    pub(super) fn read(buf: &[u8], max_chars: usize) -> Self {
+        let run = buf.iter().position(|&b| !is_b64_char(b)).unwrap_or(buf.len());
+        let data = buf[..run].iter().position(|&b| b == b'=').unwrap_or(run);
+        let (len, padded) = if data < run {
+            let group_end = data / 4 * 4 + 4;
+            (run.min(group_end), run >= group_end)
+        } else {
+            (run, false)
+        };
+        let groups = data.min(max_chars) / 4 * 4;
+        // Whole groups of data characters always decode.
+        let raw = B64_LENIENT.decode(&buf[..groups]).unwrap_or_default();
+        Self {
+            raw,
+            len,
+            ended: padded || len < buf.len(),
+        }
+    }
 }
 
 /// Length of the base64 text (padded) for `raw` bytes.

@@ -9,7 +9,7 @@ use rand::{CryptoRng, RngCore};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::crypto::{
-    Keys, TdesCbcDec, b64_len, cbc_decrypt, client_mac, decode_prefix, derive_keys, dh_value_ok, exchange_hash, hbuf,
+    B64Prefix, Keys, TdesCbcDec, b64_len, cbc_decrypt, client_mac, derive_keys, dh_value_ok, exchange_hash, hbuf,
     random_dh_secret, random_mod_q,
 };
 use super::encoding::{Reader, bn_encoded, put_bn, put_bn_padded, put_string};
@@ -19,7 +19,7 @@ use crate::sasl::{MAX_MESSAGE, MAX_PASSWORD, MAX_USER, SaslError, b64_encode, de
 use crate::secret::Secret;
 
 /// Broker side of one exchange, between sending the server message and receiving msg2.
-#[cfg_attr(test, derive(Clone))]
+#[cfg_attr(any(test, feature = "fuzzing"), derive(Clone))]
 pub struct ServerExchange {
     user: String,
     hbuf: Vec<u8>,
@@ -40,16 +40,14 @@ impl fmt::Debug for ServerExchange {
 /// `Some(buf.len())` as soon as the data is known to be invalid or too long, so the caller
 /// hands it to [`ServerExchange::respond`], which reports the error, instead of waiting.
 pub fn msg1_len(buf: &[u8]) -> Option<usize> {
-    let Some((raw, valid)) = decode_prefix(buf, MAX_MESSAGE) else {
-        return Some(buf.len());
-    };
+    let text = B64Prefix::read(buf, MAX_MESSAGE);
     let invalid = Some(buf.len());
-    let mut rd = Reader::new(&raw, SaslError::MalformedResponse);
+    let mut rd = Reader::new(&text.raw, SaslError::MalformedResponse);
     let mut need = 0usize;
     for bound in [MAX_USER, MAX_USER, MAX_MESSAGE] {
         let Ok(n) = rd.len("") else {
             // header not all here yet
-            return if valid < buf.len() || buf.len() > MAX_MESSAGE {
+            return if text.ended || buf.len() > MAX_MESSAGE {
                 invalid
             } else {
                 None
@@ -64,10 +62,11 @@ pub fn msg1_len(buf: &[u8]) -> Option<usize> {
             rd = Reader::new(&[], SaslError::MalformedResponse);
         }
     }
+    // Whether those characters are base64 that decodes is the parser's to say.
     let total = b64_len(need);
-    if valid >= total {
+    if text.len >= total {
         Some(total)
-    } else if valid < buf.len() || buf.len() > MAX_MESSAGE {
+    } else if text.ended || buf.len() > MAX_MESSAGE {
         invalid
     } else {
         None
@@ -118,11 +117,9 @@ impl ServerExchange {
     /// length). Returns `Some(buf.len())` as soon as the data is known to be invalid.
     pub fn msg2_complete(&self, buf: &[u8]) -> Option<usize> {
         let invalid = Some(buf.len());
-        let Some((raw, valid)) = decode_prefix(buf, 12) else {
-            return invalid;
-        };
-        let Some(first) = raw.get(..BLOCK) else {
-            return if valid < buf.len() { invalid } else { None };
+        let text = B64Prefix::read(buf, 12);
+        let Some(first) = text.raw.get(..BLOCK) else {
+            return if text.ended { invalid } else { None };
         };
         let cblock: [u8; BLOCK] = first.try_into().ok()?;
         let mut blk = Block::<TdesCbcDec>::from(cblock);
@@ -139,9 +136,9 @@ impl ServerExchange {
         }
         let body = 8 + pass_len + MAC_LEN;
         let total = b64_len(body / BLOCK * BLOCK + BLOCK);
-        if valid >= total {
+        if text.len >= total {
             Some(total)
-        } else if valid < buf.len() {
+        } else if text.ended {
             invalid
         } else {
             None

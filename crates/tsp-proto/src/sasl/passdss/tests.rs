@@ -147,6 +147,27 @@ fn framing_helpers() {
     more.extend_from_slice(b"\r\n");
     assert_eq!(msg1_len(&more), Some(msg1.len()));
     assert_eq!(msg1_len(b"AAA*"), Some(4));
+    // A client that does not wait for the server message (found by fuzz/server_session):
+    // msg1 ends in padding, and base64 after it once made the whole read look invalid.
+    let coalesced = [msg1, MSG2.as_bytes()].concat();
+    assert!(msg1.ends_with(b"=="));
+    assert_eq!(msg1_len(&coalesced), Some(msg1.len()));
+    assert_eq!(msg1_len(&coalesced[..msg1.len() + 3]), Some(msg1.len()));
+    // Non-zero bits after the last byte: the parser tolerates them, so the framing must
+    // too, or it reported such a msg1 "invalid" (the whole read) and the parser took it.
+    let loose = MSG1.replace("QA==", "QD==");
+    assert!(ServerExchange::respond(loose.as_bytes(), &vector_key(), &mut rand::rngs::OsRng).is_ok());
+    let coalesced = [loose.as_bytes(), MSG2.as_bytes()].concat();
+    assert_eq!(msg1_len(&coalesced), Some(loose.len()));
+    // Only msg1's own characters count: its structure ends 40 characters in, so what
+    // follows (here misplaced padding, then more base64) is not msg1's to judge.
+    let short = "AAAAAAAAAAV1c2VyLQAAAA0UmCiit9fkvO+k/+X368mP";
+    assert_eq!(msg1_len(format!("{short}D==AJF1").as_bytes()), Some(40));
+    assert_eq!(msg1_len(format!("{short}D==").as_bytes()), Some(40));
+    // The text ended before the structure did: nothing more can complete it.
+    assert_eq!(msg1_len(b"AAAAAAAAAAV1c2Vy===="), Some(20));
+    assert_eq!(msg1_len(b"AAAAAAAAAAV1c2Vy=\r\n"), Some(19));
+    assert_eq!(msg1_len(b"AAAAAAAAAAV1c2Vy="), None);
     // user length 0x10000 > 253: known invalid at once
     assert_eq!(msg1_len(b"AAAAAAABAAA="), Some(12));
 

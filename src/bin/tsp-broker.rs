@@ -169,9 +169,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 if let Some(f) = &fleet {
                     shared = shared.with_fleet(f.clone());
                 }
-                let running = serve::start(shared, &cfg)
+                let mut running = serve::start(shared, &cfg)
                     .await
-                    .map_err(|e| format!("cannot start on {:?}: {e}", cfg.listen))?;
+                    .map_err(|e| format!("cannot start: {e}"))?;
                 print_summary(&cfg, &accounts, has_key, Some(&running));
                 let datapath = running.shared.datapath.clone();
                 let result = tokio::select! {
@@ -390,6 +390,14 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
             (None, None) => "(none: assignments last while the broker runs)".to_owned(),
             (None, Some(p)) => p.display().to_string(),
         }
+    );
+    out += &format!(
+        "  metrics: {}\n",
+        match running {
+            Some(r) => r.metrics,
+            None => cfg.metrics_listen,
+        }
+        .map_or("off".to_owned(), |a| format!("http://{a}/metrics"))
     );
     print!("{out}");
     let _ = std::io::stdout().flush();

@@ -88,6 +88,7 @@ struct Raw {
     fleet_master: bool,
     fleet_heartbeat_ms: u64,
     fleet_dead_after_ms: u64,
+    metrics_listen: Option<String>,
 }
 
 impl Default for Raw {
@@ -133,6 +134,7 @@ impl Default for Raw {
             fleet_master: false,
             fleet_heartbeat_ms: 1000,
             fleet_dead_after_ms: 5000,
+            metrics_listen: None,
         }
     }
 }
@@ -195,6 +197,8 @@ pub struct BrokerConfig {
     /// Accounts and assignments in PostgreSQL, shared by a fleet of brokers (db.rs, fleet.rs);
     /// `None`: the accounts file and the state file.
     pub fleet: Option<FleetConfig>,
+    /// Where the Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A broker of a fleet: its database and its place in the fleet.
@@ -471,6 +475,13 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             ));
         }
     }
+    let metrics_listen = match &raw.metrics_listen {
+        Some(l) => Some(
+            l.parse::<SocketAddr>()
+                .map_err(|_| invalid("metrics_listen", format!("{l:?} is not address:port")))?,
+        ),
+        None => None,
+    };
     Ok(BrokerConfig {
         listen,
         tcp: raw.tcp,
@@ -506,6 +517,7 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         forwarding: raw.forwarding,
         datapath_kind,
         fleet,
+        metrics_listen,
     })
 }
 
@@ -642,6 +654,15 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = BrokerConfig::parse("tunnel_modes = [\"v6anyv4\"]", Path::new("b.toml")).unwrap_err();
         assert!(e.to_string().contains("tunnel_modes"), "{e}");
+    }
+
+    #[test]
+    fn operations_keys() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
+        let c = parse("metrics_listen = \"127.0.0.1:9653\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9653".parse().unwrap()));
+        let e = parse("metrics_listen = \"9653\"").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen"), "{e}");
     }
 
     #[test]

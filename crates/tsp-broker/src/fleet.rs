@@ -34,6 +34,8 @@ use tsp_proto::types::MAX_BROKERS;
 pub const DB_DOWN: &str = "account database unreachable; try again later";
 /// What a master tells clients while it knows no live broker.
 pub const NO_BROKER: &str = "no live broker in the fleet; try again later";
+/// What a client is told when its addresses could not be allocated for contention.
+pub const CONTENDED: &str = "address allocation contended; try again later";
 
 /// Events that must reach the database in order, retried until they do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,11 @@ impl Fleet {
             inbox: std::sync::Mutex::new(Some(inbox)),
             health: AtomicU8::new(UNKNOWN),
         }))
+    }
+
+    /// Whether the database answered last time it was asked.
+    pub fn healthy(&self) -> bool {
+        self.health.load(Ordering::SeqCst) == HEALTHY
     }
 
     /// A tunnel of ours was established: this broker is the key's home.
@@ -143,12 +150,10 @@ impl Fleet {
     fn unavailable(&self, shared: &Shared, doing: &str, e: &DbError) -> Refusal {
         if let DbError::Contention(_) = e {
             tracing::warn!(error = %e, "{doing}: refused for now");
-            return Refusal::because(
-                StatusCode::ServerTooBusy,
-                "address allocation contended; try again later",
-            );
+            return Refusal::because(StatusCode::ServerTooBusy, CONTENDED);
         }
-        tracing::warn!(error = %e, "{doing}: database unavailable; client refused with 530");
+        // The client's refusal is logged by the session, with its user and peer.
+        tracing::warn!(error = %e, "{doing}: database unavailable");
         self.set_health(shared, false, &e.to_string());
         Refusal::because(StatusCode::ServerTooBusy, DB_DOWN)
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tsp_broker::accounts::Accounts;
 use tsp_broker::config::BrokerConfig;
+use tsp_broker::control::{self, Reply, Request, SessionView};
 use tsp_broker::db::Db;
 use tsp_broker::fleet::{self, Fleet};
 use tsp_broker::{Broker, serve};
@@ -41,6 +42,16 @@ enum Command {
     Run,
     /// Check the configuration, the accounts file and the host key, then exit.
     CheckConfig,
+    /// List the running broker's tunnels and pending offers, through its control socket (the
+    /// one FILE of -c names, else /run/tsp-broker/control).
+    Sessions {
+        /// Print the broker's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the tunnels of USER (or of an anonymous session, by the key `sessions` shows):
+    /// the client may negotiate again; to keep it out, disable its account first.
+    Disconnect { user: String },
     /// Add a user to the accounts file; the password is read from standard input.
     AddUser { user: String },
     /// Generate a DSA host key for PASSDSS-3DES-1 into FILE (mode 0600).
@@ -134,6 +145,14 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("added {user} to {} (realm {})", path.display(), cfg.realm);
             Ok(())
         }
+        Command::Sessions { json } => sessions(cli.config.as_deref(), json),
+        Command::Disconnect { user } => match ask(cli.config.as_deref(), &Request::Disconnect { user })? {
+            Reply::Disconnected { user, sessions } => {
+                println!("disconnected {user}: {sessions} session(s) ended");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
         Command::CheckConfig => {
             let cfg = load_config(cli.config.as_deref())?;
             let accounts = load_accounts(&cfg)?;
@@ -193,6 +212,81 @@ fn run(cli: Cli) -> Result<(), String> {
             })
         }
     }
+}
+
+/// Asks the running broker through the control socket the configuration names (or the
+/// default one without `-c`).
+fn ask(config: Option<&Path>, req: &Request) -> Result<Reply, String> {
+    let path = match config {
+        Some(_) => load_config(config)?
+            .control_socket
+            .ok_or("the configuration turns the control socket off (control_socket = \"\")")?,
+        None => PathBuf::from(control::DEFAULT_CONTROL_SOCKET),
+    };
+    match control::ask(&path, req).map_err(|e| e.to_string())? {
+        Reply::Error(e) => Err(e),
+        reply => Ok(reply),
+    }
+}
+
+fn unexpected(reply: Reply) -> String {
+    format!("unexpected reply from the broker: {reply:?}")
+}
+
+fn sessions(config: Option<&Path>, json: bool) -> Result<(), String> {
+    let Reply::Sessions(list) = ask(config, &Request::Sessions)? else {
+        return Err("unexpected reply from the broker".into());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    print!("{}", session_table(&list));
+    Ok(())
+}
+
+/// The sessions as aligned columns, a header first. BYTES-IN is what the client sent.
+fn session_table(list: &[SessionView]) -> String {
+    let mut rows = vec![
+        [
+            "USER",
+            "STATE",
+            "MODE",
+            "PEER",
+            "ADDRESS",
+            "PREFIX",
+            "SINCE",
+            "BYTES-IN",
+            "BYTES-OUT",
+        ]
+        .map(str::to_owned),
+    ];
+    for s in list {
+        rows.push([
+            s.user.clone().unwrap_or_else(|| s.key.clone()),
+            if s.established { "up" } else { "offered" }.to_owned(),
+            format!("{}/{}", s.mode, s.transport),
+            s.peer.to_string(),
+            s.address.to_string(),
+            s.prefix.clone().unwrap_or_else(|| "-".into()),
+            i64::try_from(s.since)
+                .ok()
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            s.bytes_from_client.to_string(),
+            s.bytes_to_client.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -391,14 +485,21 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
             (None, Some(p)) => p.display().to_string(),
         }
     );
-    out += &format!(
-        "  metrics: {}\n",
-        match running {
-            Some(r) => r.metrics,
-            None => cfg.metrics_listen,
-        }
-        .map_or("off".to_owned(), |a| format!("http://{a}/metrics"))
-    );
+    out += &match running {
+        Some(r) => format!(
+            "  metrics: {} ; control socket: {}\n",
+            r.metrics.map_or("off".to_owned(), |a| format!("http://{a}/metrics")),
+            r.control_path().map_or("off".to_owned(), |p| p.display().to_string())
+        ),
+        None => format!(
+            "  metrics: {} ; control socket: {}\n",
+            cfg.metrics_listen
+                .map_or("off".to_owned(), |a| format!("http://{a}/metrics")),
+            cfg.control_socket
+                .as_ref()
+                .map_or("off".to_owned(), |p| p.display().to_string())
+        ),
+    };
     print!("{out}");
     let _ = std::io::stdout().flush();
 }

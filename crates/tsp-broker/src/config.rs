@@ -89,6 +89,7 @@ struct Raw {
     fleet_heartbeat_ms: u64,
     fleet_dead_after_ms: u64,
     metrics_listen: Option<String>,
+    control_socket: String,
 }
 
 impl Default for Raw {
@@ -135,6 +136,7 @@ impl Default for Raw {
             fleet_heartbeat_ms: 1000,
             fleet_dead_after_ms: 5000,
             metrics_listen: None,
+            control_socket: crate::control::DEFAULT_CONTROL_SOCKET.into(),
         }
     }
 }
@@ -199,6 +201,8 @@ pub struct BrokerConfig {
     pub fleet: Option<FleetConfig>,
     /// Where the Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The Unix socket of `tsp-broker sessions` and `disconnect` (control.rs); `None`: none.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A broker of a fleet: its database and its place in the fleet.
@@ -482,6 +486,16 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         ),
         None => None,
     };
+    let control_socket = match raw.control_socket.as_str() {
+        "" => None,
+        p if p.starts_with('/') && p.len() < 108 => Some(PathBuf::from(p)),
+        p => {
+            return Err(invalid(
+                "control_socket",
+                format!("{p:?} is not an absolute path of at most 107 bytes (\"\" turns it off)"),
+            ));
+        }
+    };
     Ok(BrokerConfig {
         listen,
         tcp: raw.tcp,
@@ -518,6 +532,7 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         datapath_kind,
         fleet,
         metrics_listen,
+        control_socket,
     })
 }
 
@@ -659,10 +674,17 @@ mod tests {
     #[test]
     fn operations_keys() {
         let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
-        let c = parse("metrics_listen = \"127.0.0.1:9653\"").unwrap();
+        let c = parse("metrics_listen = \"127.0.0.1:9653\"\ncontrol_socket = \"\"").unwrap();
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9653".parse().unwrap()));
+        assert_eq!(c.control_socket, None);
+        assert_eq!(
+            BrokerConfig::default().control_socket.as_deref(),
+            Some(Path::new("/run/tsp-broker/control"))
+        );
         let e = parse("metrics_listen = \"9653\"").unwrap_err().to_string();
         assert!(e.contains("metrics_listen"), "{e}");
+        let e = parse("control_socket = \"run/control\"").unwrap_err().to_string();
+        assert!(e.contains("control_socket"), "{e}");
     }
 
     #[test]

@@ -146,6 +146,13 @@ impl Table {
         }
     }
 
+    fn endpoint_of(&self, inner: IpAddr) -> Option<Endpoint> {
+        match inner {
+            IpAddr::V6(a) => self.by_v6.get(&a).copied(),
+            IpAddr::V4(a) => self.by_v4.get(&a).copied(),
+        }
+    }
+
     fn lookup_v6(&self, dst: Ipv6Addr) -> Option<Endpoint> {
         if let Some(ep) = self.by_v6.get(&dst) {
             return Some(*ep);
@@ -534,6 +541,20 @@ impl BrokerDatapath {
 
     pub fn carries(&self, endpoint: &Endpoint) -> bool {
         lock(&self.table).routes.contains_key(endpoint)
+    }
+
+    /// Stops carrying the tunnel of this inner address (the client's IPv6 address, or IPv4
+    /// for v4v6), wherever its endpoint is; false if none carries it.
+    pub fn remove_inner(&self, inner: IpAddr) -> bool {
+        let ep = lock(&self.table).endpoint_of(inner);
+        ep.is_some_and(|ep| self.remove(&ep))
+    }
+
+    /// What the tunnel of this inner address carried so far.
+    pub fn traffic_of(&self, inner: IpAddr) -> Option<Traffic> {
+        let t = lock(&self.table);
+        let ep = t.endpoint_of(inner)?;
+        t.routes.get(&ep).map(|r| r.traffic)
     }
 
     /// What every tunnel carried since the broker started, the ended ones included.

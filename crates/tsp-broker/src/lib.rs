@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod db;
 pub mod echo_limit;
@@ -315,6 +316,18 @@ impl Broker {
     /// sessions that ended.
     pub fn end_session(&mut self, peer: SocketAddr) -> Vec<String> {
         self.end_where(|s| s.peer == peer)
+    }
+
+    /// Ends the sessions of `who` (a user name, or the key of an anonymous session as
+    /// `tsp-broker sessions` shows it), established or offered; their records.
+    pub fn end_user(&mut self, who: &str) -> Vec<SessionRecord> {
+        let keys: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.user.as_deref() == Some(who) || s.key == who)
+            .map(|s| s.key.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.sessions.remove(k)).collect()
     }
 
     fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
@@ -835,6 +848,28 @@ mod tests {
         assert_eq!(refusal_reason(&exhausted(PoolKind::Prefix6)), RefusalReason::Capacity);
         assert_eq!(refusal_reason(&Refusal::redirect(vec![])), RefusalReason::Redirected);
         assert_eq!(refusal_reason(&StatusCode::ServerError.into()), RefusalReason::Other);
+    }
+
+    #[test]
+    fn a_user_is_disconnected_by_name_or_key() {
+        let mut b = broker("");
+        let alice = info("192.0.2.2:4000", Transport::Udp, Some("alice"));
+        let o = b.offer(&alice, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        b.mark_established(&alice, &o).unwrap();
+        b.offer(
+            &info("192.0.2.3:4000", Transport::Udp, None),
+            &req(TunnelMode::V6UdpV4, "10.0.0.3"),
+        )
+        .unwrap();
+        assert!(b.end_user("bob").is_empty());
+        let ended = b.end_user("alice");
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].established && ended[0].offer == o);
+        assert_eq!(b.end_user("anon:10.0.0.3@192.0.2.3").len(), 1);
+        assert_eq!(b.sessions().count(), 0);
+        // Her address stays hers.
+        let again = b.offer(&alice, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        assert_eq!(again.client_v6, o.client_v6);
     }
 
     #[test]

@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::config::BrokerConfig;
+use super::control::{self, SessionView};
 use super::datapath::{BrokerDatapath, Endpoint};
 use super::fleet::{self, Fleet};
 use super::metrics::{self, Auth, Gauges, Metrics, RefusalReason, TunnelEnd};
@@ -49,6 +51,9 @@ pub struct Shared {
     /// What the operator's metrics count.
     pub metrics: Arc<Metrics>,
     started: SystemTime,
+    /// The open TCP connections of clients, each woken to close when its user is
+    /// disconnected (gogoc ends the tunnel when its TCP connection closes).
+    connections: Arc<Mutex<HashMap<SocketAddr, Arc<Notify>>>>,
 }
 
 impl Shared {
@@ -60,6 +65,7 @@ impl Shared {
             fleet: None,
             metrics: Arc::default(),
             started: SystemTime::now(),
+            connections: Arc::default(),
         }
     }
 
@@ -211,6 +217,55 @@ impl Shared {
         metrics::render(&self.metrics, &self.gauges())
     }
 
+    /// The sessions as `tsp-broker sessions` lists them, established ones first, then by user.
+    pub fn session_views(&self) -> Vec<SessionView> {
+        let records: Vec<_> = self.lock().sessions().cloned().collect();
+        let mut views: Vec<SessionView> = records
+            .iter()
+            .map(|s| {
+                let traffic = self
+                    .datapath
+                    .as_ref()
+                    .and_then(|dp| dp.traffic_of(inner_address(&s.offer)))
+                    .unwrap_or_default();
+                SessionView::new(s, traffic)
+            })
+            .collect();
+        views.sort_by(|a, b| (!a.established, &a.user, &a.key).cmp(&(!b.established, &b.user, &b.key)));
+        views
+    }
+
+    /// Ends the tunnels of `who` (a user, or an anonymous session's key): out of the
+    /// datapath (its kernel link deleted), its TCP connection closed, the session records and
+    /// the fleet's session rows gone. How many tunnels and offers ended.
+    pub fn disconnect(&self, who: &str) -> usize {
+        let ended = self.lock().end_user(who);
+        let mut keys = Vec::new();
+        for s in &ended {
+            if let Some(dp) = &self.datapath {
+                dp.remove_inner(inner_address(&s.offer));
+            }
+            if s.transport == Transport::Tcp
+                && let Some(kick) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(&s.peer)
+            {
+                kick.notify_one();
+            }
+            if s.established {
+                keys.push(s.key.clone());
+            }
+            tracing::info!(
+                user = s.user.as_deref().unwrap_or("(anonymous)"),
+                key = %s.key,
+                peer = %crate::plain_peer(s.peer),
+                mode = %s.offer.mode,
+                established = s.established,
+                "disconnected by the operator"
+            );
+        }
+        self.ended(keys, TunnelEnd::Disconnected);
+        ended.len()
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Broker> {
         // A panic while holding the lock cannot leave the pools half-updated in a way that
         // matters more than stopping the broker would; keep serving.
@@ -278,6 +333,14 @@ impl Shared {
             result = neg.resume(answer);
         }
         result
+    }
+}
+
+/// The address that names a tunnel in the datapath: the client's IPv6 address, IPv4 for v4v6.
+fn inner_address(offer: &Offer) -> IpAddr {
+    match offer.mode {
+        TunnelMode::V4V6 => IpAddr::V4(offer.client_v4),
+        _ => IpAddr::V6(offer.client_v6),
     }
 }
 
@@ -395,6 +458,8 @@ pub struct Running {
     pub udp: Vec<SocketAddr>,
     /// Where the metrics are served.
     pub metrics: Option<SocketAddr>,
+    /// The control socket (removed when this is dropped).
+    pub control: Option<control::SocketFile>,
     /// The listeners' tasks: their end is the broker's.
     listeners: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -414,6 +479,11 @@ impl Running {
         if let Some(t) = self.listeners.last_mut() {
             let _ = t.await;
         }
+    }
+
+    /// Where `tsp-broker sessions` reaches this broker, if anywhere.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|c| c.path())
     }
 }
 
@@ -442,7 +512,7 @@ async fn bind_pair(
     Err(last_err.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
 }
 
-/// Binds every configured listener (and the metrics endpoint), starts the
+/// Binds every configured listener (and the metrics endpoint and control socket), starts the
 /// datapath if configured, and starts serving. Errors name what failed.
 pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Running> {
     let context = |what: String| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
@@ -467,6 +537,10 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         ),
         None => None,
     };
+    let control = match &cfg.control_socket {
+        Some(path) => control::bind(path).map_err(std::io::Error::other)?,
+        None => None,
+    };
     // A fleet's master only redirects: it carries no tunnel.
     if cfg.datapath && !cfg.fleet.as_ref().is_some_and(|f| f.master) {
         shared.datapath = Some(
@@ -480,6 +554,7 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         tcp: Vec::new(),
         udp: Vec::new(),
         metrics: None,
+        control: None,
         listeners: Vec::new(),
         tasks: Vec::new(),
     };
@@ -489,6 +564,10 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         running
             .tasks
             .push(tokio::spawn(metrics::serve_http(l, move || s.metrics_text())));
+    }
+    if let Some((l, file)) = control {
+        running.control = Some(file);
+        running.tasks.push(tokio::spawn(control::serve(l, shared.clone())));
     }
     if shared.datapath.is_some() {
         running.tasks.push(tokio::spawn(sweep(shared.clone())));
@@ -542,9 +621,32 @@ async fn serve_tcp(listener: TcpListener, shared: Shared) {
     }
 }
 
+/// Forgets a TCP connection's wake-up when its task ends.
+struct Connection<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.peer);
+    }
+}
+
 async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let Ok(local) = stream.local_addr() else { return };
     let _ = stream.set_nodelay(true);
+    let kick = Arc::new(Notify::new());
+    shared
+        .connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer, kick.clone());
+    let _registered = Connection { shared: &shared, peer };
     let mut neg = Negotiation::start(&shared, peer, local, Transport::Tcp);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let started = Instant::now();
@@ -552,8 +654,12 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let mut begun = false;
     loop {
         let read = if neg.session.is_established() {
-            // The connection stays open, idle, for the tunnel's lifetime.
-            stream.read(&mut buf).await
+            // The connection stays open, idle, for the tunnel's lifetime, or until the
+            // operator disconnects the user.
+            tokio::select! {
+                r = stream.read(&mut buf) => r,
+                _ = kick.notified() => break,
+            }
         } else {
             match timeout(
                 NEGOTIATION_TIMEOUT.saturating_sub(started.elapsed()),

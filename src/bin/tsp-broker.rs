@@ -15,6 +15,7 @@ use tsp_broker::config::BrokerConfig;
 use tsp_broker::control::{self, Reply, Request, SessionView};
 use tsp_broker::db::Db;
 use tsp_broker::fleet::{self, Fleet};
+use tsp_broker::reload::Loaded;
 use tsp_broker::{Broker, serve};
 use tsp_proto::sasl::passdss::HostKeyPair;
 use tsp_proto::secret::Secret;
@@ -38,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the broker (the default).
+    /// Run the broker (the default). SIGHUP reloads the configuration, SIGTERM stops it.
     Run,
     /// Check the configuration, the accounts file and the host key, then exit.
     CheckConfig,
@@ -101,29 +102,6 @@ fn load_config(path: Option<&Path>) -> Result<BrokerConfig, String> {
     }
 }
 
-fn load_host_key(cfg: &BrokerConfig) -> Result<Option<HostKeyPair>, String> {
-    let Some(path) = &cfg.host_key_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read host key {}: {e} (create one with `tsp-broker gen-host-key {}`)",
-            path.display(),
-            path.display()
-        )
-    })?;
-    HostKeyPair::from_text(&text)
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn load_accounts(cfg: &BrokerConfig) -> Result<Accounts, String> {
-    match &cfg.accounts_file {
-        Some(p) => Accounts::load(p, &cfg.realm).map_err(|e| e.to_string()),
-        None => Ok(Accounts::default()),
-    }
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Run) {
         Command::GenHostKey { file } => gen_host_key(&file),
@@ -154,9 +132,11 @@ fn run(cli: Cli) -> Result<(), String> {
             other => Err(unexpected(other)),
         },
         Command::CheckConfig => {
-            let cfg = load_config(cli.config.as_deref())?;
-            let accounts = load_accounts(&cfg)?;
-            let key = load_host_key(&cfg)?;
+            let Loaded {
+                cfg,
+                accounts,
+                host_key: key,
+            } = Loaded::read(cli.config.as_deref())?;
             print_summary(&cfg, &accounts, key.is_some(), None);
             if cfg.fleet.is_some() {
                 let db = open_db(&cfg)?;
@@ -168,48 +148,90 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("configuration OK");
             Ok(())
         }
-        Command::Run => {
-            let cfg = Arc::new(load_config(cli.config.as_deref())?);
-            let accounts = load_accounts(&cfg)?;
-            let key = load_host_key(&cfg)?;
-            let has_key = key.is_some();
-            let protocol = Broker::server_config(&cfg, key);
-            let fleet = match &cfg.fleet {
-                Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
-                None => None,
+        Command::Run => run_broker(cli.config.as_deref()),
+    }
+}
+
+/// Runs the broker until SIGTERM or SIGINT (or a listener fails); SIGHUP reloads the
+/// configuration.
+fn run_broker(path: Option<&Path>) -> Result<(), String> {
+    let Loaded {
+        cfg,
+        accounts,
+        host_key: key,
+    } = Loaded::read(path)?;
+    let cfg = Arc::new(cfg);
+    let has_key = key.is_some();
+    let protocol = Broker::server_config(&cfg, key);
+    let fleet = match &cfg.fleet {
+        Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+            return Err("cannot handle signals".to_owned());
+        };
+        let mut shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
+        if let Some(f) = &fleet {
+            shared = shared.with_fleet(f.clone());
+        }
+        let mut running = serve::start(shared, &cfg)
+            .await
+            .map_err(|e| format!("cannot start: {e}"))?;
+        print_summary(&cfg, &accounts, has_key, Some(&running));
+        let shared = running.shared.clone();
+        let result = loop {
+            tokio::select! {
+                _ = running.wait() => break Err("a listener stopped".to_owned()),
+                _ = term.recv() => break Ok(()),
+                _ = int.recv() => break Ok(()),
+                _ = hup.recv() => reload(path, &shared),
+            }
+        };
+        tracing::info!("stopping");
+        // Out of the fleet at once, so the master sends nobody here any more.
+        if let Some(f) = &fleet {
+            let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
+        }
+        // Remove the routes and addresses we added; the TUN devices go with us.
+        if let Some(dp) = shared.datapath.clone() {
+            dp.shutdown().await;
+        }
+        // The listeners and the control socket go now.
+        drop(running);
+        result
+    })
+}
+
+/// SIGHUP: reads the configuration file again and applies it, or keeps the running one and
+/// says why. Tunnels and sessions stay either way.
+fn reload(path: Option<&Path>, shared: &serve::Shared) {
+    let file = path.map_or("(no file: the defaults)".to_owned(), |p| p.display().to_string());
+    match Loaded::read(path).and_then(|new| shared.reload(new)) {
+        Ok(r) => {
+            shared.metrics.reload(true);
+            let changed = if r.changed.is_empty() {
+                "no key changed".to_owned()
+            } else {
+                format!("changed {}", r.changed.join(", "))
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            rt.block_on(async {
-                let mut shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
-                if let Some(f) = &fleet {
-                    shared = shared.with_fleet(f.clone());
-                }
-                let mut running = serve::start(shared, &cfg)
-                    .await
-                    .map_err(|e| format!("cannot start: {e}"))?;
-                print_summary(&cfg, &accounts, has_key, Some(&running));
-                let datapath = running.shared.datapath.clone();
-                let result = tokio::select! {
-                    _ = running.wait() => Err("a listener stopped".to_owned()),
-                    _ = shutdown_signal() => {
-                        tracing::info!("stopping");
-                        Ok(())
-                    }
-                };
-                // Out of the fleet at once, so the master sends nobody here any more.
-                if let Some(f) = &fleet {
-                    let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
-                }
-                // Remove the routes and addresses we added; the TUN devices go with us.
-                if let Some(dp) = datapath {
-                    dp.shutdown().await;
-                }
-                result
-            })
+            let accounts = r.accounts.map_or(String::new(), |n| format!("; {n} account(s)"));
+            tracing::info!(file, "configuration reloaded: {changed}{accounts}");
+        }
+        Err(e) => {
+            shared.metrics.reload(false);
+            tracing::error!(file, "configuration not reloaded, the running one is kept: {e}");
         }
     }
 }
@@ -388,16 +410,6 @@ fn run_db(cfg: &BrokerConfig, cmd: DbCommand) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running: Option<&serve::Running>) {

@@ -56,7 +56,8 @@ const UNHEALTHY: u8 = 2;
 pub struct Fleet {
     pub db: Db,
     pub cfg: FleetConfig,
-    broker_cfg: Arc<BrokerConfig>,
+    /// The broker's configuration: its realm and capacity may change on a reload.
+    broker_cfg: std::sync::RwLock<Arc<BrokerConfig>>,
     events: mpsc::UnboundedSender<Event>,
     inbox: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     health: AtomicU8,
@@ -69,11 +70,20 @@ impl Fleet {
         Some(Arc::new(Self {
             db,
             cfg,
-            broker_cfg,
+            broker_cfg: std::sync::RwLock::new(broker_cfg),
             events,
             inbox: std::sync::Mutex::new(Some(inbox)),
             health: AtomicU8::new(UNKNOWN),
         }))
+    }
+
+    fn broker_cfg(&self) -> Arc<BrokerConfig> {
+        self.broker_cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reloaded configuration (the fleet's own keys cannot change without a restart).
+    pub fn set_config(&self, cfg: Arc<BrokerConfig>) {
+        *self.broker_cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
     }
 
     /// Whether the database answered last time it was asked.
@@ -95,7 +105,7 @@ impl Fleet {
 
     /// The HA1 of `user`'s enabled account; a refusal (530) when the database cannot say.
     pub async fn account(&self, shared: &Shared, user: &str) -> Result<Option<[u8; 16]>, Refusal> {
-        match self.db.account(user, &self.broker_cfg.realm).await {
+        match self.db.account(user, &self.broker_cfg().realm).await {
             Ok(Account::Enabled(ha1)) => Ok(Some(ha1)),
             Ok(Account::Disabled) => {
                 tracing::info!(user, "login refused: the account is disabled");
@@ -127,7 +137,7 @@ impl Fleet {
 
     /// Assigns a plan's blocks from the database.
     pub async fn assign(&self, shared: &Shared, plan: &Plan) -> Result<Blocks, Refusal> {
-        let cfg = &self.broker_cfg;
+        let cfg = &self.broker_cfg();
         let get = async |kind: PoolKind, len: u8| match self.db.assign(cfg, &plan.key, kind, len).await {
             Ok(Some(start)) => Ok(start),
             Ok(None) => {
@@ -211,7 +221,7 @@ impl Fleet {
                 if !registered {
                     self.db.migrate().await?;
                     if !self.cfg.master {
-                        self.db.register(&self.cfg, self.broker_cfg.max_tunnels).await?;
+                        self.db.register(&self.cfg, self.broker_cfg().max_tunnels).await?;
                     }
                     registered = true;
                 }
@@ -226,7 +236,7 @@ impl Fleet {
                     } else {
                         let carried = shared.lock().established_keys();
                         self.db
-                            .heartbeat(&self.cfg, &carried, self.broker_cfg.max_tunnels)
+                            .heartbeat(&self.cfg, &carried, self.broker_cfg().max_tunnels)
                             .await?;
                     }
                 }

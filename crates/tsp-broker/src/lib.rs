@@ -18,6 +18,7 @@ pub mod echo_limit;
 pub mod fleet;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod serve;
 pub mod throttle;
 
@@ -328,6 +329,14 @@ impl Broker {
             .map(|s| s.key.clone())
             .collect();
         keys.iter().filter_map(|k| self.sessions.remove(k)).collect()
+    }
+
+    /// A reloaded configuration (its restart-only keys unchanged, [`reload`]) and accounts:
+    /// new sessions follow them; sessions and assignments stay.
+    pub fn reconfigure(&mut self, cfg: Arc<BrokerConfig>, accounts: Accounts) {
+        self.logins.set_limits(cfg.login_delay, cfg.login_delay_max);
+        self.cfg = cfg;
+        self.accounts = accounts;
     }
 
     fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {

@@ -82,7 +82,7 @@ impl Shared {
         self.protocol.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update_protocol(&self, f: impl FnOnce(&mut ServerConfig)) {
+    pub(crate) fn update_protocol(&self, f: impl FnOnce(&mut ServerConfig)) {
         let mut current = self.protocol.write().unwrap_or_else(|p| p.into_inner());
         let mut next = (**current).clone();
         f(&mut next);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nm_tsp::systemd::{self, Notifier};
 use tsp_broker::accounts::Accounts;
 use tsp_broker::config::BrokerConfig;
 use tsp_broker::control::{self, Reply, Request, SessionView};
@@ -153,7 +154,8 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// Runs the broker until SIGTERM or SIGINT (or a listener fails); SIGHUP reloads the
-/// configuration.
+/// configuration. Under systemd (`Type=notify`) it says when it is ready, reloading and
+/// stopping, keeps a STATUS line, and pings the watchdog while it is healthy.
 fn run_broker(path: Option<&Path>) -> Result<(), String> {
     let Loaded {
         cfg,
@@ -167,6 +169,9 @@ fn run_broker(path: Option<&Path>) -> Result<(), String> {
         Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
         None => None,
     };
+    let notifier = Notifier::from_env();
+    let notifier = notifier.as_ref();
+    let watchdog = systemd::watchdog_timeout();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,15 +196,49 @@ fn run_broker(path: Option<&Path>) -> Result<(), String> {
             .map_err(|e| format!("cannot start: {e}"))?;
         print_summary(&cfg, &accounts, has_key, Some(&running));
         let shared = running.shared.clone();
+        let mut status = status_text(&shared);
+        systemd::notify(notifier, &format!("READY=1\nSTATUS={status}"));
+        if let Some(w) = watchdog {
+            tracing::info!(timeout = ?w, "systemd watchdog: pinging every {:?}", w / 2);
+        }
+        // The main loop also keeps the STATUS line current and the watchdog fed: at half the
+        // watchdog's timeout, and every few seconds anyway.
+        let period = watchdog.map_or(STATUS_PERIOD, |w| (w / 2).clamp(Duration::from_millis(10), STATUS_PERIOD));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut datapath_failed = false;
         let result = loop {
             tokio::select! {
                 _ = running.wait() => break Err("a listener stopped".to_owned()),
                 _ = term.recv() => break Ok(()),
                 _ = int.recv() => break Ok(()),
-                _ = hup.recv() => reload(path, &shared),
+                _ = hup.recv() => {
+                    reload(path, &shared, notifier);
+                    status = status_text(&shared);
+                    systemd::notify(notifier, &format!("READY=1\nSTATUS={status}"));
+                }
+                _ = tick.tick() => {
+                    // Taking the broker's lock for the status is part of the check: a broker
+                    // stuck on it pings no more, and systemd restarts it.
+                    let now = status_text(&shared);
+                    if now != status {
+                        status = now;
+                        systemd::notify(notifier, &format!("STATUS={status}"));
+                    }
+                    if shared.datapath.as_ref().is_some_and(|dp| !dp.alive()) {
+                        if !datapath_failed {
+                            datapath_failed = true;
+                            tracing::error!("the datapath stopped: tunnels are no longer carried; the systemd watchdog is no longer fed");
+                            systemd::notify(notifier, "STATUS=datapath stopped; tunnels are not carried");
+                        }
+                    } else if watchdog.is_some() {
+                        systemd::notify(notifier, "WATCHDOG=1");
+                    }
+                }
             }
         };
         tracing::info!("stopping");
+        systemd::notify(notifier, "STOPPING=1\nSTATUS=stopping");
         // Out of the fleet at once, so the master sends nobody here any more.
         if let Some(f) = &fleet {
             let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
@@ -214,9 +253,28 @@ fn run_broker(path: Option<&Path>) -> Result<(), String> {
     })
 }
 
+/// How often the STATUS line is refreshed without a watchdog.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
+fn status_text(shared: &serve::Shared) -> String {
+    let g = shared.gauges();
+    let tunnels: u64 = g.sessions.iter().flatten().sum();
+    systemd::status_line(&format!(
+        "{tunnels} tunnel(s) of at most {}, {} offer(s) pending",
+        g.max_tunnels, g.offers_pending
+    ))
+}
+
 /// SIGHUP: reads the configuration file again and applies it, or keeps the running one and
 /// says why. Tunnels and sessions stay either way.
-fn reload(path: Option<&Path>, shared: &serve::Shared) {
+fn reload(path: Option<&Path>, shared: &serve::Shared, notifier: Option<&Notifier>) {
+    systemd::notify(
+        notifier,
+        &format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
+            systemd::monotonic_usec()
+        ),
+    );
     let file = path.map_or("(no file: the defaults)".to_owned(), |p| p.display().to_string());
     match Loaded::read(path).and_then(|new| shared.reload(new)) {
         Ok(r) => {

@@ -567,6 +567,15 @@ impl BrokerDatapath {
         total
     }
 
+    /// False once one of the datapath's tasks stopped (a TUN device or raw socket failed):
+    /// the tunnels are no longer carried, though negotiations would still succeed.
+    pub fn alive(&self) -> bool {
+        self.tasks
+            .lock()
+            .map(|tasks| tasks.iter().all(|t| !t.is_finished()))
+            .unwrap_or(false)
+    }
+
     /// Checks a packet from a client's endpoint and marks the client alive; the packet is
     /// ours to deliver only if its inner source belongs to that client.
     fn admit(&self, endpoint: &Endpoint, pkt: &[u8]) -> bool {

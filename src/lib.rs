@@ -6,3 +6,4 @@
 
 pub mod logging;
 pub mod privileges;
+pub mod systemd;

@@ -228,6 +228,11 @@ fn tsp_broker() {
     assert_eq!(ini(&unit, "CapabilityBoundingSet"), "CAP_NET_ADMIN CAP_NET_RAW");
     assert_eq!(ini(&unit, "AmbientCapabilities"), "CAP_NET_ADMIN CAP_NET_RAW");
     assert_eq!(ini(&unit, "StateDirectory"), "tsp-broker");
+    // systemd's readiness, reload and watchdog protocol; the control socket's directory.
+    assert_eq!(ini(&unit, "Type"), "notify");
+    assert_eq!(ini(&unit, "ExecReload"), "kill -HUP $MAINPID");
+    assert!(!ini(&unit, "WatchdogSec").is_empty(), "{unit}");
+    assert_eq!(ini(&unit, "RuntimeDirectory"), "tsp-broker");
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

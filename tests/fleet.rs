@@ -484,6 +484,16 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
     assert!(!refused.success() && said.contains("530"), "{said}");
     let carrier_log = output_since(carrier, mark_carrier);
     assert!(carrier_log.contains("530"), "the refusal is not logged:\n{carrier_log}");
+    // One refusal line per client, with its peer and the reason the metrics count it under.
+    for (name, log) in [("carrier", carrier_log), ("master", output_since(&master, mark_master))] {
+        let refusal = log
+            .lines()
+            .find(|l| l.contains("client refused") && l.contains("reason=\"database_unavailable\""));
+        assert!(
+            refusal.is_some_and(|l| l.contains("status=530") && l.contains("peer=203.0.113.2:")),
+            "the {name}'s refusal is not logged with its reason:\n{log}"
+        );
+    }
 
     pg.ctl_start().unwrap();
     let db_up = Instant::now();

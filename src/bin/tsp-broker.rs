@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nm_tsp::systemd::{self, Notifier};
 use tsp_broker::accounts::Accounts;
 use tsp_broker::config::BrokerConfig;
+use tsp_broker::control::{self, Reply, Request, SessionView};
 use tsp_broker::db::Db;
 use tsp_broker::fleet::{self, Fleet};
+use tsp_broker::reload::Loaded;
 use tsp_broker::{Broker, serve};
 use tsp_proto::sasl::passdss::HostKeyPair;
 use tsp_proto::secret::Secret;
@@ -37,10 +40,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the broker (the default).
+    /// Run the broker (the default). SIGHUP reloads the configuration, SIGTERM stops it.
     Run,
     /// Check the configuration, the accounts file and the host key, then exit.
     CheckConfig,
+    /// List the running broker's tunnels and pending offers, through its control socket (the
+    /// one FILE of -c names, else /run/tsp-broker/control).
+    Sessions {
+        /// Print the broker's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the tunnels of USER (or of an anonymous session, by the key `sessions` shows):
+    /// the client may negotiate again; to keep it out, disable its account first.
+    Disconnect { user: String },
     /// Add a user to the accounts file; the password is read from standard input.
     AddUser { user: String },
     /// Generate a DSA host key for PASSDSS-3DES-1 into FILE (mode 0600).
@@ -90,29 +103,6 @@ fn load_config(path: Option<&Path>) -> Result<BrokerConfig, String> {
     }
 }
 
-fn load_host_key(cfg: &BrokerConfig) -> Result<Option<HostKeyPair>, String> {
-    let Some(path) = &cfg.host_key_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read host key {}: {e} (create one with `tsp-broker gen-host-key {}`)",
-            path.display(),
-            path.display()
-        )
-    })?;
-    HostKeyPair::from_text(&text)
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn load_accounts(cfg: &BrokerConfig) -> Result<Accounts, String> {
-    match &cfg.accounts_file {
-        Some(p) => Accounts::load(p, &cfg.realm).map_err(|e| e.to_string()),
-        None => Ok(Accounts::default()),
-    }
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Run) {
         Command::GenHostKey { file } => gen_host_key(&file),
@@ -134,10 +124,20 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("added {user} to {} (realm {})", path.display(), cfg.realm);
             Ok(())
         }
+        Command::Sessions { json } => sessions(cli.config.as_deref(), json),
+        Command::Disconnect { user } => match ask(cli.config.as_deref(), &Request::Disconnect { user })? {
+            Reply::Disconnected { user, sessions } => {
+                println!("disconnected {user}: {sessions} session(s) ended");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
         Command::CheckConfig => {
-            let cfg = load_config(cli.config.as_deref())?;
-            let accounts = load_accounts(&cfg)?;
-            let key = load_host_key(&cfg)?;
+            let Loaded {
+                cfg,
+                accounts,
+                host_key: key,
+            } = Loaded::read(cli.config.as_deref())?;
             print_summary(&cfg, &accounts, key.is_some(), None);
             if cfg.fleet.is_some() {
                 let db = open_db(&cfg)?;
@@ -149,50 +149,224 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("configuration OK");
             Ok(())
         }
-        Command::Run => {
-            let cfg = Arc::new(load_config(cli.config.as_deref())?);
-            let accounts = load_accounts(&cfg)?;
-            let key = load_host_key(&cfg)?;
-            let has_key = key.is_some();
-            let protocol = Broker::server_config(&cfg, key);
-            let fleet = match &cfg.fleet {
-                Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
-                None => None,
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            rt.block_on(async {
-                let mut shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
-                if let Some(f) = &fleet {
-                    shared = shared.with_fleet(f.clone());
+        Command::Run => run_broker(cli.config.as_deref()),
+    }
+}
+
+/// Runs the broker until SIGTERM or SIGINT (or a listener fails); SIGHUP reloads the
+/// configuration. Under systemd (`Type=notify`) it says when it is ready, reloading and
+/// stopping, keeps a STATUS line, and pings the watchdog while it is healthy.
+fn run_broker(path: Option<&Path>) -> Result<(), String> {
+    let Loaded {
+        cfg,
+        accounts,
+        host_key: key,
+    } = Loaded::read(path)?;
+    let cfg = Arc::new(cfg);
+    let has_key = key.is_some();
+    let protocol = Broker::server_config(&cfg, key);
+    let fleet = match &cfg.fleet {
+        Some(_) => Fleet::new(cfg.clone(), open_db(&cfg)?),
+        None => None,
+    };
+    let notifier = Notifier::from_env();
+    let notifier = notifier.as_ref();
+    let watchdog = systemd::watchdog_timeout();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+            return Err("cannot handle signals".to_owned());
+        };
+        let mut shared = serve::Shared::new(Broker::new(cfg.clone(), accounts.clone()), protocol);
+        if let Some(f) = &fleet {
+            shared = shared.with_fleet(f.clone());
+        }
+        let mut running = serve::start(shared, &cfg)
+            .await
+            .map_err(|e| format!("cannot start: {e}"))?;
+        print_summary(&cfg, &accounts, has_key, Some(&running));
+        let shared = running.shared.clone();
+        let mut status = status_text(&shared);
+        systemd::notify(notifier, &format!("READY=1\nSTATUS={status}"));
+        if let Some(w) = watchdog {
+            tracing::info!(timeout = ?w, "systemd watchdog: pinging every {:?}", w / 2);
+        }
+        // The main loop also keeps the STATUS line current and the watchdog fed: at half the
+        // watchdog's timeout, and every few seconds anyway.
+        let period = watchdog.map_or(STATUS_PERIOD, |w| (w / 2).clamp(Duration::from_millis(10), STATUS_PERIOD));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut datapath_failed = false;
+        let result = loop {
+            tokio::select! {
+                _ = running.wait() => break Err("a listener stopped".to_owned()),
+                _ = term.recv() => break Ok(()),
+                _ = int.recv() => break Ok(()),
+                _ = hup.recv() => {
+                    reload(path, &shared, notifier);
+                    status = status_text(&shared);
+                    systemd::notify(notifier, &format!("READY=1\nSTATUS={status}"));
                 }
-                let running = serve::start(shared, &cfg)
-                    .await
-                    .map_err(|e| format!("cannot start on {:?}: {e}", cfg.listen))?;
-                print_summary(&cfg, &accounts, has_key, Some(&running));
-                let datapath = running.shared.datapath.clone();
-                let result = tokio::select! {
-                    _ = running.wait() => Err("a listener stopped".to_owned()),
-                    _ = shutdown_signal() => {
-                        tracing::info!("stopping");
-                        Ok(())
+                _ = tick.tick() => {
+                    // Taking the broker's lock for the status is part of the check: a broker
+                    // stuck on it pings no more, and systemd restarts it.
+                    let now = status_text(&shared);
+                    if now != status {
+                        status = now;
+                        systemd::notify(notifier, &format!("STATUS={status}"));
                     }
-                };
-                // Out of the fleet at once, so the master sends nobody here any more.
-                if let Some(f) = &fleet {
-                    let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
+                    if shared.datapath.as_ref().is_some_and(|dp| !dp.alive()) {
+                        if !datapath_failed {
+                            datapath_failed = true;
+                            tracing::error!("the datapath stopped: tunnels are no longer carried; the systemd watchdog is no longer fed");
+                            systemd::notify(notifier, "STATUS=datapath stopped; tunnels are not carried");
+                        }
+                    } else if watchdog.is_some() {
+                        systemd::notify(notifier, "WATCHDOG=1");
+                    }
                 }
-                // Remove the routes and addresses we added; the TUN devices go with us.
-                if let Some(dp) = datapath {
-                    dp.shutdown().await;
-                }
-                result
-            })
+            }
+        };
+        tracing::info!("stopping");
+        systemd::notify(notifier, "STOPPING=1\nSTATUS=stopping");
+        // Out of the fleet at once, so the master sends nobody here any more.
+        if let Some(f) = &fleet {
+            let _ = tokio::time::timeout(fleet::LEAVE_TIMEOUT, f.leave()).await;
+        }
+        // Remove the routes and addresses we added; the TUN devices go with us.
+        if let Some(dp) = shared.datapath.clone() {
+            dp.shutdown().await;
+        }
+        // The listeners and the control socket go now.
+        drop(running);
+        result
+    })
+}
+
+/// How often the STATUS line is refreshed without a watchdog.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
+fn status_text(shared: &serve::Shared) -> String {
+    let g = shared.gauges();
+    let tunnels: u64 = g.sessions.iter().flatten().sum();
+    systemd::status_line(&format!(
+        "{tunnels} tunnel(s) of at most {}, {} offer(s) pending",
+        g.max_tunnels, g.offers_pending
+    ))
+}
+
+/// SIGHUP: reads the configuration file again and applies it, or keeps the running one and
+/// says why. Tunnels and sessions stay either way.
+fn reload(path: Option<&Path>, shared: &serve::Shared, notifier: Option<&Notifier>) {
+    systemd::notify(
+        notifier,
+        &format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
+            systemd::monotonic_usec()
+        ),
+    );
+    let file = path.map_or("(no file: the defaults)".to_owned(), |p| p.display().to_string());
+    match Loaded::read(path).and_then(|new| shared.reload(new)) {
+        Ok(r) => {
+            shared.metrics.reload(true);
+            let changed = if r.changed.is_empty() {
+                "no key changed".to_owned()
+            } else {
+                format!("changed {}", r.changed.join(", "))
+            };
+            let accounts = r.accounts.map_or(String::new(), |n| format!("; {n} account(s)"));
+            tracing::info!(file, "configuration reloaded: {changed}{accounts}");
+        }
+        Err(e) => {
+            shared.metrics.reload(false);
+            tracing::error!(file, "configuration not reloaded, the running one is kept: {e}");
         }
     }
+}
+
+/// Asks the running broker through the control socket the configuration names (or the
+/// default one without `-c`).
+fn ask(config: Option<&Path>, req: &Request) -> Result<Reply, String> {
+    let path = match config {
+        Some(_) => load_config(config)?
+            .control_socket
+            .ok_or("the configuration turns the control socket off (control_socket = \"\")")?,
+        None => PathBuf::from(control::DEFAULT_CONTROL_SOCKET),
+    };
+    match control::ask(&path, req).map_err(|e| e.to_string())? {
+        Reply::Error(e) => Err(e),
+        reply => Ok(reply),
+    }
+}
+
+fn unexpected(reply: Reply) -> String {
+    format!("unexpected reply from the broker: {reply:?}")
+}
+
+fn sessions(config: Option<&Path>, json: bool) -> Result<(), String> {
+    let Reply::Sessions(list) = ask(config, &Request::Sessions)? else {
+        return Err("unexpected reply from the broker".into());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    print!("{}", session_table(&list));
+    Ok(())
+}
+
+/// The sessions as aligned columns, a header first. BYTES-IN is what the client sent.
+fn session_table(list: &[SessionView]) -> String {
+    let mut rows = vec![
+        [
+            "USER",
+            "STATE",
+            "MODE",
+            "PEER",
+            "ADDRESS",
+            "PREFIX",
+            "SINCE",
+            "BYTES-IN",
+            "BYTES-OUT",
+        ]
+        .map(str::to_owned),
+    ];
+    for s in list {
+        rows.push([
+            s.user.clone().unwrap_or_else(|| s.key.clone()),
+            if s.established { "up" } else { "offered" }.to_owned(),
+            format!("{}/{}", s.mode, s.transport),
+            s.peer.to_string(),
+            s.address.to_string(),
+            s.prefix.clone().unwrap_or_else(|| "-".into()),
+            i64::try_from(s.since)
+                .ok()
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            s.bytes_from_client.to_string(),
+            s.bytes_to_client.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -296,16 +470,6 @@ fn run_db(cfg: &BrokerConfig, cmd: DbCommand) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
 fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running: Option<&serve::Running>) {
     let caps = Broker::capabilities(cfg, has_key);
     let mut out = String::new();
@@ -391,6 +555,21 @@ fn print_summary(cfg: &BrokerConfig, accounts: &Accounts, has_key: bool, running
             (None, Some(p)) => p.display().to_string(),
         }
     );
+    out += &match running {
+        Some(r) => format!(
+            "  metrics: {} ; control socket: {}\n",
+            r.metrics.map_or("off".to_owned(), |a| format!("http://{a}/metrics")),
+            r.control_path().map_or("off".to_owned(), |p| p.display().to_string())
+        ),
+        None => format!(
+            "  metrics: {} ; control socket: {}\n",
+            cfg.metrics_listen
+                .map_or("off".to_owned(), |a| format!("http://{a}/metrics")),
+            cfg.control_socket
+                .as_ref()
+                .map_or("off".to_owned(), |p| p.display().to_string())
+        ),
+    };
     print!("{out}");
     let _ = std::io::stdout().flush();
 }

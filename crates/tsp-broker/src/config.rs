@@ -88,6 +88,8 @@ struct Raw {
     fleet_master: bool,
     fleet_heartbeat_ms: u64,
     fleet_dead_after_ms: u64,
+    metrics_listen: Option<String>,
+    control_socket: String,
 }
 
 impl Default for Raw {
@@ -133,6 +135,8 @@ impl Default for Raw {
             fleet_master: false,
             fleet_heartbeat_ms: 1000,
             fleet_dead_after_ms: 5000,
+            metrics_listen: None,
+            control_socket: crate::control::DEFAULT_CONTROL_SOCKET.into(),
         }
     }
 }
@@ -195,6 +199,20 @@ pub struct BrokerConfig {
     /// Accounts and assignments in PostgreSQL, shared by a fleet of brokers (db.rs, fleet.rs);
     /// `None`: the accounts file and the state file.
     pub fleet: Option<FleetConfig>,
+    /// Where the Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The Unix socket of `tsp-broker sessions` and `disconnect` (control.rs); `None`: none.
+    pub control_socket: Option<PathBuf>,
+}
+
+/// What a reloaded configuration changes ([`BrokerConfig::changes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Keys a running broker applies to its next sessions.
+    pub live: Vec<&'static str>,
+    /// Keys the broker's sockets, devices, pools or fleet membership were made from: only a
+    /// restart applies them.
+    pub restart: Vec<&'static str>,
 }
 
 /// A broker of a fleet: its database and its place in the fleet.
@@ -266,6 +284,125 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The keys whose values differ in `new`, by whether a running broker can take them.
+    pub fn changes(&self, new: &BrokerConfig) -> Changes {
+        let mut c = Changes::default();
+        // Every field is named, so a new key cannot be forgotten here.
+        let BrokerConfig {
+            listen,
+            tcp,
+            udp,
+            versions,
+            tunnel_modes,
+            auth,
+            realm,
+            accounts_file,
+            host_key_file,
+            server_ipv4,
+            server_ipv6,
+            client_pool,
+            prefix_pool,
+            prefix_length_min,
+            prefix_length_max,
+            ipv4_pool,
+            dns_server,
+            dns_suffix,
+            max_tunnels,
+            offer_timeout,
+            max_pending_per_source,
+            login_delay,
+            login_delay_max,
+            keepalive_min,
+            keepalive_max,
+            lifetime,
+            state_file,
+            redirect,
+            datapath,
+            tun_name,
+            tun4_name,
+            forwarding,
+            datapath_kind,
+            fleet,
+            metrics_listen,
+            control_socket,
+        } = self;
+        macro_rules! key {
+            ($list:ident, $field:ident, $name:literal) => {
+                if *$field != new.$field {
+                    c.$list.push($name);
+                }
+            };
+        }
+        key!(live, versions, "versions");
+        key!(live, auth, "auth");
+        key!(live, realm, "realm");
+        key!(live, accounts_file, "accounts_file");
+        key!(live, host_key_file, "host_key_file");
+        key!(live, prefix_length_min, "prefix_length_min");
+        key!(live, prefix_length_max, "prefix_length_max");
+        key!(live, dns_server, "dns_server");
+        key!(live, dns_suffix, "dns_suffix");
+        key!(live, max_tunnels, "max_tunnels");
+        key!(live, offer_timeout, "offer_timeout");
+        key!(live, max_pending_per_source, "max_pending_per_source");
+        key!(live, login_delay, "login_delay_ms");
+        key!(live, login_delay_max, "login_delay_max_ms");
+        key!(live, keepalive_min, "keepalive_min");
+        key!(live, keepalive_max, "keepalive_max");
+        key!(live, lifetime, "lifetime");
+        key!(live, redirect, "redirect");
+        key!(restart, listen, "listen");
+        key!(restart, tcp, "tcp");
+        key!(restart, udp, "udp");
+        // The datapath opened its devices and sockets for the modes offered at start.
+        key!(restart, tunnel_modes, "tunnel_modes");
+        key!(restart, server_ipv4, "server_ipv4");
+        key!(restart, server_ipv6, "server_ipv6");
+        key!(restart, client_pool, "client_pool");
+        key!(restart, prefix_pool, "prefix_pool");
+        key!(restart, ipv4_pool, "ipv4_pool");
+        key!(restart, state_file, "state_file");
+        key!(restart, datapath, "datapath");
+        key!(restart, tun_name, "tun_name");
+        key!(restart, tun4_name, "tun4_name");
+        key!(restart, forwarding, "forwarding");
+        key!(restart, datapath_kind, "datapath_kind");
+        key!(restart, metrics_listen, "metrics_listen");
+        key!(restart, control_socket, "control_socket");
+        match (fleet, &new.fleet) {
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => c.restart.push("database"),
+            (Some(a), Some(b)) => {
+                let FleetConfig {
+                    database,
+                    database_password_file,
+                    id,
+                    address,
+                    master,
+                    heartbeat,
+                    dead_after,
+                } = a;
+                for (changed, name) in [
+                    (*database != b.database, "database"),
+                    (
+                        *database_password_file != b.database_password_file,
+                        "database_password_file",
+                    ),
+                    (*id != b.id, "fleet_id"),
+                    (*address != b.address, "fleet_address"),
+                    (*master != b.master, "fleet_master"),
+                    (*heartbeat != b.heartbeat, "fleet_heartbeat_ms"),
+                    (*dead_after != b.dead_after, "fleet_dead_after_ms"),
+                ] {
+                    if changed {
+                        c.restart.push(name);
+                    }
+                }
+            }
+        }
+        c
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -471,6 +608,23 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             ));
         }
     }
+    let metrics_listen = match &raw.metrics_listen {
+        Some(l) => Some(
+            l.parse::<SocketAddr>()
+                .map_err(|_| invalid("metrics_listen", format!("{l:?} is not address:port")))?,
+        ),
+        None => None,
+    };
+    let control_socket = match raw.control_socket.as_str() {
+        "" => None,
+        p if p.starts_with('/') && p.len() < 108 => Some(PathBuf::from(p)),
+        p => {
+            return Err(invalid(
+                "control_socket",
+                format!("{p:?} is not an absolute path of at most 107 bytes (\"\" turns it off)"),
+            ));
+        }
+    };
     Ok(BrokerConfig {
         listen,
         tcp: raw.tcp,
@@ -506,6 +660,8 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         forwarding: raw.forwarding,
         datapath_kind,
         fleet,
+        metrics_listen,
+        control_socket,
     })
 }
 
@@ -642,6 +798,43 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = BrokerConfig::parse("tunnel_modes = [\"v6anyv4\"]", Path::new("b.toml")).unwrap_err();
         assert!(e.to_string().contains("tunnel_modes"), "{e}");
+    }
+
+    #[test]
+    fn operations_keys() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
+        let c = parse("metrics_listen = \"127.0.0.1:9653\"\ncontrol_socket = \"\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9653".parse().unwrap()));
+        assert_eq!(c.control_socket, None);
+        assert_eq!(
+            BrokerConfig::default().control_socket.as_deref(),
+            Some(Path::new("/run/tsp-broker/control"))
+        );
+        let e = parse("metrics_listen = \"9653\"").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen"), "{e}");
+        let e = parse("control_socket = \"run/control\"").unwrap_err().to_string();
+        assert!(e.contains("control_socket"), "{e}");
+    }
+
+    #[test]
+    fn reload_changes_are_sorted_by_what_a_running_broker_can_take() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml")).unwrap();
+        let old = parse("");
+        assert_eq!(old.changes(&parse("")), Changes::default());
+        let c = old.changes(&parse(
+            "max_tunnels = 5\nlogin_delay_ms = 10\nredirect = [\"192.0.2.9\"]",
+        ));
+        assert_eq!(c.live, vec!["max_tunnels", "login_delay_ms", "redirect"]);
+        assert!(c.restart.is_empty());
+        let c = old.changes(&parse(
+            "listen = [\"192.0.2.1:3653\"]\nclient_pool = \"2001:db8:d::/64\"\nmax_tunnels = 5",
+        ));
+        assert_eq!(c.restart, vec!["listen", "client_pool"]);
+        assert_eq!(c.live, vec!["max_tunnels"]);
+        let fleet = "database = \"host=db\"\nfleet_address = \"b1\"\nfleet_id = \"b1\"";
+        let c = parse(fleet).changes(&parse(&format!("{fleet}\nfleet_heartbeat_ms = 500")));
+        assert_eq!(c.restart, vec!["fleet_heartbeat_ms"]);
+        assert_eq!(old.changes(&parse(fleet)).restart, vec!["database"]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod links;
 pub use links::inner_source_rules;
 
 use super::config::{BrokerConfig, DatapathKind};
+use super::metrics::Traffic;
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;
 use tsp_tunnel::batch::{Inbox, Outbox, Sock};
@@ -63,6 +64,8 @@ struct Route {
     /// Its blocks are routed to the TUN devices one by one (a fleet member: see
     /// [`BrokerDatapath::announce`]); taken back when the tunnel goes.
     announced: Vec<(IpAddr, u8)>,
+    /// What it carried, counted under the table's lock the packet path takes anyway.
+    traffic: Traffic,
 }
 
 impl Route {
@@ -103,11 +106,14 @@ struct Table {
     by_v6: HashMap<Ipv6Addr, Endpoint>,
     by_prefix: Vec<(u128, u8, Endpoint)>,
     by_v4: HashMap<Ipv4Addr, Endpoint>,
+    /// The traffic of the tunnels gone, so the totals never go back.
+    ended: Traffic,
 }
 
 impl Table {
     fn take(&mut self, ep: &Endpoint) -> Option<Route> {
         let r = self.routes.remove(ep)?;
+        self.ended += r.traffic;
         if let Some(a) = r.inner_v6 {
             self.by_v6.remove(&a);
         }
@@ -128,9 +134,22 @@ impl Table {
             Some(r) if r.accepts_source(pkt) => {
                 let now = Instant::now();
                 r.last_seen = now;
-                !r.kernel && r.echo.allow(pkt, now)
+                let deliver = !r.kernel && r.echo.allow(pkt, now);
+                // A kernel link's packet was carried (by the link): counted from its copy.
+                if deliver || r.kernel {
+                    r.traffic.packets_from_clients += 1;
+                    r.traffic.bytes_from_clients += pkt.len() as u64;
+                }
+                deliver
             }
             _ => false,
+        }
+    }
+
+    fn endpoint_of(&self, inner: IpAddr) -> Option<Endpoint> {
+        match inner {
+            IpAddr::V6(a) => self.by_v6.get(&a).copied(),
+            IpAddr::V4(a) => self.by_v4.get(&a).copied(),
         }
     }
 
@@ -404,6 +423,7 @@ impl BrokerDatapath {
                 echo,
                 kernel: false,
                 announced: Vec::new(),
+                traffic: Traffic::default(),
             },
             _ => Route {
                 inner_v6: Some(offer.client_v6),
@@ -415,6 +435,7 @@ impl BrokerDatapath {
                 echo,
                 kernel: false,
                 announced: Vec::new(),
+                traffic: Traffic::default(),
             },
         };
         let kernel_kind = match endpoint {
@@ -522,6 +543,39 @@ impl BrokerDatapath {
         lock(&self.table).routes.contains_key(endpoint)
     }
 
+    /// Stops carrying the tunnel of this inner address (the client's IPv6 address, or IPv4
+    /// for v4v6), wherever its endpoint is; false if none carries it.
+    pub fn remove_inner(&self, inner: IpAddr) -> bool {
+        let ep = lock(&self.table).endpoint_of(inner);
+        ep.is_some_and(|ep| self.remove(&ep))
+    }
+
+    /// What the tunnel of this inner address carried so far.
+    pub fn traffic_of(&self, inner: IpAddr) -> Option<Traffic> {
+        let t = lock(&self.table);
+        let ep = t.endpoint_of(inner)?;
+        t.routes.get(&ep).map(|r| r.traffic)
+    }
+
+    /// What every tunnel carried since the broker started, the ended ones included.
+    pub fn traffic(&self) -> Traffic {
+        let t = lock(&self.table);
+        let mut total = t.ended;
+        for r in t.routes.values() {
+            total += r.traffic;
+        }
+        total
+    }
+
+    /// False once one of the datapath's tasks stopped (a TUN device or raw socket failed):
+    /// the tunnels are no longer carried, though negotiations would still succeed.
+    pub fn alive(&self) -> bool {
+        self.tasks
+            .lock()
+            .map(|tasks| tasks.iter().all(|t| !t.is_finished()))
+            .unwrap_or(false)
+    }
+
     /// Checks a packet from a client's endpoint and marks the client alive; the packet is
     /// ours to deliver only if its inner source belongs to that client.
     fn admit(&self, endpoint: &Endpoint, pkt: &[u8]) -> bool {
@@ -594,13 +648,21 @@ impl BrokerDatapath {
                     // All packets of one read share their destination.
                     let pkt = o.segs.get(first);
                     let (ep, local) = {
-                        let t = lock(table);
+                        let mut t = lock(table);
                         let ep = if v6 {
                             v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
                         } else {
                             v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
                         };
-                        (ep, ep.and_then(|ep| t.routes.get(&ep)).and_then(|r| r.local))
+                        let route = ep.and_then(|ep| t.routes.get_mut(&ep));
+                        // Counted as handed to the socket (a send that fails later is rare).
+                        let local = route.map(|r| {
+                            let sent = &o.segs.ranges[first..];
+                            r.traffic.packets_to_clients += sent.len() as u64;
+                            r.traffic.bytes_to_clients += sent.iter().map(|p| p.len() as u64).sum::<u64>();
+                            r.local
+                        });
+                        (ep, local.flatten())
                     };
                     let (via41, via4) = self.raw_via(local);
                     match ep {
@@ -797,6 +859,7 @@ mod tests {
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: false,
                 announced: Vec::new(),
+                traffic: Traffic::default(),
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
@@ -821,6 +884,7 @@ mod tests {
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: true,
                 announced: Vec::new(),
+                traffic: Traffic::default(),
             },
         );
         let mut pkt = vec![0u8; 40];
@@ -850,6 +914,7 @@ mod tests {
             echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
             kernel: false,
             announced: Vec::new(),
+            traffic: Traffic::default(),
         };
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;

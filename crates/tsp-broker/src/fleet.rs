@@ -34,6 +34,8 @@ use tsp_proto::types::MAX_BROKERS;
 pub const DB_DOWN: &str = "account database unreachable; try again later";
 /// What a master tells clients while it knows no live broker.
 pub const NO_BROKER: &str = "no live broker in the fleet; try again later";
+/// What a client is told when its addresses could not be allocated for contention.
+pub const CONTENDED: &str = "address allocation contended; try again later";
 
 /// Events that must reach the database in order, retried until they do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +56,8 @@ const UNHEALTHY: u8 = 2;
 pub struct Fleet {
     pub db: Db,
     pub cfg: FleetConfig,
-    broker_cfg: Arc<BrokerConfig>,
+    /// The broker's configuration: its realm and capacity may change on a reload.
+    broker_cfg: std::sync::RwLock<Arc<BrokerConfig>>,
     events: mpsc::UnboundedSender<Event>,
     inbox: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     health: AtomicU8,
@@ -67,11 +70,25 @@ impl Fleet {
         Some(Arc::new(Self {
             db,
             cfg,
-            broker_cfg,
+            broker_cfg: std::sync::RwLock::new(broker_cfg),
             events,
             inbox: std::sync::Mutex::new(Some(inbox)),
             health: AtomicU8::new(UNKNOWN),
         }))
+    }
+
+    fn broker_cfg(&self) -> Arc<BrokerConfig> {
+        self.broker_cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reloaded configuration (the fleet's own keys cannot change without a restart).
+    pub fn set_config(&self, cfg: Arc<BrokerConfig>) {
+        *self.broker_cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+
+    /// Whether the database answered last time it was asked.
+    pub fn healthy(&self) -> bool {
+        self.health.load(Ordering::SeqCst) == HEALTHY
     }
 
     /// A tunnel of ours was established: this broker is the key's home.
@@ -88,7 +105,7 @@ impl Fleet {
 
     /// The HA1 of `user`'s enabled account; a refusal (530) when the database cannot say.
     pub async fn account(&self, shared: &Shared, user: &str) -> Result<Option<[u8; 16]>, Refusal> {
-        match self.db.account(user, &self.broker_cfg.realm).await {
+        match self.db.account(user, &self.broker_cfg().realm).await {
             Ok(Account::Enabled(ha1)) => Ok(Some(ha1)),
             Ok(Account::Disabled) => {
                 tracing::info!(user, "login refused: the account is disabled");
@@ -120,7 +137,7 @@ impl Fleet {
 
     /// Assigns a plan's blocks from the database.
     pub async fn assign(&self, shared: &Shared, plan: &Plan) -> Result<Blocks, Refusal> {
-        let cfg = &self.broker_cfg;
+        let cfg = &self.broker_cfg();
         let get = async |kind: PoolKind, len: u8| match self.db.assign(cfg, &plan.key, kind, len).await {
             Ok(Some(start)) => Ok(start),
             Ok(None) => {
@@ -143,12 +160,10 @@ impl Fleet {
     fn unavailable(&self, shared: &Shared, doing: &str, e: &DbError) -> Refusal {
         if let DbError::Contention(_) = e {
             tracing::warn!(error = %e, "{doing}: refused for now");
-            return Refusal::because(
-                StatusCode::ServerTooBusy,
-                "address allocation contended; try again later",
-            );
+            return Refusal::because(StatusCode::ServerTooBusy, CONTENDED);
         }
-        tracing::warn!(error = %e, "{doing}: database unavailable; client refused with 530");
+        // The client's refusal is logged by the session, with its user and peer.
+        tracing::warn!(error = %e, "{doing}: database unavailable");
         self.set_health(shared, false, &e.to_string());
         Refusal::because(StatusCode::ServerTooBusy, DB_DOWN)
     }
@@ -206,7 +221,7 @@ impl Fleet {
                 if !registered {
                     self.db.migrate().await?;
                     if !self.cfg.master {
-                        self.db.register(&self.cfg, self.broker_cfg.max_tunnels).await?;
+                        self.db.register(&self.cfg, self.broker_cfg().max_tunnels).await?;
                     }
                     registered = true;
                 }
@@ -221,7 +236,7 @@ impl Fleet {
                     } else {
                         let carried = shared.lock().established_keys();
                         self.db
-                            .heartbeat(&self.cfg, &carried, self.broker_cfg.max_tunnels)
+                            .heartbeat(&self.cfg, &carried, self.broker_cfg().max_tunnels)
                             .await?;
                     }
                 }

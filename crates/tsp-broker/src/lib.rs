@@ -11,11 +11,14 @@
 
 pub mod accounts;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod db;
 pub mod echo_limit;
 pub mod fleet;
+pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod serve;
 pub mod throttle;
 
@@ -26,6 +29,7 @@ use std::time::{Instant, SystemTime};
 
 use accounts::Accounts;
 use config::BrokerConfig;
+use metrics::RefusalReason;
 use pool::Pool;
 
 use tsp_proto::caps::{self, Capabilities};
@@ -135,6 +139,35 @@ pub fn exhausted(kind: PoolKind) -> Refusal {
     }
 }
 
+/// How a refusal for v6v4 from behind a NAT starts (the rest names the addresses).
+const NAT_REFUSAL: &str = "v6v4 cannot cross the NAT";
+/// How a refusal for too many offers pending from one address ends.
+const PENDING_REFUSAL: &str = "offers to this address await their accept";
+
+/// Why a refusal this broker gives turned the client away, for the operator (the refusal's
+/// log line and `tsp_broker_refusals_total`). The reasons behind `303` and `530` are told
+/// apart by the words this crate puts after the code.
+pub fn refusal_reason(r: &Refusal) -> RefusalReason {
+    let reason = r.reason.as_deref().unwrap_or("");
+    match r.status {
+        StatusCode::NoMoreTunnels | StatusCode::PrefixLengthUnavailable => RefusalReason::Capacity,
+        StatusCode::UnsupportedTunnelType if reason.starts_with(NAT_REFUSAL) => RefusalReason::Nat,
+        StatusCode::UnsupportedTunnelType | StatusCode::UnsupportedPrefixLength | StatusCode::PrefixForAnonymous => {
+            RefusalReason::Unsupported
+        }
+        StatusCode::InvalidRequest | StatusCode::InvalidIpv4 | StatusCode::InvalidIpv6 => RefusalReason::BadRequest,
+        StatusCode::ServerTooBusy if reason.ends_with(PENDING_REFUSAL) => RefusalReason::PendingOffers,
+        StatusCode::ServerTooBusy if reason == fleet::DB_DOWN || reason == fleet::CONTENDED => {
+            RefusalReason::DatabaseUnavailable
+        }
+        StatusCode::ServerTooBusy => RefusalReason::Busy,
+        StatusCode::UnsupportedVersion => RefusalReason::Version,
+        StatusCode::AuthenticationFailed => RefusalReason::AuthFailed,
+        StatusCode::Redirect(_) => RefusalReason::Redirected,
+        _ => RefusalReason::Other,
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     cfg: Arc<BrokerConfig>,
@@ -151,6 +184,11 @@ fn v4_mapped(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// A peer as the operator knows it: an IPv4 client of a dual-stack listener shows as IPv4.
+pub(crate) fn plain_peer(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(v4_mapped(peer.ip()), peer.port())
 }
 
 impl Broker {
@@ -281,6 +319,26 @@ impl Broker {
         self.end_where(|s| s.peer == peer)
     }
 
+    /// Ends the sessions of `who` (a user name, or the key of an anonymous session as
+    /// `tsp-broker sessions` shows it), established or offered; their records.
+    pub fn end_user(&mut self, who: &str) -> Vec<SessionRecord> {
+        let keys: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.user.as_deref() == Some(who) || s.key == who)
+            .map(|s| s.key.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.sessions.remove(k)).collect()
+    }
+
+    /// A reloaded configuration (its restart-only keys unchanged, [`reload`]) and accounts:
+    /// new sessions follow them; sessions and assignments stay.
+    pub fn reconfigure(&mut self, cfg: Arc<BrokerConfig>, accounts: Accounts) {
+        self.logins.set_limits(cfg.login_delay, cfg.login_delay_max);
+        self.cfg = cfg;
+        self.accounts = accounts;
+    }
+
     fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
         let mut ended = Vec::new();
         self.sessions.retain(|_, s| {
@@ -329,7 +387,7 @@ impl Broker {
                     Refusal::because(
                         StatusCode::UnsupportedTunnelType,
                         format!(
-                            "v6v4 cannot cross the NAT between client and broker (client reports IPv4 {}, broker sees {observed}){how}",
+                            "{NAT_REFUSAL} between client and broker (client reports IPv4 {}, broker sees {observed}){how}",
                             req.client_addr
                         ),
                     )
@@ -450,10 +508,13 @@ impl Broker {
     pub fn plan(&mut self, info: &SessionInfo, req: &CreateRequest) -> Result<Plan, Refusal> {
         let key = Self::session_key(info, req);
         self.expire_offers();
+        // The refusals below are logged by the caller, once, with the user and the reason.
         if !self.sessions.contains_key(&key) {
             if self.sessions.len() >= self.cfg.max_tunnels {
-                tracing::warn!(peer = %info.peer, max = self.cfg.max_tunnels, "broker full");
-                return Err(StatusCode::NoMoreTunnels.into());
+                return Err(Refusal::because(
+                    StatusCode::NoMoreTunnels,
+                    format!("broker full (max_tunnels = {})", self.cfg.max_tunnels),
+                ));
             }
             let source = v4_mapped(info.peer.ip());
             let pending = self
@@ -462,10 +523,9 @@ impl Broker {
                 .filter(|s| !s.established && v4_mapped(s.peer.ip()) == source)
                 .count();
             if pending >= self.cfg.max_pending_per_source {
-                tracing::warn!(peer = %info.peer, pending, "too many offers awaiting their accept from one address");
                 return Err(Refusal::because(
                     StatusCode::ServerTooBusy,
-                    format!("{pending} offers to this address await their accept"),
+                    format!("{pending} {PENDING_REFUSAL}"),
                 ));
             }
         }
@@ -655,6 +715,7 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(r.status, StatusCode::UnsupportedTunnelType);
+        assert_eq!(refusal_reason(&r), RefusalReason::Nat);
         let why = r.reason.unwrap();
         assert!(why.contains("NAT") && why.contains("TCP"), "{why}");
         assert!(why.contains("198.51.100.3") && why.contains("203.0.113.2"), "{why}");
@@ -729,7 +790,9 @@ mod tests {
             info("192.0.2.3:4000", Transport::Udp, Some("b")),
             req(TunnelMode::V6V4, "192.0.2.3"),
         );
-        assert_eq!(b.offer(&other.0, &other.1), Err(StatusCode::NoMoreTunnels.into()));
+        let full = b.offer(&other.0, &other.1).unwrap_err();
+        assert_eq!(full.status, StatusCode::NoMoreTunnels);
+        assert_eq!(refusal_reason(&full), RefusalReason::Capacity);
         // The datapath reports `a`'s tunnel silent: the slot is free again.
         b.end_tunnel(IpAddr::V6(a.client_v6));
         assert!(b.offer(&other.0, &other.1).is_ok());
@@ -746,6 +809,7 @@ mod tests {
         assert!(half(&mut b, "192.0.2.2:2", "10.0.0.2").is_ok());
         let r = half(&mut b, "192.0.2.2:3", "10.0.0.3").unwrap_err();
         assert_eq!(r.status, StatusCode::ServerTooBusy);
+        assert_eq!(refusal_reason(&r), RefusalReason::PendingOffers);
         // The same client asking again keeps its own slot.
         assert!(half(&mut b, "192.0.2.2:2", "10.0.0.2").is_ok());
         // Another source fills the broker; then everyone gets 301.
@@ -768,6 +832,53 @@ mod tests {
         let mut stale = o.clone();
         stale.client_v4 = "192.0.2.2".parse().unwrap();
         assert!(b.mark_established(&gone, &stale).is_none());
+    }
+
+    #[test]
+    fn refusal_reasons_name_the_cause() {
+        let busy = |why: &str| Refusal::because(StatusCode::ServerTooBusy, why);
+        assert_eq!(
+            refusal_reason(&busy(fleet::DB_DOWN)),
+            RefusalReason::DatabaseUnavailable
+        );
+        assert_eq!(
+            refusal_reason(&busy(fleet::CONTENDED)),
+            RefusalReason::DatabaseUnavailable
+        );
+        assert_eq!(refusal_reason(&busy(fleet::NO_BROKER)), RefusalReason::Busy);
+        assert_eq!(
+            refusal_reason(&StatusCode::UnsupportedTunnelType.into()),
+            RefusalReason::Unsupported
+        );
+        assert_eq!(
+            refusal_reason(&StatusCode::InvalidIpv4.into()),
+            RefusalReason::BadRequest
+        );
+        assert_eq!(refusal_reason(&exhausted(PoolKind::Prefix6)), RefusalReason::Capacity);
+        assert_eq!(refusal_reason(&Refusal::redirect(vec![])), RefusalReason::Redirected);
+        assert_eq!(refusal_reason(&StatusCode::ServerError.into()), RefusalReason::Other);
+    }
+
+    #[test]
+    fn a_user_is_disconnected_by_name_or_key() {
+        let mut b = broker("");
+        let alice = info("192.0.2.2:4000", Transport::Udp, Some("alice"));
+        let o = b.offer(&alice, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        b.mark_established(&alice, &o).unwrap();
+        b.offer(
+            &info("192.0.2.3:4000", Transport::Udp, None),
+            &req(TunnelMode::V6UdpV4, "10.0.0.3"),
+        )
+        .unwrap();
+        assert!(b.end_user("bob").is_empty());
+        let ended = b.end_user("alice");
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].established && ended[0].offer == o);
+        assert_eq!(b.end_user("anon:10.0.0.3@192.0.2.3").len(), 1);
+        assert_eq!(b.sessions().count(), 0);
+        // Her address stays hers.
+        let again = b.offer(&alice, &req(TunnelMode::V6V4, "192.0.2.2")).unwrap();
+        assert_eq!(again.client_v6, o.client_v6);
     }
 
     #[test]

@@ -4,20 +4,24 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::Broker;
 use super::config::BrokerConfig;
+use super::control::{self, SessionView};
 use super::datapath::{BrokerDatapath, Endpoint};
 use super::fleet::{self, Fleet};
+use super::metrics::{self, Auth, Gauges, Metrics, RefusalReason, TunnelEnd};
+use super::{Broker, refusal_reason};
 use tsp_proto::client::Transport;
 use tsp_proto::rudp::{self, HEADER_LEN, Header};
 use tsp_proto::server::{Answer, Need, Progress, Refusal, ServerConfig, ServerError, ServerSession, SessionInfo};
+use tsp_proto::status::StatusCode;
 use tsp_proto::types::MAX_MESSAGE;
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;
@@ -44,6 +48,12 @@ pub struct Shared {
     pub datapath: Option<Arc<BrokerDatapath>>,
     /// Accounts and assignments in the fleet's database instead of the broker's own.
     pub fleet: Option<Arc<Fleet>>,
+    /// What the operator's metrics count.
+    pub metrics: Arc<Metrics>,
+    started: SystemTime,
+    /// The open TCP connections of clients, each woken to close when its user is
+    /// disconnected (gogoc ends the tunnel when its TCP connection closes).
+    connections: Arc<Mutex<HashMap<SocketAddr, Arc<Notify>>>>,
 }
 
 impl Shared {
@@ -53,6 +63,9 @@ impl Shared {
             protocol: Arc::new(RwLock::new(Arc::new(protocol))),
             datapath: None,
             fleet: None,
+            metrics: Arc::default(),
+            started: SystemTime::now(),
+            connections: Arc::default(),
         }
     }
 
@@ -69,7 +82,7 @@ impl Shared {
         self.protocol.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update_protocol(&self, f: impl FnOnce(&mut ServerConfig)) {
+    pub(crate) fn update_protocol(&self, f: impl FnOnce(&mut ServerConfig)) {
         let mut current = self.protocol.write().unwrap_or_else(|p| p.into_inner());
         let mut next = (**current).clone();
         f(&mut next);
@@ -107,19 +120,150 @@ impl Shared {
     /// and makes this broker the key's home in the fleet.
     fn accept(&self, info: &SessionInfo, offer: &Offer) -> bool {
         let Some(key) = self.lock().mark_established(info, offer) else {
+            self.refused(
+                info,
+                &who(info, None, true),
+                RefusalReason::OfferExpired,
+                None,
+                "accept for an offer withdrawn meanwhile (not accepted within offer_timeout)",
+            );
             return false;
         };
+        self.metrics.established(offer.mode, Auth::of(info.user.as_deref()));
         if let Some(f) = &self.fleet {
             f.session_up(key);
         }
         true
     }
 
-    /// Sessions ended (their keys): the fleet's database hears of it.
-    fn ended(&self, keys: Vec<String>) {
+    /// Sessions ended (their keys), for this reason: the fleet's database hears of it.
+    fn ended(&self, keys: Vec<String>, why: TunnelEnd) {
+        self.metrics.ended(why, keys.len());
         if let (Some(f), false) = (&self.fleet, keys.is_empty()) {
             f.sessions_down(keys);
         }
+    }
+
+    /// Logs a refusal, once, with the user and the reason (never a credential), and counts it.
+    fn refused(&self, info: &SessionInfo, user: &str, why: RefusalReason, status: Option<u32>, detail: &str) {
+        self.metrics.refused(why);
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        let peer = crate::plain_peer(info.peer);
+        let reason = why.label();
+        // Capacity and the database are the operator's business; the rest is the clients'.
+        if matches!(why, RefusalReason::Capacity | RefusalReason::DatabaseUnavailable) {
+            tracing::warn!(user, %peer, reason, %status, detail, "client refused");
+        } else {
+            tracing::info!(user, %peer, reason, %status, detail, "client refused");
+        }
+    }
+
+    /// After the client's bytes were processed as far as they go: the login's throttling
+    /// (how long to hold the replies back) and, if the session ended in a refusal, its log
+    /// line and counters.
+    fn conclude(&self, neg: &mut Negotiation, result: &Result<Progress, ServerError>) -> Duration {
+        let login = neg.session.take_login();
+        let hold = match &login {
+            Some(l) => {
+                self.metrics.login(l.ok);
+                self.lock().login_hold(l, neg.session.info().peer.ip())
+            }
+            None => Duration::ZERO,
+        };
+        if !hold.is_zero() {
+            self.metrics.throttled();
+        }
+        if let Err(e) = result {
+            let (why, status, mut detail) = neg.classify(e);
+            if !hold.is_zero() {
+                detail = format!(
+                    "{detail}; answer delayed {} ms (failed-login throttle)",
+                    hold.as_millis()
+                );
+            }
+            let tried = login.as_ref().and_then(|l| l.user.as_deref()).or(neg.asked.as_deref());
+            let user = who(neg.session.info(), tried, neg.created);
+            self.refused(neg.session.info(), &user, why, status, &detail);
+        }
+        hold
+    }
+
+    /// The gauges of the metrics, read now.
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            started: Some(self.started),
+            database_up: self.fleet.as_ref().map(|f| f.healthy()),
+            ..Gauges::default()
+        };
+        {
+            let broker = self.lock();
+            g.max_tunnels = broker.config().max_tunnels as u64;
+            for s in broker.sessions() {
+                if s.established {
+                    g.count_session(s.offer.mode, s.user.as_deref());
+                } else {
+                    g.offers_pending += 1;
+                }
+            }
+        }
+        if let Some(dp) = &self.datapath {
+            g.traffic = dp.traffic();
+        }
+        g
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        metrics::render(&self.metrics, &self.gauges())
+    }
+
+    /// The sessions as `tsp-broker sessions` lists them, established ones first, then by user.
+    pub fn session_views(&self) -> Vec<SessionView> {
+        let records: Vec<_> = self.lock().sessions().cloned().collect();
+        let mut views: Vec<SessionView> = records
+            .iter()
+            .map(|s| {
+                let traffic = self
+                    .datapath
+                    .as_ref()
+                    .and_then(|dp| dp.traffic_of(inner_address(&s.offer)))
+                    .unwrap_or_default();
+                SessionView::new(s, traffic)
+            })
+            .collect();
+        views.sort_by(|a, b| (!a.established, &a.user, &a.key).cmp(&(!b.established, &b.user, &b.key)));
+        views
+    }
+
+    /// Ends the tunnels of `who` (a user, or an anonymous session's key): out of the
+    /// datapath (its kernel link deleted), its TCP connection closed, the session records and
+    /// the fleet's session rows gone. How many tunnels and offers ended.
+    pub fn disconnect(&self, who: &str) -> usize {
+        let ended = self.lock().end_user(who);
+        let mut keys = Vec::new();
+        for s in &ended {
+            if let Some(dp) = &self.datapath {
+                dp.remove_inner(inner_address(&s.offer));
+            }
+            if s.transport == Transport::Tcp
+                && let Some(kick) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(&s.peer)
+            {
+                kick.notify_one();
+            }
+            if s.established {
+                keys.push(s.key.clone());
+            }
+            tracing::info!(
+                user = s.user.as_deref().unwrap_or("(anonymous)"),
+                key = %s.key,
+                peer = %crate::plain_peer(s.peer),
+                mode = %s.offer.mode,
+                established = s.established,
+                "disconnected by the operator"
+            );
+        }
+        self.ended(keys, TunnelEnd::Disconnected);
+        ended.len()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Broker> {
@@ -170,21 +314,139 @@ impl Shared {
 
     /// Feeds client bytes and answers the lookups the session needs; the result, and how long
     /// to hold the replies back (a failed login's throttling).
-    async fn drive(&self, session: &mut ServerSession, bytes: &[u8]) -> (Result<Progress, ServerError>, Duration) {
-        let mut result = session.feed(bytes, &mut rand::rngs::OsRng);
-        while let Ok(Progress::Need(need)) = &result {
-            let answer = self.answer(need, session.info()).await;
-            result = session.resume(answer, &mut rand::rngs::OsRng);
-        }
-        (result, self.login_hold(session))
+    async fn drive(&self, neg: &mut Negotiation, bytes: &[u8]) -> (Result<Progress, ServerError>, Duration) {
+        let result = neg.session.feed(bytes, &mut rand::rngs::OsRng);
+        let result = self.answer_all(neg, result).await;
+        let hold = self.conclude(neg, &result);
+        (result, hold)
     }
 
-    fn login_hold(&self, session: &mut ServerSession) -> Duration {
-        let peer = session.info().peer;
-        session
-            .take_login()
-            .map(|l| self.lock().login_hold(&l, peer.ip()))
-            .unwrap_or_default()
+    /// Answers the session's lookups, one after another, until it needs none.
+    async fn answer_all(
+        &self,
+        neg: &mut Negotiation,
+        mut result: Result<Progress, ServerError>,
+    ) -> Result<Progress, ServerError> {
+        while let Ok(Progress::Need(need)) = &result {
+            neg.asking(need);
+            let answer = self.answer(need, neg.session.info()).await;
+            result = neg.resume(answer);
+        }
+        result
+    }
+}
+
+/// The address that names a tunnel in the datapath: the client's IPv6 address, IPv4 for v4v6.
+fn inner_address(offer: &Offer) -> IpAddr {
+    match offer.mode {
+        TunnelMode::V4V6 => IpAddr::V4(offer.client_v4),
+        _ => IpAddr::V6(offer.client_v6),
+    }
+}
+
+/// Who a refusal's log line names: the logged-in user, else the user a login tried, else
+/// `(anonymous)` once the client got past the login anonymously, else `(none)`.
+fn who(info: &SessionInfo, tried: Option<&str>, logged_in: bool) -> String {
+    match info.user.as_deref().or(tried) {
+        Some(u) => u.to_owned(),
+        None if logged_in => "(anonymous)".to_owned(),
+        None => "(none)".to_owned(),
+    }
+}
+
+/// One client's negotiation: the protocol session, and what the operator is told when it ends
+/// in a refusal (the words of a refusal do not survive in the session's error).
+#[derive(Debug)]
+struct Negotiation {
+    session: ServerSession,
+    /// The settings it started with (a redirection before the login names their brokers).
+    protocol: Arc<ServerConfig>,
+    /// The user whose account was looked up last (a login under way).
+    asked: Option<String>,
+    /// The client made a create request: it logged in (anonymously if the session has no user).
+    created: bool,
+    /// The last refusal handed to the session.
+    refusal: Option<Refusal>,
+}
+
+impl Negotiation {
+    /// A client begins to negotiate (with the broker's settings of now).
+    fn start(shared: &Shared, peer: SocketAddr, local: SocketAddr, transport: Transport) -> Self {
+        let protocol = shared.protocol();
+        Self {
+            session: ServerSession::new(protocol.clone(), peer, local, transport),
+            protocol,
+            asked: None,
+            created: false,
+            refusal: None,
+        }
+    }
+
+    fn asking(&mut self, need: &Need) {
+        match need {
+            Need::Account { user } => self.asked = Some(user.clone()),
+            Need::Offer(_) => self.created = true,
+        }
+    }
+
+    fn resume(&mut self, answer: Answer) -> Result<Progress, ServerError> {
+        if let Answer::Offer(Err(r)) | Answer::Account(Err(r)) = &answer {
+            self.refusal = Some(r.clone());
+        }
+        self.session.resume(answer, &mut rand::rngs::OsRng)
+    }
+
+    /// The reason, status and words of the refusal that ended the session with `e`. The
+    /// words never quote what the client sent where credentials could be.
+    fn classify(&self, e: &ServerError) -> (RefusalReason, Option<u32>, String) {
+        let refusal = |r: &Refusal| {
+            let words = match r.status {
+                StatusCode::Redirect(_) => format!(
+                    "sent to {}",
+                    r.brokers
+                        .iter()
+                        .map(crate::config::broker_addr_text)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                s => r.reason.clone().unwrap_or_else(|| s.to_string()),
+            };
+            (refusal_reason(r), Some(r.status.code()), words)
+        };
+        // A lookup's refusal ended the session: its words say why.
+        if let (ServerError::Refused(_) | ServerError::Redirected | ServerError::Busy(_), Some(r)) = (e, &self.refusal)
+        {
+            return refusal(r);
+        }
+        match e {
+            ServerError::Refused(s) => (RefusalReason::Other, Some(s.code()), e.to_string()),
+            // Before the login: the protocol's own busy (530) and redirection (1200) answers.
+            ServerError::Busy(reason) => refusal(&Refusal::because(StatusCode::ServerTooBusy, reason.clone())),
+            ServerError::Redirected => refusal(&Refusal::redirect(self.protocol.redirect.clone().unwrap_or_default())),
+            ServerError::AuthFailed { mechanism, reason } => (
+                RefusalReason::AuthFailed,
+                Some(StatusCode::AuthenticationFailed.code()),
+                format!("{mechanism}: {reason}"),
+            ),
+            ServerError::Version(_) => (
+                RefusalReason::Version,
+                Some(StatusCode::UnsupportedVersion.code()),
+                e.to_string(),
+            ),
+            ServerError::BadRequest(_) => (
+                RefusalReason::BadRequest,
+                Some(StatusCode::InvalidRequest.code()),
+                e.to_string(),
+            ),
+            ServerError::Frame(_) | ServerError::BadAccept(_) => (RefusalReason::BadRequest, None, e.to_string()),
+            // Its preview could be anything the client sent, a password included.
+            ServerError::Unexpected(_) => (
+                RefusalReason::BadRequest,
+                None,
+                "client sent an unexpected message".to_owned(),
+            ),
+            ServerError::NotWaiting => (RefusalReason::Other, None, e.to_string()),
+        }
     }
 }
 
@@ -194,12 +456,18 @@ pub struct Running {
     pub shared: Shared,
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// Where the metrics are served.
+    pub metrics: Option<SocketAddr>,
+    /// The control socket (removed when this is dropped).
+    pub control: Option<control::SocketFile>,
+    /// The listeners' tasks: their end is the broker's.
+    listeners: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.listeners.iter().chain(&self.tasks) {
             t.abort();
         }
     }
@@ -207,10 +475,15 @@ impl Drop for Running {
 
 impl Running {
     /// Waits until a listener task ends (it only does on a fatal socket error).
-    pub async fn wait(mut self) {
-        if let Some(t) = self.tasks.pop() {
+    pub async fn wait(&mut self) {
+        if let Some(t) = self.listeners.last_mut() {
             let _ = t.await;
         }
+    }
+
+    /// Where `tsp-broker sessions` reaches this broker, if anywhere.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|c| c.path())
     }
 }
 
@@ -239,12 +512,16 @@ async fn bind_pair(
     Err(last_err.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
 }
 
-/// Binds every configured listener, starts the datapath if configured, and starts serving.
+/// Binds every configured listener (and the metrics endpoint and control socket), starts the
+/// datapath if configured, and starts serving. Errors name what failed.
 pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Running> {
+    let context = |what: String| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
     for addr in &cfg.listen {
-        let (t, u) = bind_pair(*addr, cfg.tcp, cfg.udp).await?;
+        let (t, u) = bind_pair(*addr, cfg.tcp, cfg.udp)
+            .await
+            .map_err(context(format!("listen {addr}")))?;
         if let Some(u) = &u {
             // Every client's tunnel traffic arrives on this one socket.
             tsp_tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(u));
@@ -252,16 +529,46 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
         tcp.extend(t);
         udp.extend(u.map(Arc::new));
     }
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(context(format!("metrics_listen {addr}")))?,
+        ),
+        None => None,
+    };
+    let control = match &cfg.control_socket {
+        Some(path) => control::bind(path).map_err(std::io::Error::other)?,
+        None => None,
+    };
     // A fleet's master only redirects: it carries no tunnel.
     if cfg.datapath && !cfg.fleet.as_ref().is_some_and(|f| f.master) {
-        shared.datapath = Some(BrokerDatapath::start(cfg, udp.clone()).await?);
+        shared.datapath = Some(
+            BrokerDatapath::start(cfg, udp.clone())
+                .await
+                .map_err(context("datapath".into()))?,
+        );
     }
     let mut running = Running {
         shared: shared.clone(),
         tcp: Vec::new(),
         udp: Vec::new(),
+        metrics: None,
+        control: None,
+        listeners: Vec::new(),
         tasks: Vec::new(),
     };
+    if let Some(l) = metrics {
+        running.metrics = Some(l.local_addr()?);
+        let s = shared.clone();
+        running
+            .tasks
+            .push(tokio::spawn(metrics::serve_http(l, move || s.metrics_text())));
+    }
+    if let Some((l, file)) = control {
+        running.control = Some(file);
+        running.tasks.push(tokio::spawn(control::serve(l, shared.clone())));
+    }
     if shared.datapath.is_some() {
         running.tasks.push(tokio::spawn(sweep(shared.clone())));
     }
@@ -270,11 +577,11 @@ pub async fn start(mut shared: Shared, cfg: &BrokerConfig) -> std::io::Result<Ru
     }
     for t in tcp {
         running.tcp.push(t.local_addr()?);
-        running.tasks.push(tokio::spawn(serve_tcp(t, shared.clone())));
+        running.listeners.push(tokio::spawn(serve_tcp(t, shared.clone())));
     }
     for (i, u) in udp.into_iter().enumerate() {
         running.udp.push(u.local_addr()?);
-        running.tasks.push(tokio::spawn(serve_udp(u, i, shared.clone())));
+        running.listeners.push(tokio::spawn(serve_udp(u, i, shared.clone())));
     }
     Ok(running)
 }
@@ -287,7 +594,7 @@ async fn sweep(shared: Shared) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for inner in dp.sweep() {
             let ended = shared.lock().end_tunnel(inner);
-            shared.ended(ended);
+            shared.ended(ended, TunnelEnd::Silent);
         }
     }
 }
@@ -314,17 +621,45 @@ async fn serve_tcp(listener: TcpListener, shared: Shared) {
     }
 }
 
+/// Forgets a TCP connection's wake-up when its task ends.
+struct Connection<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.peer);
+    }
+}
+
 async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let Ok(local) = stream.local_addr() else { return };
     let _ = stream.set_nodelay(true);
-    let mut session = ServerSession::new(shared.protocol(), peer, local, Transport::Tcp);
+    let kick = Arc::new(Notify::new());
+    shared
+        .connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer, kick.clone());
+    let _registered = Connection { shared: &shared, peer };
+    let mut neg = Negotiation::start(&shared, peer, local, Transport::Tcp);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let started = Instant::now();
     let mut established = None;
+    let mut begun = false;
     loop {
-        let read = if session.is_established() {
-            // The connection stays open, idle, for the tunnel's lifetime.
-            stream.read(&mut buf).await
+        let read = if neg.session.is_established() {
+            // The connection stays open, idle, for the tunnel's lifetime, or until the
+            // operator disconnects the user.
+            tokio::select! {
+                r = stream.read(&mut buf) => r,
+                _ = kick.notified() => break,
+            }
         } else {
             match timeout(
                 NEGOTIATION_TIMEOUT.saturating_sub(started.elapsed()),
@@ -343,18 +678,23 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let (result, hold) = shared.drive(&mut session, &buf[..n]).await;
+        if !begun {
+            // Counted once the client speaks: a connection that loses tspc's UDP/TCP race
+            // closes without a word.
+            begun = true;
+            shared.metrics.negotiation(Transport::Tcp);
+        }
+        let (result, hold) = shared.drive(&mut neg, &buf[..n]).await;
         if !hold.is_zero() {
             // Failed logins are throttled (and the answers after them held alike).
             sleep(hold).await;
         }
-        if flush_tcp(&mut stream, &mut session).await.is_err() {
+        if flush_tcp(&mut stream, &mut neg.session).await.is_err() {
             break;
         }
         match result {
             Ok(Progress::Established(offer)) => {
-                if !shared.accept(session.info(), &offer) {
-                    tracing::info!(%peer, "accept for a withdrawn offer; closing");
+                if !shared.accept(neg.session.info(), &offer) {
                     break;
                 }
                 shared.established(raw_endpoint(&offer), &offer);
@@ -362,14 +702,12 @@ async fn handle_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 tracing::info!(%peer, mode = %offer.mode, "tunnel established (TCP)");
             }
             Ok(Progress::Continue | Progress::Need(_)) => {}
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "TCP session ended");
-                break;
-            }
+            // Logged (a refusal) when it was concluded.
+            Err(_) => break,
         }
     }
     let ended = shared.lock().end_session(peer);
-    shared.ended(ended);
+    shared.ended(ended, TunnelEnd::Closed);
     // gogoc keeps the TCP connection for the tunnel's lifetime: its end is the tunnel's end.
     if let (Some(dp), Some(ep)) = (&shared.datapath, established) {
         dp.remove(&ep);
@@ -390,7 +728,7 @@ async fn flush_tcp(stream: &mut TcpStream, session: &mut ServerSession) -> std::
 
 struct UdpPeer {
     /// `None` while a lookup of the session's runs in a task of its own ([`answer_later`]).
-    session: Option<ServerSession>,
+    session: Option<Negotiation>,
     /// The last answered sequence number and the datagram we answered with: a retransmission
     /// gets the same answer (tsps answered it as a new exchange and broke gogoc).
     last: Option<(u32, Vec<u8>)>,
@@ -415,7 +753,7 @@ enum UdpAnswer {
     /// Not at all (a retransmission while the answer is held or looked up).
     Silent,
     /// By a task, once a lookup is answered.
-    Later(Box<ServerSession>, Result<Progress, ServerError>, u32, [u8; HEADER_LEN]),
+    Later(Box<Negotiation>, Result<Progress, ServerError>, u32, [u8; HEADER_LEN]),
 }
 
 /// The local address a reply to `peer` leaves from (the socket may be bound to 0.0.0.0).
@@ -509,7 +847,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                     peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
                     if peers.len() > MAX_UDP_PEERS {
                         // A flood of fresh peers: keep the sessions that got somewhere.
-                        peers.retain(|_, p| p.session.as_ref().is_none_or(|s| s.is_established()));
+                        peers.retain(|_, p| p.session.as_ref().is_none_or(|n| n.session.is_established()));
                     }
                 }
             }
@@ -544,24 +882,16 @@ struct UdpAt {
 
 /// Answers a UDP session's lookups (a fleet's database), then its datagram; the session goes
 /// back to its peer entry unless the client started over meanwhile.
-async fn answer_later(
-    shared: Shared,
-    at: UdpAt,
-    mut session: Box<ServerSession>,
-    mut result: Result<Progress, ServerError>,
-) {
-    while let Ok(Progress::Need(need)) = &result {
-        let answer = shared.answer(need, session.info()).await;
-        result = session.resume(answer, &mut rand::rngs::OsRng);
-    }
-    let hold = shared.login_hold(&mut session);
-    let reply = finish_udp(&shared, at.listener, at.peer, &mut session, result, &at.header);
+async fn answer_later(shared: Shared, at: UdpAt, mut neg: Box<Negotiation>, result: Result<Progress, ServerError>) {
+    let result = shared.answer_all(&mut neg, result).await;
+    let hold = shared.conclude(&mut neg, &result);
+    let reply = finish_udp(&shared, at.listener, &mut neg.session, result, &at.header);
     {
         let mut peers = lock_peers(&at.peers);
         let Some(p) = peers.get_mut(&at.peer).filter(|p| p.session.is_none()) else {
             return;
         };
-        p.session = Some(*session);
+        p.session = Some(*neg);
         p.last = Some((at.seq, reply.clone()));
         p.touched = Instant::now();
         p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
@@ -570,20 +900,20 @@ async fn answer_later(
 }
 
 /// The datagram answering the client's (its header echoed), once the session went as far as
-/// it could; an established tunnel is handed to the datapath.
+/// it could (a refusal was logged by [`Shared::conclude`]); an established tunnel is handed to
+/// the datapath.
 fn finish_udp(
     shared: &Shared,
     listener: usize,
-    peer: SocketAddr,
     session: &mut ServerSession,
     result: Result<Progress, ServerError>,
     header: &[u8],
 ) -> Vec<u8> {
     let body = session.next_reply().unwrap_or_default();
+    let peer = session.info().peer;
     match result {
-        Ok(Progress::Established(offer)) if !shared.accept(session.info(), &offer) => {
-            tracing::info!(%peer, "accept for a withdrawn offer (not accepted in time); ignored");
-        }
+        // Logged as a refusal.
+        Ok(Progress::Established(offer)) if !shared.accept(session.info(), &offer) => {}
         Ok(Progress::Established(offer)) => {
             let ep = match offer.mode {
                 TunnelMode::V6UdpV4 => Endpoint::Udp { listener, peer },
@@ -592,8 +922,7 @@ fn finish_udp(
             shared.established(ep, &offer);
             tracing::info!(%peer, mode = %offer.mode, "tunnel established (UDP)");
         }
-        Ok(Progress::Continue | Progress::Need(_)) => {}
-        Err(e) => tracing::info!(%peer, error = %e, "UDP session ended"),
+        Ok(Progress::Continue | Progress::Need(_)) | Err(_) => {}
     }
     [header, &body].concat()
 }
@@ -640,7 +969,8 @@ fn answer_udp(
     }
     if payload.starts_with(b"VERSION=") {
         let local = local_towards(bound, peer);
-        let session = ServerSession::new(shared.protocol(), peer, local, Transport::Udp);
+        shared.metrics.negotiation(Transport::Udp);
+        let session = Negotiation::start(shared, peer, local, Transport::Udp);
         peers.insert(
             peer,
             UdpPeer {
@@ -657,21 +987,22 @@ fn answer_udp(
     p.touched = Instant::now();
     // No session: a lookup of its runs; the client's retransmissions get the answer once it
     // is there.
-    let Some(session) = p.session.as_mut() else {
+    let Some(neg) = p.session.as_mut() else {
         return UdpAnswer::Silent;
     };
-    let mut result = session.feed(payload, &mut rand::rngs::OsRng);
+    let mut result = neg.session.feed(payload, &mut rand::rngs::OsRng);
     while let Ok(Progress::Need(need)) = &result {
-        let Some(answer) = shared.answer_now(need, session.info()) else {
-            let Some(session) = p.session.take() else {
+        let Some(answer) = shared.answer_now(need, neg.session.info()) else {
+            let Some(neg) = p.session.take() else {
                 return UdpAnswer::Silent;
             };
-            return UdpAnswer::Later(Box::new(session), result, seq, header);
+            return UdpAnswer::Later(Box::new(neg), result, seq, header);
         };
-        result = session.resume(answer, &mut rand::rngs::OsRng);
+        neg.asking(need);
+        result = neg.resume(answer);
     }
-    let hold = shared.login_hold(session);
-    let reply = finish_udp(shared, listener, peer, session, result, &header);
+    let hold = shared.conclude(neg, &result);
+    let reply = finish_udp(shared, listener, &mut neg.session, result, &header);
     p.last = Some((seq, reply.clone()));
     p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
     UdpAnswer::Reply(reply, hold)

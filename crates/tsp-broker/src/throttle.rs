@@ -65,6 +65,15 @@ impl LoginThrottle {
         }
     }
 
+    /// New delays from a reloaded configuration; the failures already counted stay.
+    pub fn set_limits(&mut self, base: Duration, max: Duration) {
+        self.base = base;
+        self.max = max.max(base);
+        if base.is_zero() {
+            self.entries.clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

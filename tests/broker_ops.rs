@@ -360,6 +360,26 @@ fn sessions_lists_a_tunnel_and_disconnect_ends_it() {
         "{json}"
     );
 
+    // Only root and the broker's own user are answered: with the file mode out of the way,
+    // nobody (uid 65534) still gets a refusal from the peer-credential check.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = lab.dir().join("control");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BROKER, "-c"])
+        .arg(&conf)
+        .arg("sessions")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only root and the broker's own user"),
+        "another user was answered: {out:?}"
+    );
+    assert!(broker.output().contains("request from another user refused uid=65534"));
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+
     let mark = client.mark();
     let t0 = Instant::now();
     let out = ctl(&conf, &["disconnect", "alice"]);
@@ -705,5 +725,52 @@ async fn disconnect_closes_a_tcp_tunnels_connection() {
             .unwrap()
             .unwrap(),
         Reply::Error("no session of \"alice\"".into())
+    );
+}
+
+/// Refusals before any login are counted by reason too: an unsupported version, a message
+/// that is not TSP, and redirector mode. In-process, on loopback, over TCP.
+#[tokio::test]
+async fn refusals_before_the_login_are_counted_by_reason() {
+    use common::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tsp_broker::metrics::RefusalReason;
+
+    async fn say(addr: std::net::SocketAddr, line: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(line).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(5 * SEC, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let dir = scratch_dir("ops_refusals");
+    let extra = "udp = false
+control_socket = \"\"\nversions = [\"2.0.2\"]";
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", extra), None).await;
+    let metrics = broker.running.shared.metrics.clone();
+    assert!(say(broker.addr, b"VERSION=2.0.0\r\n").await.starts_with("302"));
+    assert_eq!(metrics.refusals(RefusalReason::Version), 1);
+    say(broker.addr, b"HELLO broker\r\n").await;
+    assert_eq!(metrics.refusals(RefusalReason::BadRequest), 1);
+
+    let redirector = start_broker(
+        &broker_toml(
+            &dir,
+            "127.0.0.1:0",
+            "udp = false\ncontrol_socket = \"\"\nredirect = [\"192.0.2.9\"]",
+        ),
+        None,
+    )
+    .await;
+    let answer = say(redirector.addr, b"VERSION=2.0.2\r\n").await;
+    assert!(answer.starts_with("1200") && answer.contains("192.0.2.9"), "{answer}");
+    let text = redirector.running.shared.metrics_text();
+    assert!(
+        text.contains("tsp_broker_refusals_total{reason=\"redirected\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tsp_broker_negotiations_total{transport=\"tcp\"} 1\n"),
+        "{text}"
     );
 }

@@ -224,24 +224,24 @@ pub async fn serve(listener: UnixListener, shared: Shared) {
 async fn answer(stream: UnixStream, shared: &Shared, me: u32) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    // The request is read whoever asks: one request, one reply, and a refused client reads
+    // why instead of a closed socket.
+    let mut line = Vec::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let reply = if uid != 0 && uid != me {
         tracing::warn!(uid, "control socket: request from another user refused");
         Reply::Error("permission denied: only root and the broker's own user may ask".into())
+    } else if line.len() > MAX_REQUEST {
+        Reply::Error(format!("request longer than {MAX_REQUEST} bytes"))
     } else {
-        let mut line = Vec::new();
-        let got = tokio::time::timeout(
-            DEADLINE,
-            tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line),
-        )
-        .await;
-        match got {
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) if line.len() > MAX_REQUEST => Reply::Error(format!("request longer than {MAX_REQUEST} bytes")),
-            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => execute(shared, req),
-                Err(e) => Reply::Error(format!("not a request: {e}")),
-            },
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => execute(shared, req),
+            Err(e) => Reply::Error(format!("not a request: {e}")),
         }
     };
     let mut text = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;

@@ -6,6 +6,10 @@
 #     with a throwaway EC PKI) — median and best of ROUNDS runs each, and their ratio;
 #   * reconnect time after a roaming change: the base connection's IPv4 address changes under
 #     a persistent tsp VPN, until a ping through the tunnel is answered again;
+#   * liveness at the default keepalive settings: a silent outage (nftables drops everything
+#     both ways) until NetworkManager shows the VPN connecting again, the path's return until
+#     a ping through the tunnel is answered, packets an idle tunnel sends in a minute, and the
+#     ping round trip through the tunnel as a ratio to the veth's (IPv4 ping);
 #   * nm-tsp-service's peak RSS (VmHWM) after the activations and pings.
 # Prints the figures; asserts nothing. Installs what it needs, builds in release mode, leaves
 # nothing behind. Run as root on Debian/Ubuntu:  bash benches/nm.sh   (ROUNDS=10 by default)
@@ -16,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then echo "nm bench: run as root (it creates network nam
 ROUNDS=${ROUNDS:-10}
 if [ -z "${TSPBENCH_INNER:-}" ]; then
   missing=()
-  for p in iproute2 iputils-ping procps dbus network-manager network-manager-openvpn openvpn openssl; do
+  for p in iproute2 iputils-ping procps nftables dbus network-manager network-manager-openvpn openvpn openssl; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -51,6 +55,7 @@ for n in b c; do ip netns add $P$n; ip -n $P$n link set lo up; done
 ip link add ${P}c0 netns ${P}c type veth peer name ${P}b0 netns ${P}b
 ip -n ${P}b addr add 192.0.2.1/24 dev ${P}b0
 ip -n ${P}b addr add 192.0.2.9/24 dev ${P}b0
+ip -n ${P}b addr add 2001:db8:ff::1/128 dev lo     # answered by the broker host's kernel
 ip -n ${P}b link set ${P}b0 up
 ip -n ${P}c link set ${P}c0 up
 
@@ -132,6 +137,43 @@ for addr in 192.0.2.3 192.0.2.2 192.0.2.3; do
   done
   ROAM+=($(( $(now_ms) - t0 )))
 done
+
+median_ms() { sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", v[int((NR + 1) / 2)]; else print "nan" }'; }
+echo "== round trip: ping -c 200 -i 0.01 through the tunnel, and over the veth (IPv4)"
+RTT_TUN=$(ip netns exec ${P}c ping -6 -n -c 200 -i 0.01 2001:db8:ff::1 2>/dev/null | median_ms)
+RTT_RAW=$(ip netns exec ${P}c ping -4 -n -c 200 -i 0.01 192.0.2.1 2>/dev/null | median_ms)
+
+echo "== liveness: a silent outage, then an idle minute (default keepalive settings)"
+deactivate tsp nm-tsp-service
+nmcli connection modify tsp vpn.data "server=192.0.2.1"
+activate tsp >/dev/null
+ip netns exec ${P}c ping -6 -c 3 -i 0.2 -q 2001:db8:ff::1 >/dev/null
+for n in c b; do
+  ip netns exec $P$n nft add table inet cut
+  ip netns exec $P$n nft add chain inet cut in '{ type filter hook input priority -10; policy accept; }'
+done
+ip netns exec ${P}c nft add rule inet cut in iifname ${P}c0 drop
+ip netns exec ${P}b nft add rule inet cut in iifname ${P}b0 drop
+t0=$(now_ms); DEAD=timeout
+while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
+  [ "$(state tsp)" != 5 ] && { DEAD=$(( $(now_ms) - t0 )); break; }
+  sleep 0.05
+done
+sleep 3
+for n in c b; do ip netns exec $P$n nft delete table inet cut; done
+t0=$(now_ms); HEAL=timeout
+while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
+  ip netns exec ${P}c ping -6 -c 1 -W 0.05 -q 2001:db8:ff::1 >/dev/null 2>&1 && { HEAL=$(( $(now_ms) - t0 )); break; }
+done
+wait_for '[ "$(state tsp)" = 5 ]' || true
+sleep 5
+ip netns exec ${P}c nft add table inet idle
+ip netns exec ${P}c nft add chain inet idle out '{ type filter hook output priority 0; policy accept; }'
+ip netns exec ${P}c nft add rule inet idle out oifname ${P}c0 ip daddr 192.0.2.1 counter
+sleep 60
+IDLE=$(ip netns exec ${P}c nft list chain inet idle out | awk '/packets/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
+ip netns exec ${P}c nft delete table inet idle
+
 PID=$(pgrep -x nm-tsp-service | head -1)
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 deactivate tsp nm-tsp-service
@@ -141,4 +183,8 @@ printf '%-28s %8s ms %8s ms\n' "tsp (nm-tsp-service)" "$TSP_MED" "$TSP_MIN"
 printf '%-28s %8s ms %8s ms\n' "openvpn (nm-openvpn)" "$OVPN_MED" "$OVPN_MIN"
 awk -v a="$TSP_MED" -v b="$OVPN_MED" 'BEGIN { if (b > 0) printf "tsp / openvpn activation:    %.2f\n", a / b }'
 echo "roaming recovery (3 changes): ${ROAM[*]} ms"
+awk -v t="$RTT_TUN" -v r="$RTT_RAW" 'BEGIN { printf "round trip (median):         %s ms through the tunnel, %s ms over the veth: %.1f x\n", t, r, (r > 0 ? t / r : 0) }'
+echo "dead path -> VPN connecting: ${DEAD} ms   (gogoc: 93 s)"
+echo "path back -> ping answered:  ${HEAL} ms   (gogoc: 32 s)"
+echo "idle tunnel, a minute:       ${IDLE:-?} packets to the broker   (gogoc: 6)"
 echo "nm-tsp-service peak RSS:     $(( RSS / 1024 )) MiB ($RSS KiB)"

@@ -3,15 +3,23 @@
 # veth link (MTU 1280) and each userspace datapath (v6udpv4, v6v4, v4v6):
 #   * TCP throughput, one iperf3 flow for 5 s each way (client->broker, and -R broker->client),
 #     the iperf3 server on the broker host at its tunnel address;
-#   * round-trip latency (ping -c 50 -i 0.01, avg);
+#   * round-trip latency (ping -c 200 -i 0.01, median and mean) to an address of the broker host
+#     that its kernel answers (not the broker's keepalive address, whose echoes the broker
+#     rate-limits per client), printed as a ratio to the raw link's;
 #   * time from tspc's start to the first answered ping through the tunnel;
 #   * time to recover after a roaming change of the client's IPv4 address (v6udpv4, v6v4);
+#   * liveness with the default keepalive settings (v6udpv4): time to find a silently dead path
+#     (nftables drops everything both ways, no ICMP), time to carry pings again once the path
+#     is back, and packets an idle tunnel sends to the broker in a minute — beside gogoc's
+#     93 s / 32 s / 6 measured on this machine kind;
 #   * peak RSS (VmHWM) of tspc (after its iperf3 runs) and of the broker (at the end).
 # Prints absolute figures and ratios to the raw link. Installs what it needs, builds in release
 # mode, tears everything down on exit (also after a failure) and leaves nothing behind.
 # Run as root on Debian/Ubuntu:  bash benches/tunnel.sh
 # CARGO_TARGET_DIR selects the target dir (default: target); TSPBENCH_LOGS=<dir> keeps the
-# broker's, tspc's and iperf3's logs there. About 80 s after the build.
+# broker's, tspc's and iperf3's logs there. About 3 minutes after the build (the idle minute and
+# the dead-path wait are most of it). TSPBENCH_QUICK=1 measures start-up and latency only
+# (no iperf3, roaming or liveness): for comparing changes to the packet path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +43,8 @@ W=$(mktemp -d /tmp/tspbench.XXXXXX)
 PIDS=()
 BV6=2001:db8:b::1                     # the broker's address inside the IPv6 tunnels
 BV4=198.51.100.1                      # the broker's address inside v4v6
+PING6=2001:db8:ff::1                  # on the broker host's lo, reached through the tunnel
+PING4=203.0.113.1
 RAW6=2001:db8:2::1                    # the broker host across the raw MTU-1280 veth
 C=(ip netns exec ${P}c)
 B=(ip netns exec ${P}b)
@@ -67,13 +77,15 @@ first_ping() { # target, t0, limit seconds
     sleep 0.005
   done
 }
-# ping -c 50 -i 0.01: "avg_ms loss%"
+# ping -c 200 -i 0.01: "median_ms mean_ms loss%" (the median: one slow wake-up of a VM's CPU
+# moves the mean)
 latency() {
-  local out; out=$("${C[@]}" ping -n -q -c 50 -i 0.01 -W 1 "$1" 2>&1 || true)
-  local avg loss
-  avg=$(sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
+  local out; out=$("${C[@]}" ping -n -c 200 -i 0.01 -W 1 "$1" 2>&1 || true)
+  local stats loss
+  stats=$(sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | sort -n |
+    awk '{ v[NR] = $1; s += $1 } END { if (NR) printf "%.3f %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), s / NR; else print "nan nan" }')
   loss=$(sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p' <<<"$out")
-  echo "${avg:-nan} ${loss:-100}"
+  echo "${stats:-nan nan} ${loss:-100}"
 }
 # iperf3 -t 5, one flow: "receiver_Mbit/s retransmits" (extra args: -R)
 tcp() {
@@ -113,6 +125,8 @@ ip -n ${P}c addr add 2001:db8:1::2/64 dev ${P}c0 nodad
 ip -n ${P}b addr add 2001:db8:1::1/64 dev ${P}b0 nodad
 ip -n ${P}c addr add 2001:db8:2::2/64 dev ${P}c1 nodad
 ip -n ${P}b addr add $RAW6/64 dev ${P}b1 nodad
+ip -n ${P}b addr add $PING6/128 dev lo
+ip -n ${P}b addr add $PING4/32 dev lo
 
 echo "== broker"
 cat > "$W/broker.toml" <<EOF
@@ -133,13 +147,60 @@ declare -A R   # results: R[mode,key]
 T0=$(now)
 echo "== raw veth, MTU 1280"
 "${C[@]}" ping -n -c 1 -W 2 $RAW6 >/dev/null || fail "no ping across the raw link"
-read -r R[raw,lat] R[raw,loss] < <(latency $RAW6)
-read -r R[raw,up] R[raw,upretr] < <(tcp $RAW6)
-read -r R[raw,down] R[raw,downretr] < <(tcp $RAW6 -R)
+read -r R[raw,lat] R[raw,mean] R[raw,loss] < <(latency $RAW6)
+if [ -z "${TSPBENCH_QUICK:-}" ]; then
+  read -r R[raw,up] R[raw,upretr] < <(tcp $RAW6)
+  read -r R[raw,down] R[raw,downretr] < <(tcp $RAW6 -R)
+fi
+
+# Liveness at the default keepalive settings (issue: a roaming laptop never sits on a dead
+# tunnel). The outage is silent: the client host drops all it receives on its link, the broker
+# host all it receives from the client's link — no ICMP, no local send error.
+cut() { # add|delete
+  if [ "$1" = add ]; then
+    for n in c b; do
+      ip netns exec $P$n nft add table inet cut
+      ip netns exec $P$n nft add chain inet cut in '{ type filter hook input priority -10; policy accept; }'
+    done
+    ip netns exec ${P}c nft add rule inet cut in iifname ${P}c0 drop
+    ip netns exec ${P}b nft add rule inet cut in iifname ${P}b0 drop
+  else
+    for n in c b; do ip netns exec $P$n nft delete table inet cut 2>/dev/null || true; done
+  fi
+}
+liveness() { # mode, ping target; sets R[mode,dead] R[mode,heal] R[mode,idle]
+  local mode=$1 ping=$2 lines t0 end pinger
+  echo "   liveness: silent outage, then an idle minute"
+  "${C[@]}" ping -n -i 0.2 "$ping" >/dev/null 2>&1 &
+  pinger=$!; PIDS+=($pinger)
+  sleep 1
+  lines=$(wc -l < "$W/$mode.out")
+  t0=$(now); end=$(calc %.3f "$t0 + 30")
+  cut add
+  R[$mode,dead]=timeout
+  while [ "$(calc %d "($(now) < $end)")" = 1 ]; do
+    if tail -n +"$((lines + 1))" "$W/$mode.out" | grep -q "down:.*keepalive"; then
+      R[$mode,dead]=$(calc %.1f "$(now) - $t0"); break
+    fi
+    sleep 0.05
+  done
+  sleep 3                          # an outage that lasts: tspc probes the broker meanwhile
+  t0=$(now)
+  cut delete
+  R[$mode,heal]=$(first_ping "$ping" "$t0" 30)
+  kill "$pinger" 2>/dev/null; wait "$pinger" 2>/dev/null || true
+  sleep 5                          # the start-up chatter of the new tunnel (DAD, MLD) settles
+  "${C[@]}" nft add table inet idle
+  "${C[@]}" nft add chain inet idle out '{ type filter hook output priority 0; policy accept; }'
+  "${C[@]}" nft add rule inet idle out oifname ${P}c0 ip daddr 192.0.2.1 counter
+  sleep 60
+  R[$mode,idle]=$("${C[@]}" nft list chain inet idle out | awk '/packets/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
+  "${C[@]}" nft delete table inet idle
+}
 
 ok=1
-run_mode() { # mode, server, target
-  local mode=$1 server=$2 target=$3 pid t0 mark
+run_mode() { # mode, server, target (the broker's tunnel address), ping target
+  local mode=$1 server=$2 target=$3 ping=$4 pid t0 mark
   echo "== $mode ($(calc %.0f "$(now) - $T0") s)"
   printf '%s\n' "server=$server" auth_method=anonymous "tunnel_mode=$mode" > "$W/$mode.conf"
   mark=$(wc -l < "$W/broker.log")
@@ -152,12 +213,14 @@ run_mode() { # mode, server, target
     echo "   $mode did not carry a ping within 10 s:"; sed 's/^/     /' "$W/$mode.out" "$W/$mode.err" | tail -n 15
     ok=0; kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; return
   fi
-  read -r R[$mode,lat] R[$mode,loss] < <(latency "$target")
-  read -r R[$mode,up] R[$mode,upretr] < <(tcp "$target")
-  read -r R[$mode,down] R[$mode,downretr] < <(tcp "$target" -R)
+  read -r R[$mode,lat] R[$mode,mean] R[$mode,loss] < <(latency "$ping")
+  if [ -z "${TSPBENCH_QUICK:-}" ]; then
+    read -r R[$mode,up] R[$mode,upretr] < <(tcp "$target")
+    read -r R[$mode,down] R[$mode,downretr] < <(tcp "$target" -R)
+  fi
   R[$mode,rss]=$(hwm_kib "$pid")
   R[$mode,roam]=n/a
-  if [ "$mode" != v4v6 ]; then   # the outer address is IPv4: move it and ping until answered
+  if [ "$mode" != v4v6 ] && [ -z "${TSPBENCH_QUICK:-}" ]; then   # the outer address is IPv4: move it and ping until answered
     local old new
     old=$(ip -n ${P}c -4 -o addr show dev ${P}c0 | awk '{ print $4; exit }')
     if [ "$old" = 192.0.2.2/24 ]; then new=192.0.2.3/24; else new=192.0.2.2/24; fi
@@ -166,10 +229,11 @@ run_mode() { # mode, server, target
     ip -n ${P}c addr del "$old" dev ${P}c0
     R[$mode,roam]=$(first_ping "$target" "$t0" 10)
   fi
-  kill -0 "$pid" 2>/dev/null || { echo "   tspc exited during the $mode run"; ok=0; }
   # Tunnel restarts: "tunnel <if> down: <reason>" before our SIGTERM, except the one the
   # roaming change causes (tspc takes the tunnel down and negotiates again from the new address).
   R[$mode,restarts]=$(grep "^tunnel .* down:" "$W/$mode.out" | grep -vc "local address changed" || true)
+  [ "$mode" = v6udpv4 ] && [ -z "${TSPBENCH_QUICK:-}" ] && liveness "$mode" "$ping"
+  kill -0 "$pid" 2>/dev/null || { echo "   tspc exited during the $mode run"; ok=0; }
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   local p; for p in "${!PIDS[@]}"; do [ "${PIDS[$p]}" = "$pid" ] && unset 'PIDS[p]'; done
@@ -182,24 +246,24 @@ run_mode() { # mode, server, target
   [ -n "$logs" ] && { echo "   warnings/errors in tspc's and the broker's logs (count, message):"; sed 's/^/   /' <<<"$logs"; }
   return 0
 }
-run_mode v6udpv4 192.0.2.1 $BV6
-run_mode v6v4 192.0.2.1 $BV6
-run_mode v4v6 '[2001:db8:1::1]' $BV4
+run_mode v6udpv4 192.0.2.1 $BV6 $PING6
+run_mode v6v4 192.0.2.1 $BV6 $PING6
+run_mode v4v6 '[2001:db8:1::1]' $BV4 $PING4
 BROKER_RSS=$(hwm_kib $BROKER)
 echo "== measured in $(calc %.0f "$(now) - $T0") s"
 
 pct() { [ "${R[raw,$2]:-0}" != 0 ] && calc %.2f "${R[$1,$2]:-0} * 100 / ${R[raw,$2]}" || echo -; }
 times() { [ -n "${R[$1,lat]:-}" ] && [ "${R[$1,lat]}" != nan ] && [ "${R[raw,lat]}" != nan ] && calc %.1f "${R[$1,lat]} / ${R[raw,lat]}" || echo -; }
 echo
-echo "== results ($(nproc) cores, $(uname -r); one iperf3 flow, 5 s; ping -c 50 -i 0.01)"
-printf '%-9s | %12s %8s %6s | %12s %8s %6s | %9s %5s %5s | %8s %8s | %8s\n' \
-  mode "c->b Mbit/s" "% raw" retr "b->c Mbit/s" "% raw" retr "rtt ms" "x raw" loss% "start s" "roam s" "tspc RSS"
-printf -- '-%.0s' $(seq 132); echo
+echo "== results ($(nproc) cores, $(uname -r); one iperf3 flow, 5 s; ping -c 200 -i 0.01)"
+printf '%-9s | %12s %8s %6s | %12s %8s %6s | %7s %7s %5s %5s | %8s %8s | %8s\n' \
+  mode "c->b Mbit/s" "% raw" retr "b->c Mbit/s" "% raw" retr "rtt p50" "mean ms" "x raw" loss% "start s" "roam s" "tspc RSS"
+printf -- '-%.0s' $(seq 140); echo
 for m in raw v6udpv4 v6v4 v4v6; do
   name=$m; [ $m = raw ] && name="raw veth"
-  printf '%-9s | %12s %8s %6s | %12s %8s %6s | %9s %5s %5s | %8s %8s | %8s\n' "$name" \
+  printf '%-9s | %12s %8s %6s | %12s %8s %6s | %7s %7s %5s %5s | %8s %8s | %8s\n' "$name" \
     "${R[$m,up]:--}" "$(pct $m up)" "${R[$m,upretr]:--}" "${R[$m,down]:--}" "$(pct $m down)" "${R[$m,downretr]:--}" \
-    "${R[$m,lat]:--}" "$(times $m)" "${R[$m,loss]:--}" "${R[$m,start]:--}" "${R[$m,roam]:--}" \
+    "${R[$m,lat]:--}" "${R[$m,mean]:--}" "$(times $m)" "${R[$m,loss]:--}" "${R[$m,start]:--}" "${R[$m,roam]:--}" \
     "$( [ -n "${R[$m,rss]:-}" ] && echo "$(( R[$m,rss] / 1024 )) MiB" || echo -)"
 done
 echo
@@ -210,6 +274,13 @@ for m in v6udpv4 v6v4 v4v6; do
 done
 echo "tsp-broker peak RSS (VmHWM, all modes): $(( BROKER_RSS / 1024 )) MiB ($BROKER_RSS KiB)"
 echo "tspc peak RSS in KiB: v6udpv4 ${R[v6udpv4,rss]:--}, v6v4 ${R[v6v4,rss]:--}, v4v6 ${R[v4v6,rss]:--}"
+echo "x raw: median round trip through the tunnel / the raw veth's (goal ≤ 3; gogoc + tsps: 5)."
+echo
+echo "liveness at the default settings (v6udpv4; keepalive interval 30 s), this project vs gogoc 1.2 + tsps:"
+printf '  %-46s %8s   (gogoc: %s; goal %s)\n' \
+  "dead path found after, s" "${R[v6udpv4,dead]:--}" "93 s" "≤ 10 s" \
+  "path back -> ping answered, s" "${R[v6udpv4,heal]:--}" "32 s" "≤ 2 s" \
+  "idle tunnel: packets to the broker in a minute" "${R[v6udpv4,idle]:--}" 6 "≤ 4"
 echo "start s: tspc launched -> first answered ping through the tunnel (poll: ping -W 0.05 every ~5 ms)."
 echo "roam s: client IPv4 address replaced (ip addr add new; ip addr del old) -> first answered ping."
 echo "gogoc baseline (not packaged here; ARCHITECTURE.md, same machine kind): gogoc + tsps carried 97 Mbit/s of TCP"

@@ -203,10 +203,13 @@ pub struct BrokerDatapath {
     raw41: Vec<(Option<Ipv4Addr>, Arc<RawSocket>)>,
     /// Protocol 4 sockets (v4v6), likewise per IPv6 endpoint; empty without v4v6.
     raw4: Vec<(Option<Ipv6Addr>, Arc<RawSocket>)>,
+    /// TUN → clients, one per TUN device: taken by the device's own task when it signals
+    /// data, and by a receive path right after it wrote to the device, for the answer the
+    /// kernel queued meanwhile (one wake-up per round trip instead of two).
+    out6: tokio::sync::Mutex<Outbox>,
+    out4: tokio::sync::Mutex<Outbox>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     applied: Mutex<Option<Applied>>,
-    /// UDP GSO on every listener (and not disabled by the environment).
-    udp_gso: bool,
     /// Kernel links per tunnel (links.rs), when the kernel has them: (sit for v6v4, ip6tnl
     /// for v4v6), and the task that makes them.
     kernel: (bool, bool),
@@ -351,12 +354,13 @@ impl BrokerDatapath {
             link_task,
             announce,
             table: Mutex::new(Table::default()),
-            udp_gso,
             udp,
             tun6,
             tun4,
             raw41,
             raw4,
+            out6: tokio::sync::Mutex::new(Outbox::new(udp_gso)),
+            out4: tokio::sync::Mutex::new(Outbox::new(udp_gso)),
             tasks: Mutex::new(Vec::new()),
             applied: Mutex::new(Some(applied)),
         });
@@ -595,8 +599,10 @@ impl BrokerDatapath {
 
     /// Writes the admitted packets of a UDP listener's batch to the IPv6 TUN.
     pub async fn deliver_udp(&self, inbox: &mut Inbox) {
-        if let Err(e) = inbox.deliver(&self.tun6).await {
-            tracing::debug!(error = %e, "broker TUN write failed");
+        match inbox.deliver(&self.tun6).await {
+            Ok((0, _)) => {}
+            Ok(_) => self.answers_now(true).await,
+            Err(e) => tracing::debug!(error = %e, "broker TUN write failed"),
         }
     }
 
@@ -628,59 +634,88 @@ impl BrokerDatapath {
         (VIA_RAW41 + i41, VIA_RAW4 + i4)
     }
 
+    fn tun_out(&self, v6: bool) -> Option<(&Arc<TunDevice>, &tokio::sync::Mutex<Outbox>)> {
+        if v6 {
+            Some((&self.tun6, &self.out6))
+        } else {
+            self.tun4.as_ref().map(|t| (t, &self.out4))
+        }
+    }
+
     /// Packets the kernel routed to our TUN: to the client whose address or prefix they target.
     async fn tun_loop(self: Arc<Self>, v6: bool) {
-        let Some(tun) = (if v6 { Some(self.tun6.clone()) } else { self.tun4.clone() }) else {
-            return;
-        };
-        let mut out = Outbox::new(self.udp_gso);
+        let Some((tun, out)) = self.tun_out(v6) else { return };
         loop {
-            let n = match out.wait(&tun).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "broker TUN read failed; datapath stops");
-                    return;
-                }
-            };
-            let table = &self.table;
-            let r = out
-                .gather(&tun, n, v6, |o, first| {
-                    // All packets of one read share their destination.
-                    let pkt = o.segs.get(first);
-                    let (ep, local) = {
-                        let mut t = lock(table);
-                        let ep = if v6 {
-                            v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
-                        } else {
-                            v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
-                        };
-                        let route = ep.and_then(|ep| t.routes.get_mut(&ep));
-                        // Counted as handed to the socket (a send that fails later is rare).
-                        let local = route.map(|r| {
-                            let sent = &o.segs.ranges[first..];
-                            r.traffic.packets_to_clients += sent.len() as u64;
-                            r.traffic.bytes_to_clients += sent.iter().map(|p| p.len() as u64).sum::<u64>();
-                            r.local
-                        });
-                        (ep, local.flatten())
-                    };
-                    let (via41, via4) = self.raw_via(local);
-                    match ep {
-                        Some(Endpoint::Udp { listener, peer }) => o.queue(first, Some(peer), listener, true),
-                        Some(Endpoint::V4(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), via41, false),
-                        Some(Endpoint::V6(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), via4, false),
-                        None => {}
+            let r = match tun.readable().await {
+                Ok(()) => {
+                    let mut out = out.lock().await;
+                    match out.try_read(tun).await {
+                        Ok(Some(n)) => self.forward_from_tun(&mut out, tun, n, v6).await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
                     }
-                })
-                .await;
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = r {
                 tracing::error!(error = %e, "broker TUN read failed; datapath stops");
                 return;
             }
-            if let Err(e) = out.flush(|via| self.sock(via)).await {
-                tracing::debug!(error = %e, "tunnel send failed");
-            }
         }
+    }
+
+    /// After writing to a TUN: what the kernel answered meanwhile goes out now, unless the
+    /// device's own task is at it.
+    async fn answers_now(&self, v6: bool) {
+        let Some((tun, out)) = self.tun_out(v6) else { return };
+        let Ok(mut out) = out.try_lock() else { return };
+        let r = match out.read_now(tun) {
+            Ok(Some(n)) => self.forward_from_tun(&mut out, tun, n, v6).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "broker TUN read failed");
+        }
+    }
+
+    /// The read of `n` bytes waiting in `out` and what else the TUN has ready, each packet
+    /// to its client. Errors are the TUN's; a failed send is logged and dropped.
+    async fn forward_from_tun(&self, out: &mut Outbox, tun: &TunDevice, n: usize, v6: bool) -> io::Result<()> {
+        let table = &self.table;
+        out.gather(tun, n, v6, |o, first| {
+            // All packets of one read share their destination.
+            let pkt = o.segs.get(first);
+            let (ep, local) = {
+                let mut t = lock(table);
+                let ep = if v6 {
+                    v6_at(pkt, 24).and_then(|d| t.lookup_v6(d))
+                } else {
+                    v4_at(pkt, 16).and_then(|d| t.by_v4.get(&d).copied())
+                };
+                let route = ep.and_then(|ep| t.routes.get_mut(&ep));
+                // Counted as handed to the socket (a send that fails later is rare).
+                let local = route.map(|r| {
+                    let sent = &o.segs.ranges[first..];
+                    r.traffic.packets_to_clients += sent.len() as u64;
+                    r.traffic.bytes_to_clients += sent.iter().map(|p| p.len() as u64).sum::<u64>();
+                    r.local
+                });
+                (ep, local.flatten())
+            };
+            let (via41, via4) = self.raw_via(local);
+            match ep {
+                Some(Endpoint::Udp { listener, peer }) => o.queue(first, Some(peer), listener, true),
+                Some(Endpoint::V4(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V4(a), 0)), via41, false),
+                Some(Endpoint::V6(a)) => o.queue(first, Some(SocketAddr::new(IpAddr::V6(a), 0)), via4, false),
+                None => {}
+            }
+        })
+        .await?;
+        if let Err(e) = out.flush(|via| self.sock(via)).await {
+            tracing::debug!(error = %e, "tunnel send failed");
+        }
+        Ok(())
     }
 
     /// Protocol 41 (IPv6 in IPv4) or protocol 4 (IPv4 in IPv6) from clients.
@@ -720,8 +755,10 @@ impl BrokerDatapath {
                     inbox.push(r);
                 }
             }
-            if let Err(e) = inbox.deliver(&tun).await {
-                tracing::debug!(error = %e, "broker TUN write failed");
+            match inbox.deliver(&tun).await {
+                Ok((0, _)) => {}
+                Ok(_) => self.answers_now(!v4v6).await,
+                Err(e) => tracing::debug!(error = %e, "broker TUN write failed"),
             }
         }
     }

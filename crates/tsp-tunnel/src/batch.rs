@@ -93,6 +93,18 @@ impl Outbox {
         }
     }
 
+    /// Reads at once, ignoring tokio's readiness cache (see [`TunDevice::recv_vnet_now`]):
+    /// `Some(n)` is the first read's length, for [`Outbox::gather`].
+    pub fn read_now(&mut self, tun: &TunDevice) -> io::Result<Option<usize>> {
+        tun.recv_vnet_now(&mut self.read)
+    }
+
+    /// Reads if tokio last saw the TUN readable: `None` when there was nothing (another
+    /// reader, a [`Outbox::read_now`] elsewhere, took it first), the readiness then cleared.
+    pub async fn try_read(&mut self, tun: &TunDevice) -> io::Result<Option<usize>> {
+        tun.recv_vnet(&mut self.read, false).await
+    }
+
     /// Splits the read of `n` bytes (already in the buffer) and keeps reading what the TUN
     /// has ready, up to a burst. For each read, `route(first packet, first index)` is called
     /// after its packets were appended, so that the caller can queue them to a destination.

@@ -251,102 +251,53 @@ async fn run(
     tun: TunDevice,
     encap: Encap,
     v6: bool,
-    mut keepalive: Option<Keepalive>,
+    keepalive: Option<Keepalive>,
     mut stop: watch::Receiver<bool>,
     counters: Arc<Counters>,
 ) -> Exit {
-    use std::sync::atomic::Ordering::Relaxed;
     let (gso, udp_gro) = udp_offloads(&encap);
-    // Up: TUN reads (64 KB super-segments with offload) split into packets, sent in batches.
-    let mut out = batch::Outbox::new(gso);
+    let mut p = Path {
+        tun,
+        v6,
+        // Up: TUN reads (64 KB super-segments with offload) split into packets, sent in batches.
+        out: batch::Outbox::new(gso),
+        keepalive,
+        counters,
+    };
     // Down: datagrams received in batches, TCP segments merged when the TUN takes them.
-    let mut inbox = batch::Inbox::new(udp_gro, tun.offload());
-    let udp = matches!(encap, Encap::Udp(_));
+    let mut inbox = batch::Inbox::new(udp_gro, p.tun.offload());
     let sock = encap.sock();
     let mut ka_out = Vec::with_capacity(128);
     loop {
-        let deadline = keepalive
+        let deadline = p
+            .keepalive
             .as_ref()
             .map(|k| tokio::time::Instant::from_std(k.next_deadline()));
         tokio::select! {
-            r = out.wait(&tun) => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => return Exit::Failed(e),
+            r = p.out.wait(&p.tun) => {
+                let r = match r {
+                    Ok(n) => p.forward_up(n, sock).await,
+                    Err(e) => Err(e),
                 };
-                if let Err(e) = out.gather(&tun, n, v6, |o, first| o.queue(first, None, 0, udp)).await {
+                if let Err(e) = r {
                     return Exit::Failed(e);
-                }
-                counters.dropped.fetch_add(std::mem::take(&mut out.dropped), Relaxed);
-                match out.flush(|_| Some(sock)).await {
-                    Ok(f) => {
-                        counters.to_broker.fetch_add(f.sent, Relaxed);
-                        counters.dropped.fetch_add(f.dropped, Relaxed);
-                        if f.sent > 0
-                            && let Some(k) = keepalive.as_mut()
-                        {
-                            k.on_sent(std::time::Instant::now());
-                        }
-                    }
-                    Err(e) => return Exit::Failed(e),
                 }
             },
             r = inbox.recv(sock) => {
-                let n = match r {
-                    Ok(n) => n,
+                let r = match r {
+                    Ok(n) => p.forward_down(&encap, &mut inbox, n).await,
                     Err(e) if transient(&e) => {
-                        counters.dropped.fetch_add(1, Relaxed);
-                        continue;
+                        p.counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(())
                     }
-                    Err(e) => return Exit::Failed(e),
+                    Err(e) => Err(e),
                 };
-                let now = std::time::Instant::now();
-                let mut dropped = 0;
-                for i in 0..n {
-                    let m = inbox.rx.get(i);
-                    let inner = match &encap {
-                        _ if m.truncated => None,
-                        Encap::Udp(_) => Some(m.range.clone()),
-                        Encap::Raw(r) => r
-                            .inner(&inbox.rx.buf[m.range.clone()])
-                            .map(|x| m.range.start + x.start..m.range.start + x.end),
-                    };
-                    let Some(inner) = inner else {
-                        dropped += 1;
-                        continue;
-                    };
-                    // Anything from the broker proves the path (docs/tsp-wire.md §5).
-                    if let Some(k) = keepalive.as_mut() {
-                        k.on_received(now);
-                    }
-                    for d in mmsg::datagrams(inner, m.seg) {
-                        let pkt = &inbox.rx.buf[d.clone()];
-                        // The broker may still answer a retransmitted control message after
-                        // the accept; it is not a packet.
-                        if udp && rudp::is_control(pkt) {
-                            continue;
-                        }
-                        if keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, now)) {
-                            continue;
-                        }
-                        if !valid_inner(pkt, v6) {
-                            dropped += 1;
-                            continue;
-                        }
-                        inbox.push(d);
-                    }
-                }
-                counters.dropped.fetch_add(dropped, Relaxed);
-                match inbox.deliver(&tun).await {
-                    Ok((written, failed)) => {
-                        counters.from_broker.fetch_add(written, Relaxed);
-                        counters.dropped.fetch_add(failed, Relaxed);
-                    }
-                    Err(e) => return Exit::Failed(e),
+                if let Err(e) = r {
+                    return Exit::Failed(e);
                 }
             },
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
-                let Some(k) = keepalive.as_mut() else { continue };
+                let Some(k) = p.keepalive.as_mut() else { continue };
                 match k.on_deadline(std::time::Instant::now(), &mut ka_out) {
                     Action::Send => {
                         if let Err(e) = encap.send(&ka_out).await
@@ -361,6 +312,92 @@ async fn run(
             },
             _ = stop.changed() => return Exit::Stopped,
         }
+    }
+}
+
+/// The client datapath's state between the TUN and the broker.
+struct Path {
+    tun: TunDevice,
+    v6: bool,
+    out: batch::Outbox,
+    keepalive: Option<Keepalive>,
+    counters: Arc<Counters>,
+}
+
+impl Path {
+    /// Broker → TUN: a batch of `n` datagrams in `inbox`; then what the host answered while
+    /// we wrote (TCP ACKs) goes out in the same wake-up.
+    async fn forward_down(&mut self, encap: &Encap, inbox: &mut batch::Inbox, n: usize) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::Instant::now();
+        let udp = matches!(encap, Encap::Udp(_));
+        let mut dropped = 0;
+        for i in 0..n {
+            let m = inbox.rx.get(i);
+            let inner = match encap {
+                _ if m.truncated => None,
+                Encap::Udp(_) => Some(m.range.clone()),
+                Encap::Raw(r) => r
+                    .inner(&inbox.rx.buf[m.range.clone()])
+                    .map(|x| m.range.start + x.start..m.range.start + x.end),
+            };
+            let Some(inner) = inner else {
+                dropped += 1;
+                continue;
+            };
+            // Anything from the broker proves the path (docs/tsp-wire.md §5).
+            if let Some(k) = self.keepalive.as_mut() {
+                k.on_received(now);
+            }
+            for d in mmsg::datagrams(inner, m.seg) {
+                let pkt = &inbox.rx.buf[d.clone()];
+                // The broker may still answer a retransmitted control message after the
+                // accept; it is not a packet.
+                if udp && rudp::is_control(pkt) {
+                    continue;
+                }
+                if self.keepalive.as_mut().is_some_and(|k| k.on_packet(pkt, now)) {
+                    continue;
+                }
+                if !valid_inner(pkt, self.v6) {
+                    dropped += 1;
+                    continue;
+                }
+                inbox.push(d);
+            }
+        }
+        self.counters.dropped.fetch_add(dropped, Relaxed);
+        let (written, failed) = inbox.deliver(&self.tun).await?;
+        self.counters.from_broker.fetch_add(written, Relaxed);
+        self.counters.dropped.fetch_add(failed, Relaxed);
+        if written > 0
+            && let Some(n) = self.out.read_now(&self.tun)?
+        {
+            self.forward_up(n, encap.sock()).await?;
+        }
+        Ok(())
+    }
+
+    /// TUN → broker: the read of `n` bytes waiting in the outbox, with what else the TUN has
+    /// ready.
+    async fn forward_up(&mut self, n: usize, sock: batch::Sock<'_>) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let udp = matches!(sock, batch::Sock::Udp(_));
+        let out = &mut self.out;
+        out.gather(&self.tun, n, self.v6, |o, first| o.queue(first, None, 0, udp))
+            .await?;
+        self.counters
+            .dropped
+            .fetch_add(std::mem::take(&mut out.dropped), Relaxed);
+        let f = out.flush(|_| Some(sock)).await?;
+        self.counters.to_broker.fetch_add(f.sent, Relaxed);
+        self.counters.dropped.fetch_add(f.dropped, Relaxed);
+        if f.sent > 0
+            && let Some(k) = self.keepalive.as_mut()
+        {
+            k.on_sent(std::time::Instant::now());
+        }
+        Ok(())
     }
 }
 

@@ -277,6 +277,25 @@ impl TunDevice {
         }
     }
 
+    /// Reads at once, whatever tokio last saw of the device's readiness: a packet the kernel
+    /// queued while we were writing (the answer to what we just delivered — an echo reply, a
+    /// TCP ACK) is taken by the same wake-up, instead of waiting for the next turn of the
+    /// event loop, possibly on another thread. `Ok(None)`: nothing queued.
+    pub fn recv_vnet_now(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match readv(self.fd.get_ref(), &mut [io::IoSliceMut::new(buf)]) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the device has something to read (without reading it).
+    pub async fn readable(&self) -> io::Result<()> {
+        // The guard is dropped without clearing: the read that follows clears the readiness
+        // when it finds nothing.
+        self.fd.readable().await.map(drop)
+    }
+
     /// Hand one IP packet (no header) to the kernel as if it came out of the tunnel.
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         let hdr = VnetHdr::default().encode();
@@ -528,6 +547,47 @@ mod tests {
             let mut rbuf = [0u8; 64];
             let (n, from) = must(must(timeout(Duration::from_secs(5), sock.recv_from(&mut rbuf)).await));
             assert_eq!((&rbuf[..n], from), (&b"pong"[..], peer));
+        });
+    }
+
+    /// The kernel's answer to a packet written into the device is queued before the write
+    /// returns, and `recv_vnet_now` takes it although tokio has not seen the device readable
+    /// (the broker's datapath forwards answers this way, without another wake-up).
+    #[test]
+    fn the_kernels_answer_is_read_without_waiting_for_readiness() {
+        in_new_netns(false, || async {
+            let tun = must(TunDevice::open("nlttun1", 1280));
+            sh("ip -6 addr add 2001:db8:8::1/64 dev nlttun1 nodad");
+            let local_route = eventually(|| sh("ip -6 route show table local").contains("local 2001:db8:8::1 ")).await;
+            assert!(local_route, "no local route for 2001:db8:8::1");
+            let mut buf = vec![0u8; VNET_HDR_LEN + 65_536];
+            // Drain the kernel's own traffic through tokio, which leaves the readiness cleared.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while must(tun.recv_vnet(&mut buf, false).await).is_some() {}
+            let me = Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 1);
+            let peer = Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 2);
+            let mut req = Vec::new();
+            crate::icmp::echo_request_v6(peer, me, 0x7e57, 1, b"now", &mut req);
+            assert_eq!(must(tun.send(&req).await), req.len());
+            // No await from here on: tokio cannot learn of the answer meanwhile.
+            assert!(
+                must(tun.recv_vnet(&mut buf, false).await).is_none(),
+                "tokio's readiness was not cleared"
+            );
+            let start = std::time::Instant::now();
+            let reply = loop {
+                if let Some(n) = must(tun.recv_vnet_now(&mut buf)) {
+                    match crate::icmp::parse_echo_reply(&buf[VNET_HDR_LEN..n]) {
+                        Some(r) if r.id == 0x7e57 => break Some(r),
+                        _ => continue, // the kernel's own traffic (MLD)
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(2) {
+                    break None;
+                }
+                std::hint::spin_loop();
+            };
+            assert!(reply.is_some(), "no echo reply readable from the device");
         });
     }
 }

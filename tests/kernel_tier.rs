@@ -834,8 +834,10 @@ fn broker_link_goes_with_the_tcp_session() {
 /// the broker with its defaults (and `broker_extra` TOML), tspc with its defaults in v6v4 on a
 /// kernel sit link. Returns the lab, both hosts, both processes and the broker host's state from
 /// before the broker started.
+/// `broker_extra`: more broker.toml lines, `@DIR@` standing for the lab's directory.
 fn v6v4_defaults(test: &str, broker_extra: &str) -> (Lab, Host, Host, Proc, Proc, Snapshot) {
     let lab = Lab::new(test).unwrap();
+    let broker_extra = broker_extra.replace("@DIR@", &lab.dir().to_string_lossy());
     let (c, b) = (lab.host("c").unwrap(), lab.host("b").unwrap());
     lab.link(&c, &["192.0.2.2/24"], &b, &["192.0.2.1/24"]).unwrap();
     // The link-local address first (duplicate address detection is slow in the guest).
@@ -975,5 +977,37 @@ fn broker_sit_link_checks_the_inner_ipv6_source() {
         broker.signal(Signal::Term).unwrap();
         broker.wait_exit(10 * SEC);
         assert_eq!(snapshot(&b), broker_before, "the broker left something behind");
+    });
+}
+
+/// Issue 14 (operating the broker): a tunnel the kernel carries on the broker's sit link never
+/// passes the broker's TUN or sockets toward the client, so its traffic is the link's counters:
+/// `tsp-broker sessions` shows bytes both ways after pings through the kernel link.
+#[test]
+fn broker_counts_the_traffic_of_kernel_links() {
+    in_uml(|| {
+        let (lab, c, b, _broker, _client, _) =
+            v6v4_defaults("uml_kernel_traffic", "control_socket = \"@DIR@/control\"\n");
+        assert!(
+            c.ping_until(BROKER_V6, 10 * SEC).is_some(),
+            "no ping through the sit link"
+        );
+        assert!(c.ping(BROKER_V6, 20, 3), "pings through the sit link lost");
+        let conf = lab.dir().join("broker.toml");
+        let out = b.run(BROKER, &["-c", conf.to_str().unwrap(), "sessions"]).unwrap();
+        let table = out.stdout.clone();
+        println!("tsp-broker sessions:\n{table}{}", out.stderr);
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no session:\n{table}"))
+            .split_whitespace()
+            .collect();
+        let (bytes_in, bytes_out): (u64, u64) = (row[7].parse().unwrap(), row[8].parse().unwrap());
+        // 20 echoes of 104 bytes each way at least (the keepalive adds some).
+        assert!(
+            bytes_in >= 20 * 104 && bytes_out >= 20 * 104,
+            "the kernel link's traffic is not counted:\n{table}"
+        );
     });
 }

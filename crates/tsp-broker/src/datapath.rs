@@ -61,6 +61,9 @@ struct Route {
     /// Carried by a kernel link (links.rs): the raw sockets' copies of its packets only show
     /// the client alive, and nothing is delivered to the TUN.
     kernel: bool,
+    /// That link's name once it is up: its counters are the tunnel's traffic (the packets
+    /// never reach our TUN or, toward the client, any socket of ours).
+    link: Option<String>,
     /// Its blocks are routed to the TUN devices one by one (a fleet member: see
     /// [`BrokerDatapath::announce`]); taken back when the tunnel goes.
     announced: Vec<(IpAddr, u8)>,
@@ -79,6 +82,30 @@ impl Route {
             _ => false,
         }
     }
+}
+
+impl Route {
+    /// What the tunnel carried: counted on the packet path, plus its kernel link's counters
+    /// (from /proc/net/dev's `text`; the link's receive side is what the client sent).
+    fn traffic_now(&self, net_dev: Option<&str>) -> Traffic {
+        let mut t = self.traffic;
+        if let (Some(name), Some(text)) = (&self.link, net_dev)
+            && let Some(c) = tsp_tunnel::kernel::net_dev(text, name)
+        {
+            t += Traffic {
+                packets_from_clients: c.rx_packets,
+                bytes_from_clients: c.rx_bytes,
+                packets_to_clients: c.tx_packets,
+                bytes_to_clients: c.tx_bytes,
+            };
+        }
+        t
+    }
+}
+
+/// This network namespace's /proc/net/dev (the kernel links' counters).
+fn net_dev_text() -> Option<String> {
+    std::fs::read_to_string("/proc/net/dev").ok()
 }
 
 fn v6_at(pkt: &[u8], at: usize) -> Option<Ipv6Addr> {
@@ -113,7 +140,8 @@ struct Table {
 impl Table {
     fn take(&mut self, ep: &Endpoint) -> Option<Route> {
         let r = self.routes.remove(ep)?;
-        self.ended += r.traffic;
+        // Read before the link task deletes the link (it is told after this).
+        self.ended += r.traffic_now(net_dev_text().as_deref());
         if let Some(a) = r.inner_v6 {
             self.by_v6.remove(&a);
         }
@@ -135,8 +163,8 @@ impl Table {
                 let now = Instant::now();
                 r.last_seen = now;
                 let deliver = !r.kernel && r.echo.allow(pkt, now);
-                // A kernel link's packet was carried (by the link): counted from its copy.
-                if deliver || r.kernel {
+                // A kernel link's packets are counted by the link; until it is up, from the copy.
+                if deliver || r.kernel && r.link.is_none() {
                     r.traffic.packets_from_clients += 1;
                     r.traffic.bytes_from_clients += pkt.len() as u64;
                 }
@@ -144,6 +172,20 @@ impl Table {
             }
             _ => false,
         }
+    }
+
+    /// What every tunnel carried, the ended ones included.
+    fn total(&self) -> Traffic {
+        let text = if self.routes.values().any(|r| r.link.is_some()) {
+            net_dev_text()
+        } else {
+            None
+        };
+        let mut total = self.ended;
+        for r in self.routes.values() {
+            total += r.traffic_now(text.as_deref());
+        }
+        total
     }
 
     fn endpoint_of(&self, inner: IpAddr) -> Option<Endpoint> {
@@ -426,6 +468,7 @@ impl BrokerDatapath {
                 local: Some(IpAddr::V6(offer.server_v6)),
                 echo,
                 kernel: false,
+                link: None,
                 announced: Vec::new(),
                 traffic: Traffic::default(),
             },
@@ -438,6 +481,7 @@ impl BrokerDatapath {
                 local: Some(IpAddr::V4(offer.server_v4)),
                 echo,
                 kernel: false,
+                link: None,
                 announced: Vec::new(),
                 traffic: Traffic::default(),
             },
@@ -502,11 +546,12 @@ impl BrokerDatapath {
                 r.kernel = true;
             }
             let dp = Arc::downgrade(self);
-            let done = Box::new(move |ok: bool| {
-                if let (false, Some(dp)) = (ok, dp.upgrade())
+            let done = Box::new(move |link: Option<String>| {
+                if let Some(dp) = dp.upgrade()
                     && let Some(r) = lock(&dp.table).routes.get_mut(&endpoint)
                 {
-                    r.kernel = false;
+                    r.kernel = link.is_some();
+                    r.link = link;
                 }
             });
             let _ = tx.send(links::Cmd::Up {
@@ -558,17 +603,13 @@ impl BrokerDatapath {
     pub fn traffic_of(&self, inner: IpAddr) -> Option<Traffic> {
         let t = lock(&self.table);
         let ep = t.endpoint_of(inner)?;
-        t.routes.get(&ep).map(|r| r.traffic)
+        let r = t.routes.get(&ep)?;
+        Some(r.traffic_now(r.link.as_ref().and(net_dev_text()).as_deref()))
     }
 
     /// What every tunnel carried since the broker started, the ended ones included.
     pub fn traffic(&self) -> Traffic {
-        let t = lock(&self.table);
-        let mut total = t.ended;
-        for r in t.routes.values() {
-            total += r.traffic;
-        }
-        total
+        lock(&self.table).total()
     }
 
     /// False once one of the datapath's tasks stopped (a TUN device or raw socket failed):
@@ -895,6 +936,7 @@ mod tests {
                 local: None,
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: false,
+                link: None,
                 announced: Vec::new(),
                 traffic: Traffic::default(),
             },
@@ -920,6 +962,7 @@ mod tests {
                 local: None,
                 echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
                 kernel: true,
+                link: None,
                 announced: Vec::new(),
                 traffic: Traffic::default(),
             },
@@ -939,6 +982,61 @@ mod tests {
         assert_eq!(t.routes[&ep].last_seen, long_ago, "does not keep the client alive");
     }
 
+    /// A kernel-carried tunnel's traffic is its link's counters, also once it has ended.
+    #[test]
+    fn kernel_links_are_counted_by_their_counters() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+tspbk3:   5000      40    0    0    0     0          0         0     8000      50    0    0    0     0       0          0
+";
+        let mut r = route_for_test(true);
+        r.traffic.packets_from_clients = 2; // copies seen before the link was up
+        r.link = Some("tspbk3".into());
+        let t = r.traffic_now(Some(text));
+        assert_eq!(
+            (
+                t.packets_from_clients,
+                t.bytes_from_clients,
+                t.packets_to_clients,
+                t.bytes_to_clients
+            ),
+            (42, 5000, 50, 8000)
+        );
+        r.link = Some("tspbk4".into());
+        assert_eq!(
+            r.traffic_now(Some(text)).packets_to_clients,
+            0,
+            "a link gone: nothing more"
+        );
+        // Once up, the link counts what the raw socket's copies would count twice.
+        r.link = Some("tspbk3".into());
+        let ep = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let mut table = Table::default();
+        table.routes.insert(ep, r);
+        let mut pkt = vec![0u8; 40];
+        pkt[0] = 0x60;
+        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        table.admit(&ep, &pkt);
+        assert_eq!(table.routes[&ep].traffic.packets_from_clients, 2);
+    }
+
+    fn route_for_test(kernel: bool) -> Route {
+        Route {
+            inner_v6: Some("2001:db8:b::2".parse().unwrap()),
+            prefix: None,
+            inner_v4: None,
+            last_seen: Instant::now(),
+            idle_limit: Duration::ZERO,
+            local: None,
+            echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
+            kernel,
+            link: None,
+            announced: Vec::new(),
+            traffic: Traffic::default(),
+        }
+    }
+
     #[test]
     fn sources_are_checked() {
         let r = Route {
@@ -950,6 +1048,7 @@ mod tests {
             local: None,
             echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
             kernel: false,
+            link: None,
             announced: Vec::new(),
             traffic: Traffic::default(),
         };

@@ -117,17 +117,36 @@ fn link_packets(ifname: &str) -> Option<(u64, u64)> {
     parse_net_dev(&std::fs::read_to_string("/proc/net/dev").ok()?, ifname)
 }
 
-/// One interface's (received, sent) packets from /proc/net/dev's text: after `name:`, the
-/// receive columns (bytes, packets, errs, drop, fifo, frame, compressed, multicast), then the
-/// transmit ones (bytes, packets, …).
+/// One interface's (received, sent) packets from /proc/net/dev's text.
 fn parse_net_dev(text: &str, ifname: &str) -> Option<(u64, u64)> {
+    net_dev(text, ifname).map(|c| (c.rx_packets, c.tx_packets))
+}
+
+/// A link's counters, as /proc/net/dev shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// One interface's counters from /proc/net/dev's text: after `name:`, the receive columns
+/// (bytes, packets, errs, drop, fifo, frame, compressed, multicast), then the transmit ones
+/// (bytes, packets, …). `None` when the interface is not listed or its line is malformed.
+pub fn net_dev(text: &str, ifname: &str) -> Option<LinkCounters> {
     text.lines().find_map(|line| {
         let (name, rest) = line.split_once(':')?;
         if name.trim() != ifname {
             return None;
         }
         let cols: Vec<u64> = rest.split_whitespace().map(|c| c.parse().ok()).collect::<Option<_>>()?;
-        Some((*cols.get(1)?, *cols.get(9)?))
+        Some(LinkCounters {
+            rx_bytes: *cols.first()?,
+            rx_packets: *cols.get(1)?,
+            tx_bytes: *cols.get(8)?,
+            tx_packets: *cols.get(9)?,
+        })
     })
 }
 
@@ -217,6 +236,15 @@ Inter-|   Receive                                                |  Transmit
     fn net_dev_columns() {
         assert_eq!(parse_net_dev(NET_DEV, "sit1"), Some((321, 123)));
         assert_eq!(parse_net_dev(NET_DEV, "sit10"), Some((2, 10)));
+        assert_eq!(
+            net_dev(NET_DEV, "sit1"),
+            Some(LinkCounters {
+                rx_bytes: 1234567,
+                rx_packets: 321,
+                tx_bytes: 765432,
+                tx_packets: 123
+            })
+        );
         assert_eq!(parse_net_dev(NET_DEV, "sit"), None);
         assert_eq!(parse_net_dev("garbage\nsit1: x y\n", "sit1"), None);
         assert_eq!(parse_net_dev("sit1: 1 2 3\n", "sit1"), None, "short line");

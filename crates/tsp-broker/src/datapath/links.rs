@@ -66,8 +66,9 @@ pub(super) enum Cmd {
         routes: Vec<(IpAddr, u8)>,
         /// A sink (see the module docs): delivers nothing, only claims the packets.
         sink: bool,
-        /// Told whether the link is up (false: the tunnel stays on the userspace datapath).
-        done: Box<dyn FnOnce(bool) + Send>,
+        /// Told the link's name once it is up (`None`: the tunnel stays on the userspace
+        /// datapath).
+        done: Box<dyn FnOnce(Option<String>) + Send>,
     },
     Down(Endpoint),
     /// Delete every link made, then stop.
@@ -117,7 +118,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String, 
             tracing::error!(error = %e, "rtnetlink: no kernel links");
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    Cmd::Up { done, .. } => done(false),
+                    Cmd::Up { done, .. } => done(None),
                     Cmd::Shutdown(tx) => {
                         let _ = tx.send(());
                         return;
@@ -162,20 +163,20 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, tun_name: String, 
                     Ok(idx) if sink => {
                         tracing::info!(?endpoint, link = %name, "sink link: claims the tunnel's packets so the kernel sends no ICMP errors; the userspace datapath carries them");
                         links.insert(endpoint, (idx, name));
-                        done(false);
+                        done(None);
                     }
                     Ok(idx) => {
                         tracing::info!(?endpoint, link = %name, "tunnel on a kernel link");
-                        links.insert(endpoint, (idx, name));
-                        done(true);
+                        links.insert(endpoint, (idx, name.clone()));
+                        done(Some(name));
                     }
                     Err(e) if sink => {
                         tracing::debug!(?endpoint, link = %name, error = %e, "no sink link");
-                        done(false);
+                        done(None);
                     }
                     Err(e) => {
                         tracing::warn!(?endpoint, link = %name, error = %e, "no kernel link for this tunnel: userspace datapath");
-                        done(false);
+                        done(None);
                     }
                 }
             }

@@ -5,6 +5,8 @@
 //! target/debian/; the broker from its packaged unit (a drop-in puts it in a network namespace on
 //! the far side of a veth pair); an NM-managed base connection and `nmcli connection up` of a
 //! v6v4 tsp VPN (NetworkManager spawns nm-tsp-service, a kernel sit link, ping -6 through it);
+//! the broker's unit operated under it (Type=notify status and watchdog, `systemctl reload`
+//! keeping the tunnel, `tsp-broker sessions` / `disconnect` and the VPN coming back by itself);
 //! `nmcli connection down` (nothing left); the service's user and capabilities; tspc from its
 //! packaged unit (a TUN tunnel, its capabilities, a clean stop); the VPN as the base connection's
 //! secondary, by hand and after a reboot (the guest powers off and is booted again from the same
@@ -27,7 +29,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const SCENARIO: &str = include_str!("data/system_tier.sh");
 const PACKAGES: [&str; 3] = ["network-manager-tsp", "tspc", "tsp-broker"];
 /// The lines the scenario prints for its steps, in order: the first boot's, then the second's.
-const FIRST_BOOT: [&str; 12] = [
+const FIRST_BOOT: [&str; 13] = [
     "system-tier: ok: NetworkManager is running",
     "system-tier: ok: installed with apt-get",
     "system-tier: ok: tsp-broker.service active",
@@ -35,6 +37,7 @@ const FIRST_BOOT: [&str; 12] = [
     "system-tier: ok: NetworkManager spawned /usr/libexec/nm-tsp-service",
     "system-tier: ok: nm-tsp-service runs as nm-tsp",
     "system-tier: ok: kernel sit link",
+    "system-tier: ok: broker unit:",
     "system-tier: ok: down:",
     "system-tier: ok: tspc.service: tunnel tun up",
     "system-tier: ok: tspc.service stopped",

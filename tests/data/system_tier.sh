@@ -179,6 +179,35 @@ ok "kernel sit link: $(ip -d -o link show dev "$sit" | sed 's/\\/ /g' | tr -s ' 
 wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || { ip -6 addr; ip -6 route; fail "ping -6 $BROKER6 through $sit"; }
 ping -6 -c 3 -i 0.3 -W 2 "$BROKER6" | tail -2
 ok "ping -6 $BROKER6 answers through $sit"
+
+# c2. Operating the broker under its packaged unit (Type=notify, watchdog, reload, the control
+# socket) while NetworkManager holds a tunnel to it.
+bpid=$(systemctl show -P MainPID tsp-broker)
+[ "$(systemctl show -P Type tsp-broker)" = notify ] || fail "tsp-broker.service is Type=notify"
+[ "$(systemctl show -P WatchdogUSec tsp-broker)" = 30s ] || fail "tsp-broker.service has a 30 s watchdog"
+systemctl show -P StatusText tsp-broker | grep -q 'tunnel' ||
+  fail "the broker's STATUS= line reached systemd ($(systemctl show -P StatusText tsp-broker))"
+# A reload is SIGHUP, framed by RELOADING=1 / READY=1: systemctl waits for it, the process and
+# the tunnel stay.
+systemctl reload tsp-broker || { journalctl -b -u tsp-broker --no-pager | tail -20; fail "systemctl reload tsp-broker"; }
+journalctl -b -u tsp-broker --no-pager | grep -q 'configuration reloaded' || fail "the broker logged the reload"
+[ "$(systemctl show -P MainPID tsp-broker)" = "$bpid" ] || fail "same broker process after the reload"
+ping -6 -c 1 -W 2 "$BROKER6" >/dev/null || fail "the tunnel carries pings after the reload"
+# The control socket, as root: the session NetworkManager made, then a disconnect of it; the
+# client finds the path dead and NetworkManager brings the VPN back by itself.
+tsp-broker sessions >/run/sessions || fail "tsp-broker sessions"
+key=$(awk 'NR == 2 && $2 == "up" && $3 ~ /^v6v4\// { print $1 }' /run/sessions)
+[ -n "$key" ] || { cat /run/sessions; fail "tsp-broker sessions lists the v6v4 tunnel"; }
+tsp-broker disconnect "$key" | grep -q "1 session" || fail "tsp-broker disconnect $key"
+wait_for 20 sh -c '[ "$(nmcli -g GENERAL.STATE connection show tsp)" != activated ]' ||
+  fail "NetworkManager saw the disconnected tunnel go"
+wait_for 40 sh -c '[ "$(nmcli -g GENERAL.STATE connection show tsp)" = activated ]' ||
+  { journalctl -b --no-pager | grep -E 'nm-tsp|tsp-broker' | tail -20; fail "NetworkManager brought the VPN back after the disconnect"; }
+sit=$(sit_link)
+wait_for 15 ping -6 -c 1 -W 1 "$BROKER6" || fail "ping -6 $BROKER6 after the VPN came back"
+[ "$(systemctl show -P NRestarts tsp-broker)" = 0 ] && [ "$(systemctl show -P MainPID tsp-broker)" = "$bpid" ] ||
+  fail "the broker was never restarted (the watchdog was fed): NRestarts $(systemctl show -P NRestarts tsp-broker)"
+ok "broker unit: Type=notify with status and watchdog, reload kept pid $bpid and the tunnel, sessions listed $key, disconnect -> VPN back by itself"
 ip -6 -o addr show dev "$sit" | grep -v 'scope link' | awk '{print $4}' >/run/tunnel-addr
 [ -s /run/tunnel-addr ] || fail "$sit has a global address"
 

@@ -14,8 +14,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::PoolKind;
 use crate::config::{BrokerConfig, FleetConfig, broker_addr_text};
@@ -164,6 +165,21 @@ impl Db {
         })
     }
 
+    /// One statement on a pooled connection, within [`TIMEOUT`]: the rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        timed(async { Ok(self.client().await?.execute(sql, params).await?) }).await
+    }
+
+    /// One query on a pooled connection, within [`TIMEOUT`].
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        timed(async { Ok(self.client().await?.query(sql, params).await?) }).await
+    }
+
+    /// One query for at most one row, within [`TIMEOUT`].
+    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, DbError> {
+        timed(async { Ok(self.client().await?.query_opt(sql, params).await?) }).await
+    }
+
     /// Applies the migrations the database lacks; the schema version afterwards.
     pub async fn migrate(&self) -> Result<i32, DbError> {
         // Up to date (the common case at a broker's start): no lock and no DDL, so a broker
@@ -227,24 +243,20 @@ impl Db {
     /// The account of `user` in `realm` (an account of another realm does not exist here: its
     /// HA1 could not match).
     pub async fn account(&self, user: &str, realm: &str) -> Result<Account, DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT ha1, enabled FROM users WHERE name = $1 AND realm = $2",
-                    &[&user, &realm],
-                )
-                .await?;
-            Ok(match row {
-                None => Account::Missing,
-                Some(r) if !r.get::<_, bool>(1) => Account::Disabled,
-                Some(r) => {
-                    let ha1: Vec<u8> = r.get(0);
-                    ha1.try_into().map_or(Account::Missing, Account::Enabled)
-                }
-            })
+        let row = self
+            .query_opt(
+                "SELECT ha1, enabled FROM users WHERE name = $1 AND realm = $2",
+                &[&user, &realm],
+            )
+            .await?;
+        Ok(match row {
+            None => Account::Missing,
+            Some(r) if !r.get::<_, bool>(1) => Account::Disabled,
+            Some(r) => {
+                let ha1: Vec<u8> = r.get(0);
+                ha1.try_into().map_or(Account::Missing, Account::Enabled)
+            }
         })
-        .await
     }
 
     /// The block of `len` bits for `key` in `kind`'s pool: the one it holds if it has that
@@ -326,18 +338,14 @@ impl Db {
 
     /// The address of the live broker other than `me` carrying `key`'s tunnel, if any.
     pub async fn home_elsewhere(&self, key: &str, me: &str, dead_after: Duration) -> Result<Option<String>, DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT b.address FROM sessions s JOIN brokers b ON b.id = s.broker \
-                     WHERE s.key = $1 AND s.broker <> $2 AND b.seen > now() - make_interval(secs => $3)",
-                    &[&key, &me, &dead_after.as_secs_f64()],
-                )
-                .await?;
-            Ok(row.map(|r| r.get(0)))
-        })
-        .await
+        let row = self
+            .query_opt(
+                "SELECT b.address FROM sessions s JOIN brokers b ON b.id = s.broker \
+                 WHERE s.key = $1 AND s.broker <> $2 AND b.seen > now() - make_interval(secs => $3)",
+                &[&key, &me, &dead_after.as_secs_f64()],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// This broker is alive: its heartbeat row, and its sessions count for the master's order.
@@ -390,76 +398,53 @@ impl Db {
 
     /// This broker stops: out of the master's list at once, its users free.
     pub async fn leave(&self, fleet: &FleetConfig) -> Result<(), DbError> {
-        timed(async {
-            let client = self.client().await?;
-            client
-                .execute("DELETE FROM brokers WHERE id = $1", &[&fleet.id])
-                .await?;
-            Ok(())
-        })
-        .await
+        self.execute("DELETE FROM brokers WHERE id = $1", &[&fleet.id])
+            .await
+            .map(drop)
     }
 
     /// `key`'s tunnel is now carried by `broker` (taken over from a dead one, if it was).
     pub async fn session_up(&self, key: &str, broker: &str) -> Result<(), DbError> {
-        timed(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "INSERT INTO sessions (key, broker) VALUES ($1, $2) \
-                     ON CONFLICT (key) DO UPDATE SET broker = $2, since = now()",
-                    &[&key, &broker],
-                )
-                .await?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO sessions (key, broker) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET broker = $2, since = now()",
+            &[&key, &broker],
+        )
         .await
+        .map(drop)
     }
 
     /// `key`'s tunnel on `broker` ended (a row another broker took over stays).
     pub async fn session_down(&self, key: &str, broker: &str) -> Result<(), DbError> {
-        timed(async {
-            let client = self.client().await?;
-            client
-                .execute("DELETE FROM sessions WHERE key = $1 AND broker = $2", &[&key, &broker])
-                .await?;
-            Ok(())
-        })
-        .await
+        self.execute("DELETE FROM sessions WHERE key = $1 AND broker = $2", &[&key, &broker])
+            .await
+            .map(drop)
     }
 
     /// The live brokers with room, least loaded first (the master's redirection list).
     pub async fn live_brokers(&self, dead_after: Duration, max: usize) -> Result<Vec<String>, DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT address FROM brokers \
-                     WHERE seen > now() - make_interval(secs => $1) AND sessions < capacity \
-                     ORDER BY sessions, seen DESC LIMIT $2",
-                    &[&dead_after.as_secs_f64(), &(max as i64)],
-                )
-                .await?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
-        .await
+        let rows = self
+            .query(
+                "SELECT address FROM brokers \
+                 WHERE seen > now() - make_interval(secs => $1) AND sessions < capacity \
+                 ORDER BY sessions, seen DESC LIMIT $2",
+                &[&dead_after.as_secs_f64(), &(max as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Where each carried tunnel's blocks must be routed: (block, broker id, broker address),
     /// for the live brokers only (`tsp-broker db routes`; the `tunnel_routes` view has all).
     pub async fn routes(&self, dead_after: Duration) -> Result<Vec<(String, String, String)>, DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT block::text, broker, broker_address FROM tunnel_routes \
-                     WHERE broker_seen > now() - make_interval(secs => $1) ORDER BY block",
-                    &[&dead_after.as_secs_f64()],
-                )
-                .await?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-        })
-        .await
+        let rows = self
+            .query(
+                "SELECT block::text, broker, broker_address FROM tunnel_routes \
+                 WHERE broker_seen > now() - make_interval(secs => $1) ORDER BY block",
+                &[&dead_after.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
     /// Adds an account (`tsp-broker db add-user`): only its HA1 is stored.
@@ -483,68 +468,56 @@ impl Db {
 
     /// Replaces an account's HA1 (a new password), keeping its assignments.
     pub async fn set_password(&self, user: &str, realm: &str, ha1: &[u8; 16]) -> Result<(), DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "UPDATE users SET realm = $2, ha1 = $3 WHERE name = $1",
-                    &[&user, &realm, &&ha1[..]],
-                )
-                .await?;
-            if n == 0 {
-                return Err(DbError::NoUser(user.to_owned()));
-            }
-            Ok(())
-        })
-        .await
+        let n = self
+            .execute(
+                "UPDATE users SET realm = $2, ha1 = $3 WHERE name = $1",
+                &[&user, &realm, &&ha1[..]],
+            )
+            .await?;
+        if n == 0 {
+            return Err(DbError::NoUser(user.to_owned()));
+        }
+        Ok(())
     }
 
     /// Enables or disables an account. A disabled user cannot log in; the assignments stay.
     pub async fn set_enabled(&self, user: &str, enabled: bool) -> Result<(), DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let n = client
-                .execute("UPDATE users SET enabled = $2 WHERE name = $1", &[&user, &enabled])
-                .await?;
-            if n == 0 {
-                return Err(DbError::NoUser(user.to_owned()));
-            }
-            Ok(())
-        })
-        .await
+        let n = self
+            .execute("UPDATE users SET enabled = $2 WHERE name = $1", &[&user, &enabled])
+            .await?;
+        if n == 0 {
+            return Err(DbError::NoUser(user.to_owned()));
+        }
+        Ok(())
     }
 
     /// Every user with its assignments and the broker carrying its tunnel.
     pub async fn users(&self) -> Result<Vec<UserRow>, DbError> {
-        timed(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT u.name, u.realm, u.enabled, \
+        let rows = self
+            .query(
+                "SELECT u.name, u.realm, u.enabled, \
                        coalesce(array_agg(a.pool ORDER BY a.pool) FILTER (WHERE a.pool IS NOT NULL), '{}'), \
                        coalesce(array_agg(a.block::text ORDER BY a.pool) FILTER (WHERE a.pool IS NOT NULL), '{}'), \
                        (SELECT s.broker FROM sessions s WHERE s.key = 'user:' || u.name) \
                      FROM users u LEFT JOIN assignments a ON a.key = 'user:' || u.name \
                      GROUP BY u.name ORDER BY u.name",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let pools: Vec<String> = r.get(3);
-                    let blocks: Vec<String> = r.get(4);
-                    UserRow {
-                        name: r.get(0),
-                        realm: r.get(1),
-                        enabled: r.get(2),
-                        blocks: pools.into_iter().zip(blocks).collect(),
-                        broker: r.get(5),
-                    }
-                })
-                .collect())
-        })
-        .await
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let pools: Vec<String> = r.get(3);
+                let blocks: Vec<String> = r.get(4);
+                UserRow {
+                    name: r.get(0),
+                    realm: r.get(1),
+                    enabled: r.get(2),
+                    blocks: pools.into_iter().zip(blocks).collect(),
+                    broker: r.get(5),
+                }
+            })
+            .collect())
     }
 }
 

@@ -156,7 +156,7 @@ ip netns exec ${P}c nft add rule inet cut in iifname ${P}c0 drop
 ip netns exec ${P}b nft add rule inet cut in iifname ${P}b0 drop
 t0=$(now_ms); DEAD=timeout
 while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
-  [ "$(state tsp)" != 5 ] && { DEAD=$(( $(now_ms) - t0 )); break; }
+  [ "$(state tsp)" != '5 - VPN connected' ] && { DEAD=$(( $(now_ms) - t0 )); break; }
   sleep 0.05
 done
 sleep 3
@@ -165,7 +165,7 @@ t0=$(now_ms); HEAL=timeout
 while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
   ip netns exec ${P}c ping -6 -c 1 -W 0.05 -q 2001:db8:ff::1 >/dev/null 2>&1 && { HEAL=$(( $(now_ms) - t0 )); break; }
 done
-wait_for '[ "$(state tsp)" = 5 ]' || true
+wait_for "[ \"\$(state tsp)\" = '5 - VPN connected' ]" || true
 sleep 5
 ip netns exec ${P}c nft add table inet idle
 ip netns exec ${P}c nft add chain inet idle out '{ type filter hook output priority 0; policy accept; }'

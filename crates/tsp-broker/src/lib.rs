@@ -670,6 +670,7 @@ mod tests {
             local: "192.0.2.1:3653".parse().unwrap(),
             transport,
             user: user.map(str::to_owned),
+            mechanism: None,
             version: Version::V2_0_2,
         }
     }

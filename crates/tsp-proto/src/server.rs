@@ -46,6 +46,8 @@ pub struct SessionInfo {
     pub transport: Transport,
     /// `None` for anonymous sessions.
     pub user: Option<String>,
+    /// How the client logged in; `None` until it has.
+    pub mechanism: Option<Mechanism>,
     pub version: Version,
 }
 
@@ -156,6 +158,7 @@ pub enum ServerError {
 pub struct LoginAttempt {
     /// The user name tried, when the client got as far as naming one.
     pub user: Option<String>,
+    pub mechanism: Mechanism,
     pub ok: bool,
 }
 
@@ -248,6 +251,7 @@ impl ServerSession {
             local,
             transport,
             user: None,
+            mechanism: None,
             version: Version::V2_0_2,
         };
         Self {
@@ -416,7 +420,7 @@ impl ServerSession {
                 if !ok {
                     return Err(self.auth_failed(m, format!("bad credentials for user {user:?}")));
                 }
-                self.authenticated(Some(user));
+                self.authenticated(m, user);
             }
             Pending::Digest { response, nonce } => {
                 let m = Mechanism::DigestMd5;
@@ -426,7 +430,7 @@ impl ServerSession {
                 let rspauth = digest_md5::verify_response(&response, &ha1, &nonce, &self.cfg.realm)
                     .map_err(|e| self.auth_failed(m, e))?;
                 self.reply(rspauth);
-                self.authenticated(Some(response.username));
+                self.authenticated(m, response.username);
             }
             Pending::PassDss { exchange, user, msg2 } => {
                 let realm = self.cfg.realm.clone();
@@ -434,7 +438,7 @@ impl ServerSession {
                     stored.is_some_and(|ha1| u == user && constant_eq(&sasl::digest_md5::ha1(u, &realm, pw), &ha1))
                 });
                 ok.map_err(|e| self.auth_failed(Mechanism::PassDss3Des1, e))?;
-                self.authenticated(Some(user));
+                self.authenticated(Mechanism::PassDss3Des1, user);
             }
             Pending::Offer => return Err(ServerError::NotWaiting),
         }
@@ -480,6 +484,7 @@ impl ServerSession {
         self.status(StatusCode::AuthenticationFailed);
         self.login = Some(LoginAttempt {
             user: self.trying.take(),
+            mechanism: m,
             ok: false,
         });
         ServerError::AuthFailed {
@@ -551,6 +556,7 @@ impl ServerSession {
                 };
                 let next = match mech {
                     Mechanism::Anonymous => {
+                        self.info.mechanism = Some(Mechanism::Anonymous);
                         self.status(StatusCode::Success);
                         State::Create
                     }
@@ -665,13 +671,16 @@ impl ServerSession {
         self.wait(state)
     }
 
-    fn authenticated(&mut self, user: Option<String>) {
+    /// A password login succeeded.
+    fn authenticated(&mut self, mechanism: Mechanism, user: String) {
         self.trying = None;
         self.login = Some(LoginAttempt {
-            user: user.clone(),
+            user: Some(user.clone()),
+            mechanism,
             ok: true,
         });
-        self.info.user = user;
+        self.info.user = Some(user);
+        self.info.mechanism = Some(mechanism);
         self.status(StatusCode::Success);
     }
 }
@@ -796,6 +805,7 @@ mod tests {
             assert!(caps::Capabilities::is_capability_line(&replies[0]));
             assert_eq!(replies[1], b"200 Success\r\n");
             assert!(replies[2].starts_with(b"Content-length: "));
+            assert_eq!(s.info().mechanism, Some(Mechanism::Anonymous));
         }
     }
 
@@ -834,6 +844,7 @@ mod tests {
         assert_eq!(replies.len(), 2);
         assert_eq!(replies[1], b"200 Success\r\n");
         assert_eq!(s.info().user.as_deref(), Some("user1"));
+        assert_eq!(s.info().mechanism, Some(Mechanism::Plain));
     }
 
     #[test]
@@ -848,6 +859,9 @@ mod tests {
         let e = s.on_bytes(b"\0user1\0wrong\r\n", &mut broker, &mut rng).unwrap_err();
         assert!(matches!(e, ServerError::AuthFailed { .. }));
         assert!(!e.to_string().contains("wrong"), "no password in errors: {e}");
+        let login = s.take_login().unwrap();
+        assert_eq!((login.mechanism, login.ok), (Mechanism::Plain, false));
+        assert_eq!(s.info().mechanism, None, "not logged in");
         assert_eq!(s.next_reply().as_deref(), Some(&b"300 Authentication failed\r\n"[..]));
         assert!(s.is_closed());
     }
@@ -947,7 +961,11 @@ mod tests {
             panic!("the waiting create request is processed after the login");
         };
         assert_eq!(req.mode, crate::types::TunnelMode::V6V4);
-        assert_eq!(s.take_login().map(|l| l.ok), Some(true));
+        assert_eq!(
+            s.take_login().map(|l| (l.mechanism, l.ok)),
+            Some((Mechanism::DigestMd5, true))
+        );
+        assert_eq!(s.info().mechanism, Some(Mechanism::DigestMd5));
         digest_md5::check_rspauth(&s.next_reply().unwrap(), &expected).unwrap();
         assert_eq!(s.next_reply().as_deref(), Some(&b"200 Success\r\n"[..]));
         let offer = broker.offer(s.info(), &req);

@@ -930,15 +930,7 @@ mod tests {
             Route {
                 inner_v6: None,
                 prefix: Some((base, 56)),
-                inner_v4: None,
-                last_seen: Instant::now(),
-                idle_limit: Duration::ZERO,
-                local: None,
-                echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
-                kernel: false,
-                link: None,
-                announced: Vec::new(),
-                traffic: Traffic::default(),
+                ..route_for_test(false)
             },
         );
         assert_eq!(t.lookup_v6("2001:db8:c000:1234::9".parse().unwrap()), Some(ep));
@@ -954,22 +946,11 @@ mod tests {
         t.routes.insert(
             ep,
             Route {
-                inner_v6: Some("2001:db8:b::2".parse().unwrap()),
-                prefix: None,
-                inner_v4: None,
                 last_seen: long_ago,
-                idle_limit: Duration::ZERO,
-                local: None,
-                echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
-                kernel: true,
-                link: None,
-                announced: Vec::new(),
-                traffic: Traffic::default(),
+                ..route_for_test(true)
             },
         );
-        let mut pkt = vec![0u8; 40];
-        pkt[0] = 0x60;
-        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        let mut pkt = client_packet();
         assert!(!t.admit(&ep, &pkt), "the kernel link delivers it");
         assert!(t.routes[&ep].last_seen > long_ago, "but the client is alive");
         t.routes.get_mut(&ep).unwrap().kernel = false;
@@ -1014,11 +995,16 @@ tspbk3:   5000      40    0    0    0     0          0         0     8000      5
         let ep = Endpoint::V4(Ipv4Addr::new(192, 0, 2, 2));
         let mut table = Table::default();
         table.routes.insert(ep, r);
+        table.admit(&ep, &client_packet());
+        assert_eq!(table.routes[&ep].traffic.packets_from_clients, 2);
+    }
+
+    /// An IPv6 packet from the test route's client (2001:db8:b::2).
+    fn client_packet() -> Vec<u8> {
         let mut pkt = vec![0u8; 40];
         pkt[0] = 0x60;
         pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
-        table.admit(&ep, &pkt);
-        assert_eq!(table.routes[&ep].traffic.packets_from_clients, 2);
+        pkt
     }
 
     fn route_for_test(kernel: bool) -> Route {
@@ -1039,22 +1025,8 @@ tspbk3:   5000      40    0    0    0     0          0         0     8000      5
 
     #[test]
     fn sources_are_checked() {
-        let r = Route {
-            inner_v6: Some("2001:db8:b::2".parse().unwrap()),
-            prefix: None,
-            inner_v4: None,
-            last_seen: Instant::now(),
-            idle_limit: Duration::ZERO,
-            local: None,
-            echo: crate::echo_limit::EchoBudget::new(None, Instant::now()),
-            kernel: false,
-            link: None,
-            announced: Vec::new(),
-            traffic: Traffic::default(),
-        };
-        let mut pkt = vec![0u8; 40];
-        pkt[0] = 0x60;
-        pkt[8..24].copy_from_slice(&"2001:db8:b::2".parse::<Ipv6Addr>().unwrap().octets());
+        let r = route_for_test(false);
+        let mut pkt = client_packet();
         assert!(r.accepts_source(&pkt));
         pkt[23] = 3;
         assert!(!r.accepts_source(&pkt), "another client's address");

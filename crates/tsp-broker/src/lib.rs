@@ -22,7 +22,7 @@ pub mod reload;
 pub mod serve;
 pub mod throttle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -176,7 +176,48 @@ pub struct Broker {
     prefix6: Pool,
     addr4: Pool,
     sessions: HashMap<String, SessionRecord>,
+    /// The offers awaiting their accept, so that nothing walks every session per negotiation:
+    /// the order they went out in (expired from the front), the offer of each peer, and how
+    /// many each source address has.
+    offers: PendingOffers,
     logins: throttle::LoginThrottle,
+}
+
+/// Indexes of the sessions not yet established (see [`Broker::offers`]).
+#[derive(Debug, Default)]
+struct PendingOffers {
+    /// When each offer went out and its session key, oldest first; an entry whose session was
+    /// accepted, ended or offered again meanwhile is skipped when it comes up.
+    by_age: VecDeque<(Instant, String)>,
+    /// The key of the latest offer to each peer (the one its accept is for).
+    by_peer: HashMap<SocketAddr, String>,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+impl PendingOffers {
+    fn added(&mut self, s: &SessionRecord) {
+        self.by_age.push_back((s.offered, s.key.clone()));
+        self.by_peer.insert(s.peer, s.key.clone());
+        *self.by_source.entry(v4_mapped(s.peer.ip())).or_default() += 1;
+    }
+
+    /// `s` is no longer pending (accepted, ended or replaced).
+    fn gone(&mut self, s: &SessionRecord) {
+        if self.by_peer.get(&s.peer) == Some(&s.key) {
+            self.by_peer.remove(&s.peer);
+        }
+        let source = v4_mapped(s.peer.ip());
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+
+    fn of_source(&self, source: IpAddr) -> usize {
+        self.by_source.get(&source).copied().unwrap_or(0)
+    }
 }
 
 fn v4_mapped(ip: IpAddr) -> IpAddr {
@@ -204,6 +245,7 @@ impl Broker {
             prefix6,
             addr4,
             sessions: HashMap::new(),
+            offers: PendingOffers::default(),
             logins,
         };
         b.load_state();
@@ -274,12 +316,34 @@ impl Broker {
     /// meanwhile (it expired, [`Self::expire_offers`]) and the tunnel must not be carried.
     pub fn mark_established(&mut self, info: &SessionInfo, offer: &Offer) -> Option<String> {
         self.expire_offers();
+        let key = self.offers.by_peer.get(&info.peer)?;
         let s = self
             .sessions
-            .values_mut()
-            .find(|s| s.peer == info.peer && &s.offer == offer)?;
+            .get_mut(key)
+            .filter(|s| !s.established && &s.offer == offer)?;
         s.established = true;
+        self.offers.gone(s);
         Some(s.key.clone())
+    }
+
+    /// Records a session, replacing one with the same key.
+    fn insert_session(&mut self, s: SessionRecord) {
+        if !s.established {
+            self.offers.added(&s);
+        }
+        if let Some(old) = self.sessions.insert(s.key.clone(), s)
+            && !old.established
+        {
+            self.offers.gone(&old);
+        }
+    }
+
+    fn remove_session(&mut self, key: &str) -> Option<SessionRecord> {
+        let s = self.sessions.remove(key)?;
+        if !s.established {
+            self.offers.gone(&s);
+        }
+        Some(s)
     }
 
     /// The keys of the established sessions (the tunnels this broker carries).
@@ -295,13 +359,24 @@ impl Broker {
     /// request and vanished, or never meant to accept): their tunnel slots come back.
     pub fn expire_offers(&mut self) {
         let timeout = self.cfg.offer_timeout;
-        self.sessions.retain(|_, s| {
-            let keep = s.established || s.offered.elapsed() < timeout;
-            if !keep {
+        while self
+            .offers
+            .by_age
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= timeout)
+        {
+            let Some((at, key)) = self.offers.by_age.pop_front() else {
+                break;
+            };
+            if self
+                .sessions
+                .get(&key)
+                .is_some_and(|s| !s.established && s.offered == at)
+                && let Some(s) = self.remove_session(&key)
+            {
                 tracing::info!(peer = %s.peer, "offer not accepted in time; withdrawn");
             }
-            keep
-        });
+        }
     }
 
     /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone; the
@@ -328,7 +403,7 @@ impl Broker {
             .filter(|s| s.user.as_deref() == Some(who) || s.key == who)
             .map(|s| s.key.clone())
             .collect();
-        keys.iter().filter_map(|k| self.sessions.remove(k)).collect()
+        keys.iter().filter_map(|k| self.remove_session(k)).collect()
     }
 
     /// A reloaded configuration (its restart-only keys unchanged, [`reload`]) and accounts:
@@ -340,17 +415,17 @@ impl Broker {
     }
 
     fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
-        let mut ended = Vec::new();
-        self.sessions.retain(|_, s| {
-            if !ends(s) {
-                return true;
-            }
-            if s.established {
-                ended.push(s.key.clone());
-            }
-            false
-        });
-        ended
+        let keys: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| ends(s))
+            .map(|s| s.key.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|k| self.remove_session(k))
+            .filter(|s| s.established)
+            .map(|s| s.key)
+            .collect()
     }
 
     fn choose_mode(&self, info: &SessionInfo, req: &CreateRequest) -> Result<TunnelMode, Refusal> {
@@ -516,12 +591,7 @@ impl Broker {
                     format!("broker full (max_tunnels = {})", self.cfg.max_tunnels),
                 ));
             }
-            let source = v4_mapped(info.peer.ip());
-            let pending = self
-                .sessions
-                .values()
-                .filter(|s| !s.established && v4_mapped(s.peer.ip()) == source)
-                .count();
+            let pending = self.offers.of_source(v4_mapped(info.peer.ip()));
             if pending >= self.cfg.max_pending_per_source {
                 return Err(Refusal::because(
                     StatusCode::ServerTooBusy,
@@ -575,19 +645,16 @@ impl Broker {
             prefix = ?offer.prefix.as_ref().map(|p| format!("{}/{}", p.addr, p.len)),
             "tunnel offered"
         );
-        self.sessions.insert(
-            plan.key.clone(),
-            SessionRecord {
-                key: plan.key,
-                user: info.user.clone(),
-                peer: info.peer,
-                transport: info.transport,
-                offer: offer.clone(),
-                established: false,
-                since: SystemTime::now(),
-                offered: Instant::now(),
-            },
-        );
+        self.insert_session(SessionRecord {
+            key: plan.key,
+            user: info.user.clone(),
+            peer: info.peer,
+            transport: info.transport,
+            offer: offer.clone(),
+            established: false,
+            since: SystemTime::now(),
+            offered: Instant::now(),
+        });
         offer
     }
 

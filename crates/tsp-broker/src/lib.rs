@@ -43,7 +43,8 @@ use tsp_proto::xml::{CreateRequest, Keepalive, Offer, OfferedPrefix};
 /// One negotiated (or offered, awaiting accept) tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
-    pub key: String,
+    /// [`Broker::session_key`]; one copy shared by the session table and the pools.
+    pub key: Arc<str>,
     pub user: Option<String>,
     pub peer: SocketAddr,
     pub transport: Transport,
@@ -115,7 +116,7 @@ impl PoolKind {
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Whose assignment it is (the session key, [`Broker::session_key`]).
-    pub key: String,
+    pub key: Arc<str>,
     /// The pool of the client's address: IPv4 for v4v6, else IPv6.
     pub addr_pool: PoolKind,
     /// A delegated prefix of this length, for a router.
@@ -175,7 +176,7 @@ pub struct Broker {
     addr6: Pool,
     prefix6: Pool,
     addr4: Pool,
-    sessions: HashMap<String, SessionRecord>,
+    sessions: HashMap<Arc<str>, SessionRecord>,
     /// The offers awaiting their accept, so that nothing walks every session per negotiation:
     /// the order they went out in (expired from the front), the offer of each peer, and how
     /// many each source address has.
@@ -188,9 +189,9 @@ pub struct Broker {
 struct PendingOffers {
     /// When each offer went out and its session key, oldest first; an entry whose session was
     /// accepted, ended or offered again meanwhile is skipped when it comes up.
-    by_age: VecDeque<(Instant, String)>,
+    by_age: VecDeque<(Instant, Arc<str>)>,
     /// The key of the latest offer to each peer (the one its accept is for).
-    by_peer: HashMap<SocketAddr, String>,
+    by_peer: HashMap<SocketAddr, Arc<str>>,
     by_source: HashMap<IpAddr, usize>,
 }
 
@@ -323,7 +324,7 @@ impl Broker {
             .filter(|s| !s.established && &s.offer == offer)?;
         s.established = true;
         self.offers.gone(s);
-        Some(s.key.clone())
+        Some(s.key.to_string())
     }
 
     /// Records a session, replacing one with the same key.
@@ -351,7 +352,7 @@ impl Broker {
         self.sessions
             .values()
             .filter(|s| s.established)
-            .map(|s| s.key.clone())
+            .map(|s| s.key.to_string())
             .collect()
     }
 
@@ -397,10 +398,10 @@ impl Broker {
     /// Ends the sessions of `who` (a user name, or the key of an anonymous session as
     /// `tsp-broker sessions` shows it), established or offered; their records.
     pub fn end_user(&mut self, who: &str) -> Vec<SessionRecord> {
-        let keys: Vec<String> = self
+        let keys: Vec<Arc<str>> = self
             .sessions
             .values()
-            .filter(|s| s.user.as_deref() == Some(who) || s.key == who)
+            .filter(|s| s.user.as_deref() == Some(who) || &*s.key == who)
             .map(|s| s.key.clone())
             .collect();
         keys.iter().filter_map(|k| self.remove_session(k)).collect()
@@ -415,7 +416,7 @@ impl Broker {
     }
 
     fn end_where(&mut self, ends: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
-        let keys: Vec<String> = self
+        let keys: Vec<Arc<str>> = self
             .sessions
             .values()
             .filter(|s| ends(s))
@@ -424,7 +425,7 @@ impl Broker {
         keys.iter()
             .filter_map(|k| self.remove_session(k))
             .filter(|s| s.established)
-            .map(|s| s.key)
+            .map(|s| s.key.to_string())
             .collect()
     }
 
@@ -514,7 +515,7 @@ impl Broker {
             _ => None,
         };
         let plan = |addr_pool, offer| Plan {
-            key: key.to_owned(),
+            key: key.into(),
             addr_pool,
             prefix_len,
             offer,
@@ -584,7 +585,7 @@ impl Broker {
         let key = Self::session_key(info, req);
         self.expire_offers();
         // The refusals below are logged by the caller, once, with the user and the reason.
-        if !self.sessions.contains_key(&key) {
+        if !self.sessions.contains_key(key.as_str()) {
             if self.sessions.len() >= self.cfg.max_tunnels {
                 return Err(Refusal::because(
                     StatusCode::NoMoreTunnels,
@@ -608,7 +609,7 @@ impl Broker {
         let prefix = match plan.prefix_len {
             Some(len) => Some(
                 self.prefix6
-                    .assign(&plan.key, len)
+                    .assign(plan.key.clone(), len)
                     .ok_or_else(|| exhausted(PoolKind::Prefix6))?,
             ),
             None => None,
@@ -618,7 +619,9 @@ impl Broker {
             _ => &mut self.addr6,
         };
         let width = if plan.addr_pool == PoolKind::Addr4 { 32 } else { 128 };
-        let addr = pool.assign(&plan.key, width).ok_or_else(|| exhausted(plan.addr_pool))?;
+        let addr = pool
+            .assign(plan.key.clone(), width)
+            .ok_or_else(|| exhausted(plan.addr_pool))?;
         self.save_state();
         Ok(Blocks { addr, prefix })
     }

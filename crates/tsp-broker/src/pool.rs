@@ -4,6 +4,7 @@
 //! See docs/tsp-wire.md §4.3, §1.7.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Blocks handed out of one address range. Addresses are handled as integers of `width`
 /// bits (128 for IPv6, 32 for IPv4).
@@ -12,8 +13,9 @@ pub struct Pool {
     base: u128,
     pool_len: u8,
     width: u8,
-    /// key -> (start, len)
-    by_key: HashMap<String, (u128, u8)>,
+    /// key -> start of its block (the length follows from the block's end in `used`). The key
+    /// is shared with the session that holds it: a broker keeps one copy per client.
+    by_key: HashMap<Arc<str>, u128>,
     /// start -> end (inclusive) of every block in use, assigned or reserved
     used: BTreeMap<u128, u128>,
     /// Every address from `base` up to here is in a block in use: the search for a free
@@ -90,20 +92,28 @@ impl Pool {
 
     /// The block held by `key`, if any.
     pub fn get(&self, key: &str) -> Option<(u128, u8)> {
-        self.by_key.get(key).copied()
+        let start = *self.by_key.get(key)?;
+        Some((start, self.len_at(start)))
+    }
+
+    /// The prefix length of the block in use at `start`.
+    fn len_at(&self, start: u128) -> u8 {
+        // A block spans 2^h addresses: end - start is h one bits.
+        let host_bits = self.used.get(&start).map_or(0, |&end| (end - start).count_ones());
+        self.width.saturating_sub(host_bits as u8)
     }
 
     /// The block of length `len` for `key`: its previous one if it had one of that length,
     /// else the first free one. `None` when the pool is exhausted or `len` does not fit.
-    pub fn assign(&mut self, key: &str, len: u8) -> Option<u128> {
+    pub fn assign<K: AsRef<str> + Into<Arc<str>>>(&mut self, key: K, len: u8) -> Option<u128> {
         if len < self.pool_len || len > self.width {
             return None;
         }
-        if let Some(&(start, l)) = self.by_key.get(key) {
+        if let Some((start, l)) = self.get(key.as_ref()) {
             if l == len {
                 return Some(start);
             }
-            self.release(key);
+            self.release(key.as_ref());
         }
         let step = if u32::from(self.width - len) >= 128 {
             return None;
@@ -124,7 +134,7 @@ impl Pool {
             match self.overlapping(start, end) {
                 None => {
                     self.insert_used(start, end);
-                    self.by_key.insert(key.to_owned(), (start, len));
+                    self.by_key.insert(key.into(), start);
                     return Some(start);
                 }
                 Some((_, used_end)) => start = align(used_end.checked_add(1)?)?,
@@ -143,12 +153,12 @@ impl Pool {
             return false;
         }
         self.insert_used(start, end);
-        self.by_key.insert(key.to_owned(), (start, len));
+        self.by_key.insert(key.into(), start);
         true
     }
 
     pub fn release(&mut self, key: &str) {
-        if let Some((start, _)) = self.by_key.remove(key) {
+        if let Some(start) = self.by_key.remove(key) {
             self.used.remove(&start);
             self.free_from = self.free_from.min(start);
         }
@@ -156,7 +166,7 @@ impl Pool {
 
     /// Every assignment, sorted by key (for the state file).
     pub fn assignments(&self) -> Vec<(&str, u128, u8)> {
-        let mut v: Vec<_> = self.by_key.iter().map(|(k, &(s, l))| (k.as_str(), s, l)).collect();
+        let mut v: Vec<_> = self.by_key.iter().map(|(k, &s)| (&**k, s, self.len_at(s))).collect();
         v.sort();
         v
     }
@@ -209,7 +219,9 @@ mod tests {
         let mut p = Pool::new(0x2001_0db8_000b_0000 << 64, 64, 128);
         p.reserve((0x2001_0db8_000b_0000 << 64) + 1);
         let n = MAX_SCAN as usize + 1000;
-        let starts: Vec<u128> = (0..n).map(|i| p.assign(&format!("k{i}"), 128).unwrap()).collect();
+        let starts: Vec<u128> = (0..n)
+            .map(|i| p.assign(format!("k{i}").as_str(), 128).unwrap())
+            .collect();
         let distinct: std::collections::BTreeSet<_> = starts.iter().collect();
         assert_eq!(distinct.len(), n);
         assert!(!distinct.contains(&((0x2001_0db8_000b_0000 << 64) + 1)));

@@ -251,7 +251,7 @@ impl Shared {
                 kick.notify_one();
             }
             if s.established {
-                keys.push(s.key.clone());
+                keys.push(s.key.to_string());
             }
             tracing::info!(
                 user = s.user.as_deref().unwrap_or("(anonymous)"),

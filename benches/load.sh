@@ -13,7 +13,9 @@
 # failure) and leaves nothing behind. Run as root on Debian/Ubuntu:  bash benches/load.sh
 # LOAD_STEPS (default 1000,10000,100000), LOAD_CONCURRENCY (clients negotiating at a time,
 # default 64), LOAD_STEP_LIMIT (seconds a step may take, default 300), CARGO_TARGET_DIR,
-# LOADBENCH_LOGS=<dir> keeps the broker's log there.
+# LOADBENCH_LOGS=<dir> keeps the broker's log there; LOAD_PERF=<file> records the broker with
+# `perf record -g` (DWARF call graphs, 199 Hz) during the load (`perf report -i <file>`;
+# needs perf); LOAD_MALLOC=1 prints glibc's malloc_stats() of the broker at the end (needs gdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,11 +96,17 @@ grep -q "listening" "$W/broker.log" || fail "the broker did not start"
 sleep 0.5
 
 echo "== load: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${LOAD_PERF:-}" ]; then
+  perf record -q -F 199 --call-graph dwarf,16384 -e cpu-clock -o "$LOAD_PERF" -p "$BROKER" > "$W/perf.log" 2>&1 &
+  PIDS+=($!)
+fi
 ok=0
 "${C[@]}" "$BIN/examples/loadgen" --server 192.0.2.1:3653 --broker-pid "$BROKER" \
   --steps "${LOAD_STEPS:-1000,10000,100000}" --concurrency "${LOAD_CONCURRENCY:-64}" \
   --step-limit "${LOAD_STEP_LIMIT:-300}" --keepalive 3600 || ok=1
 kill -0 "$BROKER" 2>/dev/null || fail "the broker died"
+if [ -n "${LOAD_MALLOC:-}" ]; then gdb -p "$BROKER" -batch -ex 'call (void)malloc_stats()' >/dev/null 2>&1; sed -n '/^Arena 0:/,/^max mmap bytes/p' "$W/broker.log"; fi
+if [ -n "${LOAD_PERF:-}" ]; then kill -INT "${PIDS[-1]}" 2>/dev/null; wait "${PIDS[-1]}" 2>/dev/null || true; fi
 echo "== broker: peak RSS $(awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' /proc/$BROKER/status), \
 $(grep -c 'tunnel established' "$W/broker.log" || true) tunnels established, \
 $(grep -ciE 'warn|error' "$W/broker.log" || true) warnings/errors in its log"

@@ -383,9 +383,22 @@ impl Broker {
     /// The tunnel with this inner address (the client's IPv6, or IPv4 for v4v6) is gone; the
     /// keys of the established sessions that ended.
     pub fn end_tunnel(&mut self, inner: IpAddr) -> Vec<String> {
-        self.end_where(|s| match inner {
-            IpAddr::V6(a) => s.offer.mode != TunnelMode::V4V6 && s.offer.client_v6 == a,
-            IpAddr::V4(a) => s.offer.mode == TunnelMode::V4V6 && s.offer.client_v4 == a,
+        self.end_tunnels(&[inner])
+    }
+
+    /// [`Self::end_tunnel`] for every tunnel the datapath found silent at once: one walk of
+    /// the sessions, not one per tunnel (thousands of clients can vanish together).
+    pub fn end_tunnels(&mut self, inner: &[IpAddr]) -> Vec<String> {
+        if inner.is_empty() {
+            return Vec::new();
+        }
+        let gone: std::collections::HashSet<IpAddr> = inner.iter().copied().collect();
+        self.end_where(|s| {
+            let a = match s.offer.mode {
+                TunnelMode::V4V6 => IpAddr::V4(s.offer.client_v4),
+                _ => IpAddr::V6(s.offer.client_v6),
+            };
+            gone.contains(&a)
         })
     }
 

@@ -592,8 +592,9 @@ async fn sweep(shared: Shared) {
     let Some(dp) = shared.datapath.clone() else { return };
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for inner in dp.sweep() {
-            let ended = shared.lock().end_tunnel(inner);
+        let silent = dp.sweep();
+        if !silent.is_empty() {
+            let ended = shared.lock().end_tunnels(&silent);
             shared.ended(ended, TunnelEnd::Silent);
         }
     }

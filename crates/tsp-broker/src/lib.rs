@@ -360,21 +360,20 @@ impl Broker {
     /// request and vanished, or never meant to accept): their tunnel slots come back.
     pub fn expire_offers(&mut self) {
         let timeout = self.cfg.offer_timeout;
-        while self
-            .offers
-            .by_age
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() >= timeout)
-        {
-            let Some((at, key)) = self.offers.by_age.pop_front() else {
+        while let Some((at, key)) = self.offers.by_age.front() {
+            let pending = self
+                .sessions
+                .get(key)
+                .is_some_and(|s| !s.established && s.offered == *at);
+            // Entries of offers accepted (or ended) meanwhile go at once, so the queue stays
+            // as short as the offers really pending in front.
+            if pending && at.elapsed() < timeout {
+                break;
+            }
+            let Some((_, key)) = self.offers.by_age.pop_front() else {
                 break;
             };
-            if self
-                .sessions
-                .get(&key)
-                .is_some_and(|s| !s.established && s.offered == at)
-                && let Some(s) = self.remove_session(&key)
-            {
+            if pending && let Some(s) = self.remove_session(&key) {
                 tracing::info!(peer = %s.peer, "offer not accepted in time; withdrawn");
             }
         }

@@ -71,8 +71,6 @@ ip -n ${P}b route add 10.0.0.0/8 via 192.0.2.2
 for n in c b; do
   ip netns exec $P$n sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 done
-# The broker's one UDP socket takes every client's datagrams (it asks for a larger buffer).
-sysctl -qw net.core.rmem_max=$((16 << 20)) 2>/dev/null || true
 
 echo "== broker"
 # Room for 100k tunnels (and the offers of a step in flight), a one-hour keepalive so idle

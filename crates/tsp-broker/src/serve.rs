@@ -767,48 +767,28 @@ enum UdpAnswer {
     Later(Box<Negotiation>, Result<Progress, ServerError>, u32, [u8; HEADER_LEN]),
 }
 
-/// Finds the local address a reply to a peer leaves from (the listener may be bound to
-/// 0.0.0.0 or [::]): the kernel's choice for a socket connected to the peer. One socket per
-/// family is connected again for each peer; a socket per lookup (socket, bind, connect, close)
-/// was a tenth of the broker's time under load.
-struct LocalProbe {
-    bound: SocketAddr,
-    v4: Option<std::net::UdpSocket>,
-    v6: Option<std::net::UdpSocket>,
-}
-
-impl LocalProbe {
-    fn new(bound: SocketAddr) -> Self {
-        Self {
-            bound,
-            v4: None,
-            v6: None,
-        }
+/// The local address a reply to `peer` leaves from (the socket may be bound to 0.0.0.0).
+/// A fresh socket each time: a UDP socket connected once keeps that connection's source
+/// address when connected again, so a reused probe would answer the first peer's address
+/// for every peer (tests/broker_ops.rs caught it with clients on two links).
+fn local_towards(bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
     }
-
-    fn towards(&mut self, peer: SocketAddr) -> SocketAddr {
-        if !self.bound.ip().is_unspecified() {
-            return self.bound;
-        }
-        let (slot, any) = match peer.ip() {
-            IpAddr::V4(_) => (&mut self.v4, SocketAddr::from(([0, 0, 0, 0], 0))),
-            IpAddr::V6(_) => (&mut self.v6, SocketAddr::from(([0u16; 8], 0))),
-        };
-        if slot.is_none() {
-            *slot = std::net::UdpSocket::bind(any).ok();
-        }
-        slot.as_ref()
-            .and_then(|s| s.connect(peer).and_then(|_| s.local_addr()).ok())
-            .map(|a| SocketAddr::new(a.ip(), self.bound.port()))
-            .unwrap_or(self.bound)
-    }
+    let any: SocketAddr = match peer.ip() {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(peer).and_then(|_| s.local_addr()))
+        .map(|a| SocketAddr::new(a.ip(), bound.port()))
+        .unwrap_or(bound)
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     use tsp_tunnel::batch::Sock;
     use tsp_tunnel::{mmsg, tundev};
     let Ok(bound) = socket.local_addr() else { return };
-    let mut probe = LocalProbe::new(bound);
     let peers: Peers = Arc::default();
     // Data datagrams dominate: receive them in batches, coalesced by the kernel (UDP GRO)
     // where it can; control datagrams are picked out of the same batches.
@@ -857,15 +837,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                 let Some((_, payload)) = Header::decode(dgram) else {
                     continue;
                 };
-                let answer = answer_udp(
-                    &mut lock_peers(&peers),
-                    &shared,
-                    &mut probe,
-                    listener,
-                    peer,
-                    dgram,
-                    payload,
-                );
+                let answer = answer_udp(&mut lock_peers(&peers), &shared, bound, listener, peer, dgram, payload);
                 match answer {
                     UdpAnswer::Silent => {}
                     UdpAnswer::Reply(reply, hold) => send_reply(&socket, peer, reply, hold).await,
@@ -1005,7 +977,7 @@ fn settle(peers: &mut HashMap<SocketAddr, UdpPeer>, shared: &Shared, peer: Socke
 fn answer_udp(
     peers: &mut HashMap<SocketAddr, UdpPeer>,
     shared: &Shared,
-    probe: &mut LocalProbe,
+    bound: SocketAddr,
     listener: usize,
     peer: SocketAddr,
     dgram: &[u8],
@@ -1042,7 +1014,7 @@ fn answer_udp(
         return UdpAnswer::Silent;
     }
     if payload.starts_with(b"VERSION=") {
-        let local = probe.towards(peer);
+        let local = local_towards(bound, peer);
         shared.metrics.negotiation(Transport::Udp);
         let session = Negotiation::start(shared, peer, local, Transport::Udp);
         peers.insert(

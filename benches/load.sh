@@ -108,5 +108,8 @@ if [ -n "${LOAD_PERF:-}" ]; then kill -INT "${PIDS[-1]}" 2>/dev/null; wait "${PI
 echo "== broker: peak RSS $(awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' /proc/$BROKER/status), \
 $(grep -c 'tunnel established' "$W/broker.log" || true) tunnels established, \
 $(grep -ciE 'warn|error' "$W/broker.log" || true) warnings/errors in its log"
+# Datagrams the kernel dropped for a full socket buffer, on either side (0 expected).
+drops() { ip netns exec "$1" nstat -asz 2>/dev/null | awk '$1 ~ /^Udp6?RcvbufErrors$/ { n += $2 } END { print n + 0 }'; }
+echo "== UDP receive-buffer drops: broker $(drops ${P}b), clients $(drops ${P}c)"
 echo "== load: load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $ok

@@ -182,6 +182,8 @@ pub struct Broker {
     /// many each source address has.
     offers: PendingOffers,
     logins: throttle::LoginThrottle,
+    /// Assignment lines appended to the state file since it was last written whole.
+    state_appended: usize,
 }
 
 /// Indexes of the sessions not yet established (see [`Broker::offers`]).
@@ -248,6 +250,7 @@ impl Broker {
             sessions: HashMap::new(),
             offers: PendingOffers::default(),
             logins,
+            state_appended: 0,
         };
         b.load_state();
         b
@@ -618,12 +621,19 @@ impl Broker {
 
     /// Assigns a plan's blocks from the broker's own pools (and saves them to the state file).
     pub fn assign_local(&mut self, plan: &Plan) -> Result<Blocks, Refusal> {
+        let mut new = Vec::new();
         let prefix = match plan.prefix_len {
-            Some(len) => Some(
-                self.prefix6
+            Some(len) => {
+                let before = self.prefix6.get(&plan.key);
+                let start = self
+                    .prefix6
                     .assign(plan.key.clone(), len)
-                    .ok_or_else(|| exhausted(PoolKind::Prefix6))?,
-            ),
+                    .ok_or_else(|| exhausted(PoolKind::Prefix6))?;
+                if before != Some((start, len)) {
+                    new.push((PoolKind::Prefix6, start, len));
+                }
+                Some(start)
+            }
             None => None,
         };
         let pool = match plan.addr_pool {
@@ -631,10 +641,16 @@ impl Broker {
             _ => &mut self.addr6,
         };
         let width = if plan.addr_pool == PoolKind::Addr4 { 32 } else { 128 };
+        let before = pool.get(&plan.key);
         let addr = pool
             .assign(plan.key.clone(), width)
             .ok_or_else(|| exhausted(plan.addr_pool))?;
-        self.save_state();
+        if before != Some((addr, width)) {
+            new.push((plan.addr_pool, addr, width));
+        }
+        if !new.is_empty() {
+            self.record_state(&plan.key, &new);
+        }
         Ok(Blocks { addr, prefix })
     }
 
@@ -689,6 +705,13 @@ impl Broker {
                 continue;
             };
             let Ok(len) = len.parse::<u8>() else { continue };
+            // A later line of a key (appended when its block changed) replaces the earlier.
+            match pool {
+                "addr6" => self.addr6.release(key),
+                "prefix6" => self.prefix6.release(key),
+                "addr4" => self.addr4.release(key),
+                _ => {}
+            }
             let restored = match (pool, addr.parse::<IpAddr>()) {
                 ("addr6", Ok(IpAddr::V6(a))) => self.addr6.restore(key, u128::from(a), len),
                 ("prefix6", Ok(IpAddr::V6(a))) => self.prefix6.restore(key, u128::from(a), len),
@@ -699,23 +722,55 @@ impl Broker {
                 tracing::warn!(path = %path.display(), line, "state line ignored (no longer fits the pools)");
             }
         }
+        // Whole again, without the lines that were replaced.
+        self.save_state();
     }
 
-    fn save_state(&self) {
+    /// One line of the state file: `pool key block`.
+    fn state_line(kind: PoolKind, key: &str, start: u128, len: u8) -> String {
+        format!("{} {key} {}/{len}\n", kind.name(), kind.addr(start))
+    }
+
+    /// Saves new assignments of `key`: appended to the state file (synced, so an assignment
+    /// survives a crash as before), and the file written whole again once the appended
+    /// lines outnumber the assignments. Writing it whole per assignment cost O(assignments)
+    /// per negotiation: 119 negotiations/s at 8,000 anonymous tunnels.
+    fn record_state(&mut self, key: &str, blocks: &[(PoolKind, u128, u8)]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let Some(path) = &self.cfg.state_file else { return };
+        let held = self.addr6.len() + self.prefix6.len() + self.addr4.len();
+        if self.state_appended >= held.max(1024) {
+            self.save_state();
+            return;
+        }
+        let text: String = blocks.iter().map(|&(k, s, l)| Self::state_line(k, key, s, l)).collect();
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            });
+        match appended {
+            Ok(()) => self.state_appended += blocks.len(),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot save broker state"),
+        }
+    }
+
+    fn save_state(&mut self) {
+        let Some(path) = &self.cfg.state_file else { return };
+        self.state_appended = 0;
         let mut text = String::from("# tsp-broker address assignments: pool key block\n");
-        for (name, pool, v6) in [
-            ("addr6", &self.addr6, true),
-            ("prefix6", &self.prefix6, true),
-            ("addr4", &self.addr4, false),
+        for (kind, pool) in [
+            (PoolKind::Addr6, &self.addr6),
+            (PoolKind::Prefix6, &self.prefix6),
+            (PoolKind::Addr4, &self.addr4),
         ] {
             for (key, start, len) in pool.assignments() {
-                let addr = if v6 {
-                    IpAddr::V6(Ipv6Addr::from(start))
-                } else {
-                    IpAddr::V4(Ipv4Addr::from(start as u32))
-                };
-                text.push_str(&format!("{name} {key} {addr}/{len}\n"));
+                text.push_str(&Self::state_line(kind, key, start, len));
             }
         }
         if let Err(e) = tsp_config::fsutil::write_atomic(path, text.as_bytes(), 0o644) {
@@ -914,6 +969,53 @@ mod tests {
         let mut stale = o.clone();
         stale.client_v4 = "192.0.2.2".parse().unwrap();
         assert!(b.mark_established(&gone, &stale).is_none());
+    }
+
+    #[test]
+    fn the_state_file_takes_appended_assignments_and_reloads() {
+        let dir = std::env::temp_dir().join(format!("tsp-broker-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state");
+        let extra = format!("state_file = \"{}\"\nmax_tunnels = 5000", state.display());
+        let mut b = broker(&extra);
+        let mut offers = Vec::new();
+        for i in 0..300u32 {
+            let peer = format!("192.0.{}.{}:4000", 2 + i / 250, 1 + i % 250);
+            let reported = peer.split(':').next().unwrap().to_owned();
+            let o = b
+                .offer(&info(&peer, Transport::Udp, None), &req(TunnelMode::V6UdpV4, &reported))
+                .unwrap();
+            offers.push(o.client_v6);
+        }
+        // A router's prefix, then another length for it: the later line replaces the earlier.
+        let alice = info("192.0.2.200:4000", Transport::Tcp, Some("alice"));
+        let mut r = req(TunnelMode::V6V4, "192.0.2.200");
+        r.router = Some(tsp_proto::xml::RouterRequest {
+            prefix_len: 56,
+            dns_names: Vec::new(),
+        });
+        b.offer(&alice, &r).unwrap();
+        r.router = Some(tsp_proto::xml::RouterRequest {
+            prefix_len: 48,
+            dns_names: Vec::new(),
+        });
+        let last = b.offer(&alice, &r).unwrap().prefix.unwrap();
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(text.lines().count() > 300, "one appended line per assignment");
+        // A broker started on the file has the same assignments.
+        let again = broker(&extra);
+        assert_eq!(again.addr6.len(), b.addr6.len());
+        for (i, a) in offers.iter().enumerate().step_by(97) {
+            let peer = format!("192.0.{}.{}", 2 + i / 250, 1 + i % 250);
+            let key = format!("anon:{peer}@{peer}");
+            assert_eq!(again.addr6.get(&key).map(|(s, _)| s), Some(u128::from(*a)));
+        }
+        let IpAddr::V6(p) = last.addr else {
+            panic!("an IPv6 prefix")
+        };
+        assert_eq!(again.prefix6.get("user:alice"), Some((u128::from(p), 48)));
+        assert_eq!(again.prefix6.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -157,6 +157,15 @@ impl Pool {
         true
     }
 
+    /// How many keys hold a block.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     pub fn release(&mut self, key: &str) {
         if let Some(start) = self.by_key.remove(key) {
             self.used.remove(&start);

@@ -361,6 +361,22 @@ async fn half_negotiation(broker: std::net::SocketAddr, from: &str, reported: &s
     (String::from_utf8_lossy(&answer).into_owned(), c)
 }
 
+/// Once a UDP client's tunnel is established the broker drops its negotiation, but a
+/// retransmitted accept (its acknowledgement was lost) is still acknowledged, and the tunnel
+/// stays established.
+#[tokio::test]
+async fn a_retransmitted_accept_is_acknowledged_after_the_session_is_dropped() {
+    let dir = scratch_dir("accept-again");
+    let broker = start_broker(&broker_toml(&dir, "127.0.0.1:0", ""), None).await;
+    let (answer, c) = half_negotiation(broker.addr, "127.0.0.1:0", "10.0.0.1").await;
+    assert!(answer.contains("200 Success"), "{answer}");
+    let accept = tsp_proto::frame::frame_request(tsp_proto::xml::ACCEPT);
+    assert_eq!(rudp(&c, 0xf3, &accept).await, b"");
+    assert_eq!(rudp(&c, 0xf3, &accept).await, b"", "the retransmission");
+    let shared = &broker.running.shared;
+    assert_eq!(shared.lock().sessions().filter(|s| s.established).count(), 1);
+}
+
 /// Offers never accepted do not hold tunnel slots forever: `max_tunnels` half-negotiations
 /// fill the broker (301), and once they expire (`offer_timeout`) a client gets a tunnel.
 #[tokio::test]

@@ -91,7 +91,7 @@ impl SessionView {
         };
         Self {
             user: s.user.clone(),
-            key: s.key.clone(),
+            key: s.key.to_string(),
             peer: crate::plain_peer(s.peer),
             transport: match s.transport {
                 Transport::Udp => "udp",

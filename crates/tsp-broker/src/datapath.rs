@@ -495,17 +495,17 @@ impl BrokerDatapath {
         let on_link = kernel_kind && local_ok;
         let sink = !kernel_kind && local_ok && !matches!(endpoint, Endpoint::Udp { .. });
         let mut t = lock(&self.table);
-        // A client that reconnects from a new endpoint keeps its addresses: forget the old path.
-        let stale: Vec<Endpoint> = t
-            .routes
-            .iter()
-            .filter(|(ep, r)| {
-                **ep != endpoint
-                    && (r.inner_v6.is_some() && r.inner_v6 == route.inner_v6
-                        || r.inner_v4.is_some() && r.inner_v4 == route.inner_v4)
-            })
-            .map(|(ep, _)| *ep)
-            .collect();
+        // A client that reconnects from a new endpoint keeps its addresses: forget the old path
+        // (found by its addresses' index: a walk of every route cost O(tunnels) per tunnel).
+        let mut stale: Vec<Endpoint> = [
+            route.inner_v6.and_then(|a| t.by_v6.get(&a).copied()),
+            route.inner_v4.and_then(|a| t.by_v4.get(&a).copied()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|ep| *ep != endpoint)
+        .collect();
+        stale.dedup();
         for ep in stale {
             self.forget(&mut t, &ep);
             self.link_down(ep);

@@ -4,6 +4,7 @@
 //! See docs/tsp-wire.md §4.3, §1.7.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Blocks handed out of one address range. Addresses are handled as integers of `width`
 /// bits (128 for IPv6, 32 for IPv4).
@@ -12,13 +13,17 @@ pub struct Pool {
     base: u128,
     pool_len: u8,
     width: u8,
-    /// key -> (start, len)
-    by_key: HashMap<String, (u128, u8)>,
+    /// key -> start of its block (the length follows from the block's end in `used`). The key
+    /// is shared with the session that holds it: a broker keeps one copy per client.
+    by_key: HashMap<Arc<str>, u128>,
     /// start -> end (inclusive) of every block in use, assigned or reserved
     used: BTreeMap<u128, u128>,
+    /// Every address from `base` up to here is in a block in use: the search for a free
+    /// block starts here instead of walking every assignment again.
+    free_from: u128,
 }
 
-/// Candidates examined per allocation: a full pool fails in bounded time.
+/// Blocks in use stepped over per allocation: a full (or fragmented) pool fails in bounded time.
 const MAX_SCAN: u128 = 1 << 16;
 
 impl Pool {
@@ -36,6 +41,7 @@ impl Pool {
             width,
             by_key: HashMap::new(),
             used: BTreeMap::new(),
+            free_from: base & mask & width_mask,
         }
     }
 
@@ -52,34 +58,62 @@ impl Pool {
         Self::block_end(self.base, self.pool_len, self.width)
     }
 
-    fn overlaps(&self, start: u128, end: u128) -> bool {
+    /// The block in use that overlaps `start..=end`, if any, as (start, end).
+    fn overlapping(&self, start: u128, end: u128) -> Option<(u128, u128)> {
         // The block before or at `end` that starts latest is the only one that can overlap.
-        self.used.range(..=end).next_back().is_some_and(|(_, &e)| e >= start)
+        self.used
+            .range(..=end)
+            .next_back()
+            .filter(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+    }
+
+    fn overlaps(&self, start: u128, end: u128) -> bool {
+        self.overlapping(start, end).is_some()
+    }
+
+    /// Marks a block used and moves `free_from` past the blocks in use that follow it.
+    fn insert_used(&mut self, start: u128, end: u128) {
+        self.used.insert(start, end);
+        while let Some((_, e)) = self.overlapping(self.free_from, self.free_from) {
+            match e.checked_add(1) {
+                Some(next) => self.free_from = next,
+                None => break,
+            }
+        }
     }
 
     /// Marks addresses that must never be handed out (our own, network, broadcast).
     pub fn reserve(&mut self, addr: u128) {
         if addr >= self.base && addr <= self.pool_end() && !self.overlaps(addr, addr) {
-            self.used.insert(addr, addr);
+            self.insert_used(addr, addr);
         }
     }
 
     /// The block held by `key`, if any.
     pub fn get(&self, key: &str) -> Option<(u128, u8)> {
-        self.by_key.get(key).copied()
+        let start = *self.by_key.get(key)?;
+        Some((start, self.len_at(start)))
+    }
+
+    /// The prefix length of the block in use at `start`.
+    fn len_at(&self, start: u128) -> u8 {
+        // A block spans 2^h addresses: end - start is h one bits.
+        let host_bits = self.used.get(&start).map_or(0, |&end| (end - start).count_ones());
+        self.width.saturating_sub(host_bits as u8)
     }
 
     /// The block of length `len` for `key`: its previous one if it had one of that length,
     /// else the first free one. `None` when the pool is exhausted or `len` does not fit.
-    pub fn assign(&mut self, key: &str, len: u8) -> Option<u128> {
+    pub fn assign<K: AsRef<str> + Into<Arc<str>>>(&mut self, key: K, len: u8) -> Option<u128> {
         if len < self.pool_len || len > self.width {
             return None;
         }
-        if let Some(&(start, l)) = self.by_key.get(key) {
+        if let Some((start, l)) = self.get(key.as_ref()) {
             if l == len {
                 return Some(start);
             }
-            self.release(key);
+            self.release(key.as_ref());
         }
         let step = if u32::from(self.width - len) >= 128 {
             return None;
@@ -87,21 +121,24 @@ impl Pool {
             1u128 << (self.width - len)
         };
         let pool_end = self.pool_end();
-        let mut start = self.base;
+        // Blocks are aligned to their size (the pool's base is aligned to the pool's): the
+        // first candidate is the first aligned start at or after `free_from`, and a candidate
+        // that overlaps a block in use moves past that whole block.
+        let align = |a: u128| a.checked_next_multiple_of(step);
+        let mut start = align(self.free_from)?;
         for _ in 0..MAX_SCAN {
             let end = Self::block_end(start, len, self.width);
             if end > pool_end {
                 break;
             }
-            if !self.overlaps(start, end) {
-                self.used.insert(start, end);
-                self.by_key.insert(key.to_owned(), (start, len));
-                return Some(start);
+            match self.overlapping(start, end) {
+                None => {
+                    self.insert_used(start, end);
+                    self.by_key.insert(key.into(), start);
+                    return Some(start);
+                }
+                Some((_, used_end)) => start = align(used_end.checked_add(1)?)?,
             }
-            start = match start.checked_add(step) {
-                Some(s) => s,
-                None => break,
-            };
         }
         None
     }
@@ -115,20 +152,30 @@ impl Pool {
         if end > self.pool_end() || self.overlaps(start, end) {
             return false;
         }
-        self.used.insert(start, end);
-        self.by_key.insert(key.to_owned(), (start, len));
+        self.insert_used(start, end);
+        self.by_key.insert(key.into(), start);
         true
     }
 
+    /// How many keys hold a block.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     pub fn release(&mut self, key: &str) {
-        if let Some((start, _)) = self.by_key.remove(key) {
+        if let Some(start) = self.by_key.remove(key) {
             self.used.remove(&start);
+            self.free_from = self.free_from.min(start);
         }
     }
 
     /// Every assignment, sorted by key (for the state file).
     pub fn assignments(&self) -> Vec<(&str, u128, u8)> {
-        let mut v: Vec<_> = self.by_key.iter().map(|(k, &(s, l))| (k.as_str(), s, l)).collect();
+        let mut v: Vec<_> = self.by_key.iter().map(|(k, &s)| (&**k, s, self.len_at(s))).collect();
         v.sort();
         v
     }
@@ -173,6 +220,28 @@ mod tests {
         assert_eq!(p.assign("d", 16), None, "longer than the pool");
         p.release("a");
         assert!(p.assign("c", 32).is_some());
+    }
+
+    #[test]
+    fn many_assignments_and_holes() {
+        // More assignments than MAX_SCAN: the search starts past the blocks in use.
+        let mut p = Pool::new(0x2001_0db8_000b_0000 << 64, 64, 128);
+        p.reserve((0x2001_0db8_000b_0000 << 64) + 1);
+        let n = MAX_SCAN as usize + 1000;
+        let starts: Vec<u128> = (0..n)
+            .map(|i| p.assign(format!("k{i}").as_str(), 128).unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = starts.iter().collect();
+        assert_eq!(distinct.len(), n);
+        assert!(!distinct.contains(&((0x2001_0db8_000b_0000 << 64) + 1)));
+        // A released block is the first free one again.
+        p.release("k10");
+        assert_eq!(p.assign("new", 128), Some(starts[10]));
+        assert!(p.assign("next", 128).unwrap() > starts[n - 1]);
+        // Larger blocks skip the single addresses and stay aligned.
+        let b = p.assign("prefix", 120).unwrap();
+        assert_eq!(b % 256, 0);
+        assert!(b > starts[n - 1]);
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Shared {
                 kick.notify_one();
             }
             if s.established {
-                keys.push(s.key.clone());
+                keys.push(s.key.to_string());
             }
             tracing::info!(
                 user = s.user.as_deref().unwrap_or("(anonymous)"),
@@ -592,8 +592,9 @@ async fn sweep(shared: Shared) {
     let Some(dp) = shared.datapath.clone() else { return };
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for inner in dp.sweep() {
-            let ended = shared.lock().end_tunnel(inner);
+        let silent = dp.sweep();
+        if !silent.is_empty() {
+            let ended = shared.lock().end_tunnels(&silent);
             shared.ended(ended, TunnelEnd::Silent);
         }
     }
@@ -727,8 +728,7 @@ async fn flush_tcp(stream: &mut TcpStream, session: &mut ServerSession) -> std::
 }
 
 struct UdpPeer {
-    /// `None` while a lookup of the session's runs in a task of its own ([`answer_later`]).
-    session: Option<Negotiation>,
+    state: PeerState,
     /// The last answered sequence number and the datagram we answered with: a retransmission
     /// gets the same answer (tsps answered it as a new exchange and broke gogoc).
     last: Option<(u32, Vec<u8>)>,
@@ -736,6 +736,17 @@ struct UdpPeer {
     /// The last reply is held back until then (login throttling): retransmissions meanwhile
     /// get no answer.
     held_until: Option<Instant>,
+}
+
+/// Where a UDP peer's negotiation stands.
+enum PeerState {
+    Negotiating(Box<Negotiation>),
+    /// A lookup of the session's runs in a task of its own ([`answer_later`]).
+    LookingUp,
+    /// Established: an established session only acknowledges what comes, so the session is
+    /// dropped (it is most of a peer's memory) and only the last answer kept. With a datapath
+    /// not even that: the peer leaves the table, and the datapath's table says it is a tunnel.
+    Established,
 }
 
 /// The control state of the UDP peers of one listener, shared with the tasks that answer
@@ -757,6 +768,9 @@ enum UdpAnswer {
 }
 
 /// The local address a reply to `peer` leaves from (the socket may be bound to 0.0.0.0).
+/// A fresh socket each time: a UDP socket connected once keeps that connection's source
+/// address when connected again, so a reused probe would answer the first peer's address
+/// for every peer (tests/broker_ops.rs caught it with clients on two links).
 fn local_towards(bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
     if !bound.ip().is_unspecified() {
         return bound;
@@ -839,7 +853,11 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                         tokio::spawn(answer_later(shared.clone(), at, session, first));
                     }
                 }
-                if last_sweep.elapsed() > Duration::from_secs(10) || lock_peers(&peers).len() > MAX_UDP_PEERS {
+                // Every 10 s, or at most once a second while crowded (a sweep walks every peer).
+                let since = last_sweep.elapsed();
+                if since > Duration::from_secs(10)
+                    || since > Duration::from_secs(1) && lock_peers(&peers).len() > MAX_UDP_PEERS
+                {
                     last_sweep = Instant::now();
                     let mut peers = lock_peers(&peers);
                     // The control state of a session matters only while it negotiates (and for a
@@ -847,7 +865,12 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
                     peers.retain(|_, p| p.touched.elapsed() < UDP_IDLE);
                     if peers.len() > MAX_UDP_PEERS {
                         // A flood of fresh peers: keep the sessions that got somewhere.
-                        peers.retain(|_, p| p.session.as_ref().is_none_or(|n| n.session.is_established()));
+                        peers.retain(|_, p| !matches!(p.state, PeerState::Negotiating(_)));
+                    }
+                    if peers.len() > MAX_UDP_PEERS {
+                        // Still crowded (without a datapath established peers stay here): they
+                        // would only miss the answer to a retransmitted accept.
+                        peers.retain(|_, p| !matches!(p.state, PeerState::Established));
                     }
                 }
             }
@@ -885,32 +908,37 @@ struct UdpAt {
 async fn answer_later(shared: Shared, at: UdpAt, mut neg: Box<Negotiation>, result: Result<Progress, ServerError>) {
     let result = shared.answer_all(&mut neg, result).await;
     let hold = shared.conclude(&mut neg, &result);
-    let reply = finish_udp(&shared, at.listener, &mut neg.session, result, &at.header);
+    let (reply, carried) = finish_udp(&shared, at.listener, &mut neg.session, result, &at.header);
     {
         let mut peers = lock_peers(&at.peers);
-        let Some(p) = peers.get_mut(&at.peer).filter(|p| p.session.is_none()) else {
+        let Some(p) = peers
+            .get_mut(&at.peer)
+            .filter(|p| matches!(p.state, PeerState::LookingUp))
+        else {
             return;
         };
-        p.session = Some(*neg);
+        p.state = PeerState::Negotiating(neg);
         p.last = Some((at.seq, reply.clone()));
         p.touched = Instant::now();
         p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
+        settle(&mut peers, &shared, at.peer, carried);
     }
     send_reply(&at.socket, at.peer, reply, hold).await;
 }
 
 /// The datagram answering the client's (its header echoed), once the session went as far as
 /// it could (a refusal was logged by [`Shared::conclude`]); an established tunnel is handed to
-/// the datapath.
+/// the datapath (its endpoint is returned).
 fn finish_udp(
     shared: &Shared,
     listener: usize,
     session: &mut ServerSession,
     result: Result<Progress, ServerError>,
     header: &[u8],
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<Endpoint>) {
     let body = session.next_reply().unwrap_or_default();
     let peer = session.info().peer;
+    let mut carried = None;
     match result {
         // Logged as a refusal.
         Ok(Progress::Established(offer)) if !shared.accept(session.info(), &offer) => {}
@@ -920,11 +948,29 @@ fn finish_udp(
                 _ => raw_endpoint(&offer),
             };
             shared.established(ep, &offer);
+            carried = Some(ep);
             tracing::info!(%peer, mode = %offer.mode, "tunnel established (UDP)");
         }
         Ok(Progress::Continue | Progress::Need(_)) | Err(_) => {}
     }
-    [header, &body].concat()
+    ([header, &body].concat(), carried)
+}
+
+/// After a peer's datagram was answered: once its tunnel is established the negotiation is
+/// dropped. A v6udpv4 tunnel in the datapath leaves the table altogether (its entry there
+/// says the peer is a tunnel, [`answer_udp`]); others keep their last answer.
+fn settle(peers: &mut HashMap<SocketAddr, UdpPeer>, shared: &Shared, peer: SocketAddr, carried: Option<Endpoint>) {
+    match carried {
+        Some(Endpoint::Udp { .. }) if shared.datapath.is_some() => {
+            peers.remove(&peer);
+        }
+        Some(_) => {
+            if let Some(p) = peers.get_mut(&peer) {
+                p.state = PeerState::Established;
+            }
+        }
+        None => {}
+    }
 }
 
 /// How to answer the control datagram `dgram` from `peer`.
@@ -974,7 +1020,7 @@ fn answer_udp(
         peers.insert(
             peer,
             UdpPeer {
-                session: Some(session),
+                state: PeerState::Negotiating(Box::new(session)),
                 last: None,
                 touched: Instant::now(),
                 held_until: None,
@@ -982,28 +1028,39 @@ fn answer_udp(
         );
     }
     let Some(p) = peers.get_mut(&peer) else {
+        // An established v6udpv4 tunnel's peer (a retransmitted accept): acknowledged, as its
+        // established session would have.
+        let tunnel = Endpoint::Udp { listener, peer };
+        if shared.datapath.as_ref().is_some_and(|dp| dp.carries(&tunnel)) {
+            return UdpAnswer::Reply(header.to_vec(), Duration::ZERO);
+        }
         return UdpAnswer::Silent;
     };
     p.touched = Instant::now();
-    // No session: a lookup of its runs; the client's retransmissions get the answer once it
-    // is there.
-    let Some(neg) = p.session.as_mut() else {
-        return UdpAnswer::Silent;
+    let neg = match &mut p.state {
+        PeerState::Negotiating(neg) => neg,
+        // A lookup of its runs; the client's retransmissions get the answer once it is there.
+        PeerState::LookingUp => return UdpAnswer::Silent,
+        PeerState::Established => {
+            p.last = Some((seq, header.to_vec()));
+            return UdpAnswer::Reply(header.to_vec(), Duration::ZERO);
+        }
     };
     let mut result = neg.session.feed(payload, &mut rand::rngs::OsRng);
     while let Ok(Progress::Need(need)) = &result {
         let Some(answer) = shared.answer_now(need, neg.session.info()) else {
-            let Some(neg) = p.session.take() else {
+            let PeerState::Negotiating(neg) = std::mem::replace(&mut p.state, PeerState::LookingUp) else {
                 return UdpAnswer::Silent;
             };
-            return UdpAnswer::Later(Box::new(neg), result, seq, header);
+            return UdpAnswer::Later(neg, result, seq, header);
         };
         neg.asking(need);
         result = neg.resume(answer);
     }
     let hold = shared.conclude(neg, &result);
-    let reply = finish_udp(shared, listener, &mut neg.session, result, &header);
+    let (reply, carried) = finish_udp(shared, listener, &mut neg.session, result, &header);
     p.last = Some((seq, reply.clone()));
     p.held_until = (!hold.is_zero()).then(|| Instant::now() + hold);
+    settle(peers, shared, peer, carried);
     UdpAnswer::Reply(reply, hold)
 }

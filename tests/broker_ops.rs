@@ -170,7 +170,7 @@ fn metrics_follow_negotiations_refusals_and_throttled_logins() {
     let broker = start_broker(&b, &conf);
 
     let before = scrape(&b);
-    for (mode, auth) in [("v6udpv4", "authenticated"), ("v6v4", "anonymous")] {
+    for (mode, auth) in [("v6udpv4", "digest-md5"), ("v6v4", "anonymous")] {
         assert_eq!(value(&before, &sessions(mode, auth)), 0);
     }
     assert_eq!(value(&before, &refusals("auth_failed")), 0);
@@ -207,13 +207,13 @@ fn metrics_follow_negotiations_refusals_and_throttled_logins() {
     assert!(c.ping(BROKER_V6, 3, 2), "no ping through alice's tunnel");
     assert!(d.ping(BROKER_V6, 3, 2), "no ping through the anonymous tunnel");
     let up = scrape(&b);
-    assert_eq!(value(&up, &sessions("v6udpv4", "authenticated")), 1, "{up}");
+    assert_eq!(value(&up, &sessions("v6udpv4", "digest-md5")), 1, "{up}");
     assert_eq!(value(&up, &sessions("v6v4", "anonymous")), 1, "{up}");
-    assert_eq!(value(&up, &sessions("v6v4", "authenticated")), 0, "{up}");
+    assert_eq!(value(&up, &sessions("v6v4", "digest-md5")), 0, "{up}");
     assert_eq!(
         value(
             &up,
-            "tsp_broker_tunnels_established_total{mode=\"v6udpv4\",auth=\"authenticated\"}"
+            "tsp_broker_tunnels_established_total{mode=\"v6udpv4\",auth=\"digest-md5\"}"
         ),
         1
     );
@@ -228,7 +228,13 @@ fn metrics_follow_negotiations_refusals_and_throttled_logins() {
         value(&up, "tsp_broker_negotiations_total{transport=\"udp\"}") >= 2,
         "{up}"
     );
-    assert_eq!(value(&up, "tsp_broker_logins_total{result=\"success\"}"), 1);
+    assert_eq!(
+        value(
+            &up,
+            "tsp_broker_logins_total{mechanism=\"digest-md5\",result=\"success\"}"
+        ),
+        1
+    );
     // Six echo requests went in, their replies came out (and keepalives both ways).
     for dir in ["from_clients", "to_clients"] {
         let packets = value(&up, &format!("tsp_broker_tunnel_packets_total{{direction=\"{dir}\"}}"));
@@ -269,10 +275,16 @@ fn metrics_follow_negotiations_refusals_and_throttled_logins() {
     assert_eq!(value(&after, &refusals("nat")), 1, "{after}");
     assert_eq!(value(&after, &refusals("capacity")), 1, "{after}");
     assert_eq!(value(&after, &refusals("bad_request")), 0, "{after}");
-    assert_eq!(value(&after, "tsp_broker_logins_total{result=\"failure\"}"), 5);
+    assert_eq!(
+        value(
+            &after,
+            "tsp_broker_logins_total{mechanism=\"digest-md5\",result=\"failure\"}"
+        ),
+        5
+    );
     // Three failures of a user are free, the fourth and fifth are delayed.
     assert_eq!(value(&after, "tsp_broker_throttled_logins_total"), 2, "{after}");
-    assert_eq!(value(&after, &sessions("v6udpv4", "authenticated")), 1);
+    assert_eq!(value(&after, &sessions("v6udpv4", "digest-md5")), 1);
     assert_eq!(value(&after, &sessions("v6v4", "anonymous")), 1);
     for dir in ["from_clients", "to_clients"] {
         let sample = format!("tsp_broker_tunnel_packets_total{{direction=\"{dir}\"}}");
@@ -401,7 +413,7 @@ fn sessions_lists_a_tunnel_and_disconnect_ends_it() {
         value(&metrics, "tsp_broker_tunnels_ended_total{reason=\"disconnected\"}"),
         1
     );
-    assert_eq!(value(&metrics, &sessions("v6udpv4", "authenticated")), 0);
+    assert_eq!(value(&metrics, &sessions("v6udpv4", "digest-md5")), 0);
 
     // tspc finds the tunnel dead and comes back with the same address.
     client
@@ -716,7 +728,7 @@ async fn disconnect_closes_a_tcp_tunnels_connection() {
         "{text}"
     );
     assert!(
-        text.contains("tsp_broker_sessions{mode=\"v6v4\",auth=\"authenticated\"} 0\n"),
+        text.contains("tsp_broker_sessions{mode=\"v6v4\",auth=\"digest-md5\"} 0\n"),
         "{text}"
     );
     assert_eq!(

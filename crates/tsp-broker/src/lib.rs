@@ -46,6 +46,8 @@ pub struct SessionRecord {
     /// [`Broker::session_key`]; one copy shared by the session table and the pools.
     pub key: Arc<str>,
     pub user: Option<String>,
+    /// How the user logged in (the metrics' `auth` label).
+    pub mechanism: Option<Mechanism>,
     pub peer: SocketAddr,
     pub transport: Transport,
     pub offer: Offer,
@@ -679,6 +681,7 @@ impl Broker {
         self.insert_session(SessionRecord {
             key: plan.key,
             user: info.user.clone(),
+            mechanism: info.mechanism,
             peer: info.peer,
             transport: info.transport,
             offer: offer.clone(),

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use tsp_proto::client::Transport;
+use tsp_proto::sasl::Mechanism;
 use tsp_proto::types::TunnelMode;
 
 /// Why a client was turned away: the `reason` label of `tsp_broker_refusals_total`, and the
@@ -94,29 +95,36 @@ impl RefusalReason {
     }
 }
 
-/// How a session logged in: the `auth` label.
+/// How a session logged in, the SASL mechanism: the `auth` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
     Anonymous,
-    /// With a user name and password (PLAIN, DIGEST-MD5 or PASSDSS-3DES-1).
-    Authenticated,
+    Plain,
+    DigestMd5,
+    PassDss3Des1,
 }
 
 impl Auth {
-    pub const ALL: [Self; 2] = [Self::Anonymous, Self::Authenticated];
+    pub const ALL: [Self; 4] = [Self::Anonymous, Self::Plain, Self::DigestMd5, Self::PassDss3Des1];
+    /// The mechanisms with a password: the `mechanism` label of `logins_total`.
+    const PASSWORD: [Self; 3] = [Self::Plain, Self::DigestMd5, Self::PassDss3Des1];
 
-    pub fn of(user: Option<&str>) -> Self {
-        if user.is_some() {
-            Self::Authenticated
-        } else {
-            Self::Anonymous
+    /// A session that has not logged in (none is counted before it has) counts as anonymous.
+    pub fn of(mechanism: Option<Mechanism>) -> Self {
+        match mechanism {
+            None | Some(Mechanism::Anonymous) => Self::Anonymous,
+            Some(Mechanism::Plain) => Self::Plain,
+            Some(Mechanism::DigestMd5) => Self::DigestMd5,
+            Some(Mechanism::PassDss3Des1) => Self::PassDss3Des1,
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Anonymous => "anonymous",
-            Self::Authenticated => "authenticated",
+            Self::Plain => "plain",
+            Self::DigestMd5 => "digest-md5",
+            Self::PassDss3Des1 => "passdss-3des-1",
         }
     }
 
@@ -179,10 +187,10 @@ pub struct Metrics {
     /// Negotiations begun, by transport (TCP connections; UDP `VERSION`s that start a session).
     negotiations: [AtomicU64; 2],
     /// Tunnels established, by mode and auth.
-    established: [[AtomicU64; 2]; 3],
+    established: [[AtomicU64; 4]; 3],
     ended: [AtomicU64; 3],
-    /// Password logins decided: [succeeded, failed].
-    logins: [AtomicU64; 2],
+    /// Password logins decided, by mechanism ([`Auth::index`] - 1): [succeeded, failed].
+    logins: [[AtomicU64; 2]; 3],
     /// Logins whose answer was held back by the failed-login throttle.
     throttled: AtomicU64,
     refusals: [AtomicU64; 12],
@@ -209,8 +217,10 @@ impl Metrics {
         self.ended[why as usize].fetch_add(tunnels as u64, Relaxed);
     }
 
-    pub fn login(&self, ok: bool) {
-        self.logins[usize::from(!ok)].fetch_add(1, Relaxed);
+    pub fn login(&self, mechanism: Mechanism, ok: bool) {
+        if let Some(i) = Auth::of(Some(mechanism)).index().checked_sub(1) {
+            self.logins[i][usize::from(!ok)].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn throttled(&self) {
@@ -234,7 +244,7 @@ impl Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Established sessions by mode and auth ([`MODES`] × [`Auth::ALL`]).
-    pub sessions: [[u64; 2]; 3],
+    pub sessions: [[u64; 4]; 3],
     pub offers_pending: u64,
     pub max_tunnels: u64,
     pub traffic: Traffic,
@@ -244,9 +254,9 @@ pub struct Gauges {
 }
 
 impl Gauges {
-    pub fn count_session(&mut self, mode: TunnelMode, user: Option<&str>) {
+    pub fn count_session(&mut self, mode: TunnelMode, mechanism: Option<Mechanism>) {
         if let Some(m) = mode_index(mode) {
-            self.sessions[m][Auth::of(user).index()] += 1;
+            self.sessions[m][Auth::of(mechanism).index()] += 1;
         }
     }
 }
@@ -357,10 +367,17 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     e.family(
         "logins_total",
         "counter",
-        "Password logins (PLAIN, DIGEST-MD5, PASSDSS-3DES-1) decided, by result.",
+        "Password logins decided, by SASL mechanism and result.",
     );
-    e.sample("logins_total", &[("result", "success")], m.logins[0].load(Relaxed));
-    e.sample("logins_total", &[("result", "failure")], m.logins[1].load(Relaxed));
+    for (i, auth) in Auth::PASSWORD.iter().enumerate() {
+        for (r, result) in ["success", "failure"].iter().enumerate() {
+            e.sample(
+                "logins_total",
+                &[("mechanism", auth.label()), ("result", result)],
+                m.logins[i][r].load(Relaxed),
+            );
+        }
+    }
     e.family(
         "throttled_logins_total",
         "counter",
@@ -589,9 +606,9 @@ mod tests {
         let m = Metrics::default();
         m.refused(RefusalReason::AuthFailed);
         m.refused(RefusalReason::AuthFailed);
-        m.established(TunnelMode::V6UdpV4, Auth::Authenticated);
+        m.established(TunnelMode::V6UdpV4, Auth::DigestMd5);
         m.established(TunnelMode::V6AnyV4, Auth::Anonymous); // a request, not a mode: ignored
-        m.login(false);
+        m.login(Mechanism::DigestMd5, false);
         let mut g = Gauges {
             max_tunnels: 10,
             ..Gauges::default()
@@ -604,14 +621,14 @@ mod tests {
         );
         assert!(text.contains("tsp_broker_refusals_total{reason=\"nat\"} 0\n"), "{text}");
         assert!(
-            text.contains("tsp_broker_tunnels_established_total{mode=\"v6udpv4\",auth=\"authenticated\"} 1\n"),
+            text.contains("tsp_broker_tunnels_established_total{mode=\"v6udpv4\",auth=\"digest-md5\"} 1\n"),
             "{text}"
         );
         assert!(
             text.contains("tsp_broker_sessions{mode=\"v6v4\",auth=\"anonymous\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("tsp_broker_logins_total{result=\"failure\"} 1\n"));
+        assert!(text.contains("tsp_broker_logins_total{mechanism=\"digest-md5\",result=\"failure\"} 1\n"));
         assert!(!text.contains("database_up"), "no fleet, no database gauge");
         // Every sample belongs to the family announced before it; counters end in _total.
         let mut family = String::new();

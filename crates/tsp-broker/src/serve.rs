@@ -129,7 +129,7 @@ impl Shared {
             );
             return false;
         };
-        self.metrics.established(offer.mode, Auth::of(info.user.as_deref()));
+        self.metrics.established(offer.mode, Auth::of(info.mechanism));
         if let Some(f) = &self.fleet {
             f.session_up(key);
         }
@@ -165,7 +165,7 @@ impl Shared {
         let login = neg.session.take_login();
         let hold = match &login {
             Some(l) => {
-                self.metrics.login(l.ok);
+                self.metrics.login(l.mechanism, l.ok);
                 self.lock().login_hold(l, neg.session.info().peer.ip())
             }
             None => Duration::ZERO,
@@ -200,7 +200,7 @@ impl Shared {
             g.max_tunnels = broker.config().max_tunnels as u64;
             for s in broker.sessions() {
                 if s.established {
-                    g.count_session(s.offer.mode, s.user.as_deref());
+                    g.count_session(s.offer.mode, s.mechanism);
                 } else {
                     g.offers_pending += 1;
                 }

@@ -148,6 +148,9 @@ deactivate tsp nm-tsp-service
 nmcli connection modify tsp vpn.data "server=192.0.2.1"
 activate tsp >/dev/null
 ip netns exec ${P}c ping -6 -c 3 -i 0.2 -q 2001:db8:ff::1 >/dev/null
+# Traffic during the outage, as a user has (an idle tunnel is judged by the 30 s keepalive).
+ip netns exec ${P}c ping -6 -n -i 0.2 2001:db8:ff::1 >/dev/null 2>&1 &
+PINGER=$!
 for n in c b; do
   ip netns exec $P$n nft add table inet cut
   ip netns exec $P$n nft add chain inet cut in '{ type filter hook input priority -10; policy accept; }'
@@ -165,6 +168,7 @@ t0=$(now_ms); HEAL=timeout
 while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
   ip netns exec ${P}c ping -6 -c 1 -W 0.05 -q 2001:db8:ff::1 >/dev/null 2>&1 && { HEAL=$(( $(now_ms) - t0 )); break; }
 done
+kill $PINGER 2>/dev/null; wait $PINGER 2>/dev/null || true
 wait_for "[ \"\$(state tsp)\" = '5 - VPN connected' ]" || true
 sleep 5
 ip netns exec ${P}c nft add table inet idle

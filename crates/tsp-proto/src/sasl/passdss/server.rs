@@ -36,12 +36,17 @@ impl fmt::Debug for ServerExchange {
 }
 
 /// For a TCP broker: given the bytes received after `AUTHENTICATE PASSDSS-3DES-1\r\n\0`
-/// (base64, no terminator), the length of msg1 once it is complete. Also returns
-/// `Some(buf.len())` as soon as the data is known to be invalid or too long, so the caller
-/// hands it to [`ServerExchange::respond`], which reports the error, instead of waiting.
+/// (base64, no terminator), the length of msg1 once it is complete. Also returns a length as
+/// soon as the data is known to be invalid, so the caller hands it to
+/// [`ServerExchange::respond`], which reports the error, instead of waiting.
+///
+/// Every answer depends only on the message's own characters, never on what followed them
+/// in the same read: a TCP broker must decide the same however the stream was cut (found by
+/// fuzzing, with an unpadded message followed by NULs and the next message).
 pub fn msg1_len(buf: &[u8]) -> Option<usize> {
     let text = B64Prefix::read(buf, MAX_MESSAGE);
-    let invalid = Some(buf.len());
+    // The text as far as it goes: what respond() is given when it cannot be a message.
+    let invalid = Some(text.len);
     let mut rd = Reader::new(&text.raw, SaslError::MalformedResponse);
     let mut need = 0usize;
     for bound in [MAX_USER, MAX_USER, MAX_MESSAGE] {
@@ -66,11 +71,19 @@ pub fn msg1_len(buf: &[u8]) -> Option<usize> {
     let total = b64_len(need);
     if text.len >= total {
         Some(total)
+    } else if text.ended && unpadded_bytes(text.len) >= need {
+        // Unpadded base64 that holds every byte is a whole message too (respond() takes it).
+        Some(text.len)
     } else if text.ended || buf.len() > MAX_MESSAGE {
         invalid
     } else {
         None
     }
+}
+
+/// The bytes `chars` base64 characters without padding decode to.
+fn unpadded_bytes(chars: usize) -> usize {
+    chars * 3 / 4
 }
 
 impl ServerExchange {
@@ -116,8 +129,9 @@ impl ServerExchange {
     /// ciphertext length is learnt by decrypting the first block (it holds the password
     /// length). Returns `Some(buf.len())` as soon as the data is known to be invalid.
     pub fn msg2_complete(&self, buf: &[u8]) -> Option<usize> {
-        let invalid = Some(buf.len());
         let text = B64Prefix::read(buf, 12);
+        // As in msg1_len: decided from the message's own characters only.
+        let invalid = Some(text.len);
         let Some(first) = text.raw.get(..BLOCK) else {
             return if text.ended { invalid } else { None };
         };
@@ -135,9 +149,12 @@ impl ServerExchange {
             return invalid;
         }
         let body = 8 + pass_len + MAC_LEN;
-        let total = b64_len(body / BLOCK * BLOCK + BLOCK);
+        let ct_len = body / BLOCK * BLOCK + BLOCK;
+        let total = b64_len(ct_len);
         if text.len >= total {
             Some(total)
+        } else if text.ended && unpadded_bytes(text.len) >= ct_len {
+            Some(text.len)
         } else if text.ended {
             invalid
         } else {

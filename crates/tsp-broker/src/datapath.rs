@@ -141,7 +141,7 @@ impl Table {
     fn take(&mut self, ep: &Endpoint) -> Option<Route> {
         let r = self.routes.remove(ep)?;
         // Read before the link task deletes the link (it is told after this).
-        self.ended += r.traffic_now(net_dev_text().as_deref());
+        self.ended += r.traffic_now(r.link.as_ref().and_then(|_| net_dev_text()).as_deref());
         if let Some(a) = r.inner_v6 {
             self.by_v6.remove(&a);
         }
@@ -604,7 +604,7 @@ impl BrokerDatapath {
         let t = lock(&self.table);
         let ep = t.endpoint_of(inner)?;
         let r = t.routes.get(&ep)?;
-        Some(r.traffic_now(r.link.as_ref().and(net_dev_text()).as_deref()))
+        Some(r.traffic_now(r.link.as_ref().and_then(|_| net_dev_text()).as_deref()))
     }
 
     /// What every tunnel carried since the broker started, the ended ones included.

@@ -114,6 +114,7 @@ activate() { # id plugin-process-name
   echo $(( t1 - t0 ))
 }
 deactivate() { nmcli connection down "$1" >/dev/null; wait_for "! pgrep -x $2"; }
+. benches/liveness.sh
 stats() { sort -n | awk '{a[NR]=$1} END {printf "%d %d\n", a[int((NR+1)/2)], a[1]}'; }
 
 echo "== activation, $ROUNDS rounds each (ms from nmcli connection up to VPN connected)"
@@ -151,19 +152,14 @@ ip netns exec ${P}c ping -6 -c 3 -i 0.2 -q 2001:db8:ff::1 >/dev/null
 # Traffic during the outage, as a user has (an idle tunnel is judged by the 30 s keepalive).
 ip netns exec ${P}c ping -6 -n -i 0.2 2001:db8:ff::1 >/dev/null 2>&1 &
 PINGER=$!
-for n in c b; do
-  ip netns exec $P$n nft add table inet cut
-  ip netns exec $P$n nft add chain inet cut in '{ type filter hook input priority -10; policy accept; }'
-done
-ip netns exec ${P}c nft add rule inet cut in iifname ${P}c0 drop
-ip netns exec ${P}b nft add rule inet cut in iifname ${P}b0 drop
+cut_path add
 t0=$(now_ms); DEAD=timeout
 while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
   [ "$(state tsp)" != '5 - VPN connected' ] && { DEAD=$(( $(now_ms) - t0 )); break; }
   sleep 0.05
 done
 sleep 3
-for n in c b; do ip netns exec $P$n nft delete table inet cut; done
+cut_path delete
 t0=$(now_ms); HEAL=timeout
 while [ $(( $(now_ms) - t0 )) -lt 30000 ]; do
   ip netns exec ${P}c ping -6 -c 1 -W 0.05 -q 2001:db8:ff::1 >/dev/null 2>&1 && { HEAL=$(( $(now_ms) - t0 )); break; }
@@ -171,12 +167,7 @@ done
 kill $PINGER 2>/dev/null; wait $PINGER 2>/dev/null || true
 wait_for "[ \"\$(state tsp)\" = '5 - VPN connected' ]" || true
 sleep 5
-ip netns exec ${P}c nft add table inet idle
-ip netns exec ${P}c nft add chain inet idle out '{ type filter hook output priority 0; policy accept; }'
-ip netns exec ${P}c nft add rule inet idle out oifname ${P}c0 ip daddr 192.0.2.1 counter
-sleep 60
-IDLE=$(ip netns exec ${P}c nft list chain inet idle out | awk '/packets/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
-ip netns exec ${P}c nft delete table inet idle
+IDLE=$(idle_minute_packets)
 
 PID=$(pgrep -x nm-tsp-service | head -1)
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")

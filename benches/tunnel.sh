@@ -153,21 +153,8 @@ if [ -z "${TSPBENCH_QUICK:-}" ]; then
   read -r R[raw,down] R[raw,downretr] < <(tcp $RAW6 -R)
 fi
 
-# Liveness at the default keepalive settings (issue: a roaming laptop never sits on a dead
-# tunnel). The outage is silent: the client host drops all it receives on its link, the broker
-# host all it receives from the client's link — no ICMP, no local send error.
-cut() { # add|delete
-  if [ "$1" = add ]; then
-    for n in c b; do
-      ip netns exec $P$n nft add table inet cut
-      ip netns exec $P$n nft add chain inet cut in '{ type filter hook input priority -10; policy accept; }'
-    done
-    ip netns exec ${P}c nft add rule inet cut in iifname ${P}c0 drop
-    ip netns exec ${P}b nft add rule inet cut in iifname ${P}b0 drop
-  else
-    for n in c b; do ip netns exec $P$n nft delete table inet cut 2>/dev/null || true; done
-  fi
-}
+# Liveness at the default keepalive settings: a roaming laptop never sits on a dead tunnel.
+. benches/liveness.sh
 liveness() { # mode, ping target; sets R[mode,dead] R[mode,heal] R[mode,idle]
   local mode=$1 ping=$2 lines t0 end pinger
   echo "   liveness: silent outage, then an idle minute"
@@ -176,7 +163,7 @@ liveness() { # mode, ping target; sets R[mode,dead] R[mode,heal] R[mode,idle]
   sleep 1
   lines=$(wc -l < "$W/$mode.out")
   t0=$(now); end=$(calc %.3f "$t0 + 30")
-  cut add
+  cut_path add
   R[$mode,dead]=timeout
   while [ "$(calc %d "($(now) < $end)")" = 1 ]; do
     if tail -n +"$((lines + 1))" "$W/$mode.out" | grep -q "down:.*keepalive"; then
@@ -186,16 +173,11 @@ liveness() { # mode, ping target; sets R[mode,dead] R[mode,heal] R[mode,idle]
   done
   sleep 3                          # an outage that lasts: tspc probes the broker meanwhile
   t0=$(now)
-  cut delete
+  cut_path delete
   R[$mode,heal]=$(first_ping "$ping" "$t0" 30)
   kill "$pinger" 2>/dev/null; wait "$pinger" 2>/dev/null || true
   sleep 5                          # the start-up chatter of the new tunnel (DAD, MLD) settles
-  "${C[@]}" nft add table inet idle
-  "${C[@]}" nft add chain inet idle out '{ type filter hook output priority 0; policy accept; }'
-  "${C[@]}" nft add rule inet idle out oifname ${P}c0 ip daddr 192.0.2.1 counter
-  sleep 60
-  R[$mode,idle]=$("${C[@]}" nft list chain inet idle out | awk '/packets/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
-  "${C[@]}" nft delete table inet idle
+  R[$mode,idle]=$(idle_minute_packets)
 }
 
 ok=1

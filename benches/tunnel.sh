@@ -12,7 +12,8 @@
 #     (nftables drops everything both ways, no ICMP), time to carry pings again once the path
 #     is back, and packets an idle tunnel sends to the broker in a minute — beside gogoc's
 #     93 s / 32 s / 6 measured on this machine kind;
-#   * peak RSS (VmHWM) of tspc (after its iperf3 runs) and of the broker (at the end).
+#   * peak RSS (VmHWM) of tspc (after its iperf3 runs) and of the broker (at the end);
+#   * the same for v6udpv4 with busy polling on both ends (row udp+poll; liveness not repeated).
 # Prints absolute figures and ratios to the raw link. Installs what it needs, builds in release
 # mode, tears everything down on exit (also after a failure) and leaves nothing behind.
 # Run as root on Debian/Ubuntu:  bash benches/tunnel.sh
@@ -128,17 +129,21 @@ ip -n ${P}b addr add $RAW6/64 dev ${P}b1 nodad
 ip -n ${P}b addr add $PING6/128 dev lo
 ip -n ${P}b addr add $PING4/32 dev lo
 
+start_broker() { # [extra TOML line]; sets BROKER (its log is appended to broker.log)
+  local before _
+  before=$(grep -c "listening" "$W/broker.log" 2>/dev/null || true)
+  printf '%s\n' 'listen = ["[::]:3653"]' 'auth = ["anonymous"]' "server_ipv6 = \"$BV6\"" \
+    'client_pool = "2001:db8:b::/64"' "${1:-}" > "$W/broker.toml"
+  "${B[@]}" "$BIN/tsp-broker" -c "$W/broker.toml" >> "$W/broker.log" 2>&1 &
+  BROKER=$!; PIDS+=($BROKER)
+  for _ in $(seq 200); do
+    [ "$(grep -c "listening" "$W/broker.log" 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
+    sleep 0.05
+  done
+  fail "the broker did not start${1:+ ($1)}"
+}
 echo "== broker"
-cat > "$W/broker.toml" <<EOF
-listen = ["[::]:3653"]
-auth = ["anonymous"]
-server_ipv6 = "$BV6"
-client_pool = "2001:db8:b::/64"
-EOF
-"${B[@]}" "$BIN/tsp-broker" -c "$W/broker.toml" > "$W/broker.log" 2>&1 &
-BROKER=$!; PIDS+=($BROKER)
-for _ in $(seq 200); do grep -q "listening" "$W/broker.log" 2>/dev/null && break; sleep 0.05; done
-grep -q "listening" "$W/broker.log" || fail "the broker did not start"
+start_broker
 "${B[@]}" iperf3 -s -f m > "$W/iperf3-server.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do "${B[@]}" ss -Hltn 'sport = :5201' | grep -q . && break; sleep 0.05; done
@@ -181,10 +186,10 @@ liveness() { # mode, ping target; sets R[mode,dead] R[mode,heal] R[mode,idle]
 }
 
 ok=1
-run_mode() { # mode, server, target (the broker's tunnel address), ping target
-  local mode=$1 server=$2 target=$3 ping=$4 pid t0 mark
+run_mode() { # tunnel mode, server, target (the broker's tunnel address), ping target[, row name, extra gogoc.conf line]
+  local tmode=$1 server=$2 target=$3 ping=$4 mode=${5:-$1} pid t0 mark
   echo "== $mode ($(calc %.0f "$(now) - $T0") s)"
-  printf '%s\n' "server=$server" auth_method=anonymous "tunnel_mode=$mode" > "$W/$mode.conf"
+  printf '%s\n' "server=$server" auth_method=anonymous "tunnel_mode=$tmode" ${6:+"$6"} > "$W/$mode.conf"
   mark=$(wc -l < "$W/broker.log")
   local d0b d0c; d0b=$(drops ${P}b); d0c=$(drops ${P}c)
   t0=$(now)
@@ -202,7 +207,7 @@ run_mode() { # mode, server, target (the broker's tunnel address), ping target
   fi
   R[$mode,rss]=$(hwm_kib "$pid")
   R[$mode,roam]=n/a
-  if [ "$mode" != v4v6 ] && [ -z "${TSPBENCH_QUICK:-}" ]; then   # the outer address is IPv4: move it and ping until answered
+  if [ "$tmode" != v4v6 ] && [ -z "${TSPBENCH_QUICK:-}" ]; then   # the outer address is IPv4: move it and ping until answered
     local old new
     old=$(ip -n ${P}c -4 -o addr show dev ${P}c0 | awk '{ print $4; exit }')
     if [ "$old" = 192.0.2.2/24 ]; then new=192.0.2.3/24; else new=192.0.2.2/24; fi
@@ -232,6 +237,11 @@ run_mode v6udpv4 192.0.2.1 $BV6 $PING6
 run_mode v6v4 192.0.2.1 $BV6 $PING6
 run_mode v4v6 '[2001:db8:1::1]' $BV4 $PING4
 BROKER_RSS=$(hwm_kib $BROKER)
+# Busy polling on both ends (tspc busy_poll, the broker's busy_poll_us): 20 ms, longer than
+# the pings' 10 ms interval, so neither datapath sleeps between them.
+kill "$BROKER"; wait "$BROKER" 2>/dev/null || true
+start_broker "busy_poll_us = 20000"
+run_mode v6udpv4 192.0.2.1 $BV6 $PING6 udp+poll busy_poll=20000
 echo "== measured in $(calc %.0f "$(now) - $T0") s"
 
 pct() { [ "${R[raw,$2]:-0}" != 0 ] && calc %.2f "${R[$1,$2]:-0} * 100 / ${R[raw,$2]}" || echo -; }
@@ -241,7 +251,7 @@ echo "== results ($(nproc) cores, $(uname -r); one iperf3 flow, 5 s; ping -c 200
 printf '%-9s | %12s %8s %6s | %12s %8s %6s | %7s %7s %5s %5s | %8s %8s | %8s\n' \
   mode "c->b Mbit/s" "% raw" retr "b->c Mbit/s" "% raw" retr "rtt p50" "mean ms" "x raw" loss% "start s" "roam s" "tspc RSS"
 printf -- '-%.0s' $(seq 140); echo
-for m in raw v6udpv4 v6v4 v4v6; do
+for m in raw v6udpv4 v6v4 v4v6 udp+poll; do
   name=$m; [ $m = raw ] && name="raw veth"
   printf '%-9s | %12s %8s %6s | %12s %8s %6s | %7s %7s %5s %5s | %8s %8s | %8s\n' "$name" \
     "${R[$m,up]:--}" "$(pct $m up)" "${R[$m,upretr]:--}" "${R[$m,down]:--}" "$(pct $m down)" "${R[$m,downretr]:--}" \
@@ -251,12 +261,14 @@ done
 echo
 echo "datapath health during each mode's run (drops: raw overflow = Ip(6)InUnknownProtos / UDP RcvbufErrors / ICMP errors sent):"
 printf '%-9s | %15s | %20s | %20s\n' mode "tunnel restarts" "broker-host drops" "client-host drops"
-for m in v6udpv4 v6v4 v4v6; do
+for m in v6udpv4 v6v4 v4v6 udp+poll; do
   printf '%-9s | %15s | %20s | %20s\n' $m "${R[$m,restarts]:--}" "${R[$m,bdrops]:--}" "${R[$m,cdrops]:--}"
 done
 echo "tsp-broker peak RSS (VmHWM, all modes): $(( BROKER_RSS / 1024 )) MiB ($BROKER_RSS KiB)"
 echo "tspc peak RSS in KiB: v6udpv4 ${R[v6udpv4,rss]:--}, v6v4 ${R[v6v4,rss]:--}, v4v6 ${R[v4v6,rss]:--}"
 echo "x raw: median round trip through the tunnel / the raw veth's (goal ≤ 3; gogoc + tsps: 5)."
+echo "udp+poll: v6udpv4 with busy polling on both ends (tspc busy_poll=20000, broker busy_poll_us = 20000):"
+echo "  no wake-up per packet, for one CPU on each end kept busy while packets flow every 20 ms or more often."
 echo
 echo "liveness at the default settings (v6udpv4; keepalive interval 30 s), this project vs gogoc 1.2 + tsps:"
 printf '  %-46s %8s   (gogoc: %s; goal %s)\n' \

@@ -659,3 +659,94 @@ fn broker_inner_source_rule_drops_spoofed_sources() {
     assert!(c.ping("2001:db8:b::1", 2, 2), "the client's own address is dropped too");
     assert!(b.icmp6_echo_requests_in() >= before + 2);
 }
+
+/// Nanoseconds on a CPU so far, summed over all threads of `pid` (/proc/PID/task/*/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The share of one CPU (in %) that each of `pids` used during the next `span`.
+fn cpu_shares(pids: [u32; 2], span: Duration) -> [u64; 2] {
+    let before = pids.map(cpu_ns);
+    let start = Instant::now();
+    std::thread::sleep(span);
+    let ns = start.elapsed().as_nanos() as u64;
+    let after = pids.map(cpu_ns);
+    [0, 1].map(|i| (after[i] - before[i]) * 100 / ns)
+}
+
+/// `busy_poll` on both ends (tspc's gogoc.conf key, the broker's `busy_poll_us`): while light
+/// traffic flows (100 pings a second) both datapaths poll instead of sleeping between packets,
+/// so each uses a large share of a CPU; once the traffic stops for longer than the window they
+/// sleep again. Pings and bulk TCP each way arrive intact through the polling loops (UDP with
+/// offload, and the raw-socket datapath).
+#[test]
+fn busy_polling_datapaths_poll_while_traffic_flows_and_sleep_after() {
+    if !require_root() {
+        return;
+    }
+    for (i, mode) in ["v6udpv4", "v6v4"].into_iter().enumerate() {
+        let (lab, c, b, _) = client_broker(&format!("busy_{mode}"));
+        let broker = start_broker(&lab, &b, "busy_poll_us = 50000\n");
+        let client = start_client(
+            &lab,
+            &c,
+            "c",
+            &[
+                "server=192.0.2.1",
+                "auth_method=anonymous",
+                &format!("tunnel_mode={mode}"),
+                "busy_poll=50000",
+            ],
+        );
+        // An address the broker host's kernel answers (the broker rate-limits the echoes to
+        // its own keepalive address).
+        b.add_addr("lo", "2001:db8:ff::1/128").unwrap();
+        assert!(c.ping("2001:db8:ff::1", 2, 2), "{mode}: no ping through the tunnel");
+        let pids = [client.pid(), broker.pid()];
+        let quiet_before = cpu_shares(pids, SEC);
+        let pinger = c
+            .spawn("ping", &["-6", "-n", "-q", "-i", "0.01", "-c", "300", "2001:db8:ff::1"])
+            .unwrap();
+        std::thread::sleep(SEC / 2);
+        let polling = cpu_shares(pids, SEC);
+        assert!(pinger.wait_exit(10 * SEC).is_some(), "{mode}: ping did not end");
+        assert!(
+            pinger.output().contains(" 0% packet loss"),
+            "{mode}: pings lost while polling:\n{}",
+            pinger.output()
+        );
+        std::thread::sleep(SEC / 2);
+        let quiet_after = cpu_shares(pids, SEC);
+        // Without polling each end uses about 1 % of a CPU for 100 pings a second.
+        assert!(
+            polling.iter().all(|&p| p >= 20),
+            "{mode}: CPU % of (tspc, broker) while pinging: {polling:?} — not polling"
+        );
+        assert!(
+            quiet_before.iter().chain(&quiet_after).all(|&p| p < 10),
+            "{mode}: CPU % of (tspc, broker) with no traffic: before {quiet_before:?}, after {quiet_after:?}"
+        );
+        let addrs = c.addrs(if mode == "v6v4" { "sit1" } else { "tun" }).unwrap();
+        let mine = addrs.iter().find(|a| a.starts_with("2001:db8:b::")).unwrap();
+        let mine = mine.split('/').next().unwrap();
+        let seed = 21 + 2 * i as u64;
+        let to_b = format!("[{BROKER_V6}]:5001");
+        bulk(&c, &b, &to_b, &to_b, seed, &format!("{mode} busy_poll client->broker"));
+        let to_c = format!("[{mine}]:5002");
+        bulk(
+            &b,
+            &c,
+            &to_c,
+            &to_c,
+            seed + 1,
+            &format!("{mode} busy_poll broker->client"),
+        );
+        assert!(client.status().is_none(), "{mode}: tspc exited:\n{}", client.output());
+        assert!(broker.status().is_none(), "{mode}: broker exited:\n{}", broker.output());
+    }
+}

@@ -188,6 +188,7 @@ async fn run_tunnel(cfg: GogocConfig, server: String, opts: NegotiateOptions, cl
         no_prefix: no_prefix_policy(&cfg),
         proxy: cfg.proxy_client,
         datapath: cfg.datapath_kind,
+        busy_poll: Duration::from_micros(cfg.busy_poll.into()),
     };
     let template = cli.template.then(|| cfg.template_script());
     let hooks = TspcHooks {

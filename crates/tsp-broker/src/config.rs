@@ -81,6 +81,7 @@ struct Raw {
     tun4_name: String,
     forwarding: bool,
     datapath_kind: String,
+    busy_poll_us: u64,
     database: Option<String>,
     database_password_file: Option<PathBuf>,
     fleet_id: Option<String>,
@@ -128,6 +129,7 @@ impl Default for Raw {
             tun4_name: "tspb4".into(),
             forwarding: false,
             datapath_kind: "auto".into(),
+            busy_poll_us: 0,
             database: None,
             database_password_file: None,
             fleet_id: None,
@@ -196,6 +198,9 @@ pub struct BrokerConfig {
     /// How v6v4 and v4v6 tunnels are carried: kernel links where the kernel has them, or the
     /// userspace datapath (datapath.rs).
     pub datapath_kind: DatapathKind,
+    /// How long the userspace datapath polls for the next packet before it sleeps (`busy_poll_us`;
+    /// zero, the default: never). Lower latency for a CPU kept busy while traffic flows.
+    pub busy_poll: std::time::Duration,
     /// Accounts and assignments in PostgreSQL, shared by a fleet of brokers (db.rs, fleet.rs);
     /// `None`: the accounts file and the state file.
     pub fleet: Option<FleetConfig>,
@@ -322,6 +327,7 @@ impl BrokerConfig {
             tun4_name,
             forwarding,
             datapath_kind,
+            busy_poll,
             fleet,
             metrics_listen,
             control_socket,
@@ -367,6 +373,7 @@ impl BrokerConfig {
         key!(restart, tun4_name, "tun4_name");
         key!(restart, forwarding, "forwarding");
         key!(restart, datapath_kind, "datapath_kind");
+        key!(restart, busy_poll, "busy_poll_us");
         key!(restart, metrics_listen, "metrics_listen");
         key!(restart, control_socket, "control_socket");
         match (fleet, &new.fleet) {
@@ -570,6 +577,12 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
             ));
         }
     }
+    if raw.busy_poll_us > MAX_BUSY_POLL_US {
+        return Err(invalid(
+            "busy_poll_us",
+            format!("at most {MAX_BUSY_POLL_US} (one second)"),
+        ));
+    }
     let datapath_kind: DatapathKind = raw
         .datapath_kind
         .parse()
@@ -659,11 +672,15 @@ fn validate(raw: Raw, path: &Path) -> Result<BrokerConfig, ConfigError> {
         tun4_name: raw.tun4_name,
         forwarding: raw.forwarding,
         datapath_kind,
+        busy_poll: std::time::Duration::from_micros(raw.busy_poll_us),
         fleet,
         metrics_listen,
         control_socket,
     })
 }
+
+/// Upper bound of `busy_poll_us`.
+const MAX_BUSY_POLL_US: u64 = 1_000_000;
 
 fn contains6(net: Net<Ipv6Addr>, a: Ipv6Addr) -> bool {
     let mask = if net.len == 0 {
@@ -835,6 +852,20 @@ mod tests {
         let c = parse(fleet).changes(&parse(&format!("{fleet}\nfleet_heartbeat_ms = 500")));
         assert_eq!(c.restart, vec!["fleet_heartbeat_ms"]);
         assert_eq!(old.changes(&parse(fleet)).restart, vec!["database"]);
+        // The datapath's loops took their busy-poll window at start.
+        assert_eq!(old.changes(&parse("busy_poll_us = 50")).restart, vec!["busy_poll_us"]);
+    }
+
+    #[test]
+    fn busy_poll_is_bounded() {
+        let parse = |t: &str| BrokerConfig::parse(t, Path::new("b.toml"));
+        assert!(parse("").unwrap().busy_poll.is_zero());
+        assert_eq!(
+            parse("busy_poll_us = 50000").unwrap().busy_poll,
+            std::time::Duration::from_millis(50)
+        );
+        let e = parse("busy_poll_us = 1000001").unwrap_err().to_string();
+        assert!(e.contains("busy_poll_us") && e.contains("1000000"), "{e}");
     }
 
     #[test]

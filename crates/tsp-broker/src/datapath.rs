@@ -25,6 +25,7 @@ use super::metrics::Traffic;
 use tsp_proto::types::TunnelMode;
 use tsp_proto::xml::Offer;
 use tsp_tunnel::batch::{Inbox, Outbox, Sock};
+use tsp_tunnel::busy::BusyPoll;
 use tsp_tunnel::netlink::{Applied, Netlink};
 use tsp_tunnel::raw::{self, RawSocket};
 use tsp_tunnel::tundev::{self, TunDevice};
@@ -261,6 +262,8 @@ pub struct BrokerDatapath {
     /// a routing daemon can announce, so the network sends a user's traffic to the broker
     /// carrying the tunnel. They go with the tunnel, and with the TUN devices if the broker dies.
     announce: Option<tokio::sync::mpsc::UnboundedSender<RouteChange>>,
+    /// `busy_poll_us`: each receive loop polls this long after a packet before it sleeps.
+    busy_poll: Duration,
 }
 
 impl Drop for BrokerDatapath {
@@ -405,6 +408,7 @@ impl BrokerDatapath {
             out4: tokio::sync::Mutex::new(Outbox::new(udp_gso)),
             tasks: Mutex::new(Vec::new()),
             applied: Mutex::new(Some(applied)),
+            busy_poll: cfg.busy_poll,
         });
         // Receive on every bound socket, or on the unbound one alone when there is one: it
         // gets a copy of every packet of its protocol (reading the others too would deliver
@@ -638,6 +642,11 @@ impl BrokerDatapath {
         Inbox::new(udp_gro, self.tun6.offload())
     }
 
+    /// The busy-poll state of a new receive loop (`busy_poll_us`).
+    pub fn busy_poll(&self) -> BusyPoll {
+        BusyPoll::new(self.busy_poll)
+    }
+
     /// Writes the admitted packets of a UDP listener's batch to the IPv6 TUN.
     pub async fn deliver_udp(&self, inbox: &mut Inbox) {
         match inbox.deliver(&self.tun6).await {
@@ -686,17 +695,32 @@ impl BrokerDatapath {
     /// Packets the kernel routed to our TUN: to the client whose address or prefix they target.
     async fn tun_loop(self: Arc<Self>, v6: bool) {
         let Some((tun, out)) = self.tun_out(v6) else { return };
+        let mut busy = self.busy_poll();
         loop {
-            let r = match tun.readable().await {
-                Ok(()) => {
-                    let mut out = out.lock().await;
-                    match out.try_read(tun).await {
-                        Ok(Some(n)) => self.forward_from_tun(&mut out, tun, n, v6).await,
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                }
+            // Polling takes the outbox only when a receive path is not using it.
+            let polled = busy
+                .spin(None, || match out.try_lock() {
+                    Ok(mut guard) => Ok(guard.read_now(tun)?.map(|n| (guard, n))),
+                    Err(_) => Ok(None),
+                })
+                .await;
+            let r = match polled {
+                Ok(Some((mut out, n))) => self.forward_from_tun(&mut out, tun, n, v6).await,
                 Err(e) => Err(e),
+                Ok(None) => match tun.readable().await {
+                    Ok(()) => {
+                        let mut out = out.lock().await;
+                        match out.try_read(tun).await {
+                            Ok(Some(n)) => {
+                                busy.traffic(Instant::now());
+                                self.forward_from_tun(&mut out, tun, n, v6).await
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "broker TUN read failed; datapath stops");
@@ -768,9 +792,18 @@ impl BrokerDatapath {
         };
         let Some(tun) = tun else { return };
         let mut inbox = Inbox::new(false, tun.offload());
+        let mut busy = self.busy_poll();
         loop {
-            let n = match inbox.recv(Sock::Raw(&sock)).await {
-                Ok(n) => n,
+            let r = match busy.spin(None, || inbox.recv_now(Sock::Raw(&sock))).await {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => inbox.recv(Sock::Raw(&sock)).await,
+                Err(e) => Err(e),
+            };
+            let n = match r {
+                Ok(n) => {
+                    busy.traffic(Instant::now());
+                    n
+                }
                 Err(e) if tsp_tunnel::transient(&e) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "broker raw socket failed; datapath stops");

@@ -787,6 +787,7 @@ fn local_towards(bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
 
 async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
     use tsp_tunnel::batch::Sock;
+    use tsp_tunnel::busy::BusyPoll;
     use tsp_tunnel::{mmsg, tundev};
     let Ok(bound) = socket.local_addr() else { return };
     let peers: Peers = Arc::default();
@@ -808,9 +809,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
         None => tsp_tunnel::batch::Inbox::new(false, false),
     };
     let mut last_sweep = Instant::now();
+    let mut busy = shared
+        .datapath
+        .as_ref()
+        .map_or_else(|| BusyPoll::new(Duration::ZERO), |dp| dp.busy_poll());
     loop {
-        let n = match inbox.recv(Sock::Udp(&socket)).await {
-            Ok(n) => n,
+        let r = match busy.spin(None, || inbox.recv_now(Sock::Udp(&socket))).await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => inbox.recv(Sock::Udp(&socket)).await,
+            Err(e) => Err(e),
+        };
+        let n = match r {
+            Ok(n) => {
+                busy.traffic(std::time::Instant::now());
+                n
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;

@@ -120,6 +120,9 @@ pub struct Profile {
     /// gogoc.conf's `datapath_kind`: v6v4 and v4v6 on a kernel link where the kernel has
     /// them, always, or never (`kernel::try_link`).
     pub datapath: DatapathKind,
+    /// gogoc.conf's `busy_poll`: how long the userspace datapath polls for the next packet
+    /// before it sleeps (zero: never; `tsp_tunnel::busy`).
+    pub busy_poll: Duration,
 }
 
 /// A tunnel that is up, as the hooks see it.
@@ -466,7 +469,7 @@ impl<H: Hooks> Supervisor<H> {
                 let sock = u.into_socket();
                 tsp_tunnel::grow_receive_buffer(std::os::fd::AsFd::as_fd(&sock));
                 (
-                    Datapath::start(tun, Encap::Udp(Arc::new(sock)), true, keepalive),
+                    Datapath::start(tun, Encap::Udp(Arc::new(sock)), true, keepalive, self.profile.busy_poll),
                     idx,
                     None,
                 )
@@ -489,7 +492,13 @@ impl<H: Hooks> Supervisor<H> {
                     Err(e) => tracing::debug!(%mode, link = %sink_name, error = %e, "no sink link"),
                 }
                 (
-                    Datapath::start(tun, encap, tsp_tunnel::inner_is_v6(mode), keepalive),
+                    Datapath::start(
+                        tun,
+                        encap,
+                        tsp_tunnel::inner_is_v6(mode),
+                        keepalive,
+                        self.profile.busy_poll,
+                    ),
                     idx,
                     Some(conn),
                 )

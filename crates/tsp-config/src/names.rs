@@ -15,7 +15,7 @@ pub const SERVICE_USER: &str = "nm-tsp";
 
 /// vpn.data keys and the gogoc.conf key each one stands for (the values are checked by the
 /// file's own rules).
-pub const DATA_KEYS: [(&str, &str); 22] = [
+pub const DATA_KEYS: [(&str, &str); 23] = [
     (KEY_SERVER, "server"),
     (KEY_AUTH_METHOD, "auth_method"),
     ("username", "userid"),
@@ -38,6 +38,7 @@ pub const DATA_KEYS: [(&str, &str); 22] = [
     ("keepalive-probe-after", "keepalive_probe_after"),
     ("keepalive-probe-timeout", "keepalive_probe_timeout"),
     ("keepalive-probes", "keepalive_probes"),
+    ("busy-poll", "busy_poll"),
 ];
 /// The broker, `host[:port]` (gogoc.conf `server`).
 pub const KEY_SERVER: &str = "server";

@@ -834,7 +834,7 @@ fn to_text_round_trips_and_can_omit_the_password() {
         text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).count(),
         42
     );
-    assert!(!text.contains("allow_plain") && !text.contains("datapath_kind"));
+    assert!(!text.contains("allow_plain") && !text.contains("datapath_kind") && !text.contains("busy_poll"));
     let userspace = GogocConfig {
         datapath_kind: DatapathKind::Userspace,
         ..c.clone()
@@ -847,6 +847,15 @@ fn to_text_round_trips_and_can_omit_the_password() {
         DatapathKind::Kernel,
         "case-insensitive, as gogoc's values"
     );
+    let polling = GogocConfig {
+        busy_poll: 20_000,
+        ..c.clone()
+    };
+    let text_p = to_text(&polling);
+    assert!(text_p.contains("\nbusy_poll=20000\n"), "{text_p}");
+    assert_eq!(parse_ok(&text_p), polling);
+    let e = parse_err("auth_method=anonymous\nbusy_poll=1000001\n").to_string();
+    assert!(e.contains("busy_poll") && e.contains("1000000"), "{e}");
     let with_plain = to_text(&GogocConfig {
         allow_plain: true,
         ..c.clone()
@@ -1227,6 +1236,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             if_tunnel_v6udpv4: if_v6udpv4,
             if_tunnel_v4v6: if_v4v6,
             datapath_kind,
+            busy_poll: keepalive_interval * 277 % 1_000_001,
             client_v4: v4.map_or(AutoAddr::Auto, AutoAddr::Fixed),
             client_v6: v6.map_or(AutoAddr::Auto, AutoAddr::Fixed),
             template: template.to_owned(),
@@ -1258,7 +1268,7 @@ fn arb_config() -> impl Strategy<Value = GogocConfig> {
             (c.dslite_server, c.dslite_client) = (d.dslite_server, d.dslite_client);
             (c.keepalive_probe_after, c.keepalive_probe_timeout, c.keepalive_probes) =
                 (d.keepalive_probe_after, d.keepalive_probe_timeout, d.keepalive_probes);
-            c.datapath_kind = d.datapath_kind;
+            (c.datapath_kind, c.busy_poll) = (d.datapath_kind, d.busy_poll);
         } else if c.retry_delay > c.retry_delay_max {
             std::mem::swap(&mut c.retry_delay, &mut c.retry_delay_max);
         }

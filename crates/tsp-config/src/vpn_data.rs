@@ -322,6 +322,7 @@ mod tests {
             ("keepalive-probe-after", "5"),
             ("keepalive-probe-timeout", "2"),
             ("keepalive-probes", "4"),
+            ("busy-poll", "20000"),
             ("mtu", "1400"),
             ("password-flags", "1"),
         ]);
@@ -336,6 +337,7 @@ mod tests {
             ),
             (5, 2, 4)
         );
+        assert_eq!(s.cfg.busy_poll, 20_000);
         assert_eq!(s.cfg.prefixlen, 56);
         assert_eq!(s.cfg.dns_server, vec!["ns1.example", "ns2.example"]);
         assert_eq!(s.password_flags, SecretFlags::AGENT_OWNED);

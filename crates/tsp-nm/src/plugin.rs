@@ -601,6 +601,7 @@ async fn run_session(
         // router) is tspc's.
         proxy: false,
         datapath: cfg.datapath_kind,
+        busy_poll: Duration::from_micros(cfg.busy_poll.into()),
     };
     let hooks = NmHooks {
         shared: shared.clone(),

@@ -37,6 +37,13 @@ pub enum Sock<'a> {
 }
 
 impl Sock<'_> {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Self::Udp(s) => s.as_raw_fd(),
+            Self::Raw(s) => s.as_raw_fd(),
+        }
+    }
+
     async fn io<R>(&self, interest: Interest, mut f: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
         match self {
             Self::Udp(s) => s.async_io(interest, || f(s.as_raw_fd())).await,
@@ -262,6 +269,16 @@ impl Inbox {
     pub async fn recv(&mut self, sock: Sock<'_>) -> io::Result<usize> {
         let rx = &mut self.rx;
         sock.io(Interest::READABLE, |fd| rx.recv(fd)).await
+    }
+
+    /// Receives a batch if one is queued, whatever tokio last saw of the socket's readiness
+    /// (for [`crate::busy::BusyPoll`]); `Ok(None)`: nothing queued.
+    pub fn recv_now(&mut self, sock: Sock<'_>) -> io::Result<Option<usize>> {
+        match self.rx.recv(sock.raw_fd()) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Feeds packet `range` (of [`Inbox::rx`]'s buffer) to GRO.

@@ -15,6 +15,7 @@
 //! never reach the host's stack.
 
 pub mod batch;
+pub mod busy;
 pub mod checksum;
 pub mod host;
 pub mod icmp;
@@ -38,6 +39,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use busy::BusyPoll;
 use keepalive::{Action, Keepalive};
 use raw::RawSocket;
 use tsp_proto::rudp;
@@ -121,12 +123,23 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Starts moving packets between `tun` and `encap`; `keepalive` pings the broker.
-    pub fn start(tun: TunDevice, encap: Encap, v6: bool, keepalive: Option<Keepalive>) -> Self {
+    /// Starts moving packets between `tun` and `encap`; `keepalive` pings the broker;
+    /// `busy_poll`: how long the loop polls for the next packet before it sleeps (zero: never;
+    /// see [`busy`]).
+    pub fn start(tun: TunDevice, encap: Encap, v6: bool, keepalive: Option<Keepalive>, busy_poll: Duration) -> Self {
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let ifname = tun.name().to_owned();
-        let task = Some(tokio::spawn(run(tun, encap, v6, keepalive, stopped, counters.clone())));
+        let busy = BusyPoll::new(busy_poll);
+        let task = Some(tokio::spawn(run(
+            tun,
+            encap,
+            v6,
+            keepalive,
+            busy,
+            stopped,
+            counters.clone(),
+        )));
         Self {
             stop,
             task,
@@ -247,11 +260,21 @@ fn udp_offloads(encap: &Encap) -> (bool, bool) {
     (gso, gro)
 }
 
+/// What a datapath loop found ready.
+enum Ready {
+    /// The TUN had a read of this many bytes (in the outbox).
+    Up(usize),
+    /// The socket's receive: a batch of this many messages, or an error.
+    Down(io::Result<usize>),
+    Stop,
+}
+
 async fn run(
     tun: TunDevice,
     encap: Encap,
     v6: bool,
     keepalive: Option<Keepalive>,
+    mut busy: BusyPoll,
     mut stop: watch::Receiver<bool>,
     counters: Arc<Counters>,
 ) -> Exit {
@@ -268,50 +291,71 @@ async fn run(
     let mut inbox = batch::Inbox::new(udp_gro, p.tun.offload());
     let sock = encap.sock();
     let mut ka_out = Vec::with_capacity(128);
+    let mut up_first = false;
     loop {
-        let deadline = p
-            .keepalive
-            .as_ref()
-            .map(|k| tokio::time::Instant::from_std(k.next_deadline()));
-        tokio::select! {
-            r = p.out.wait(&p.tun) => {
-                let r = match r {
-                    Ok(n) => p.forward_up(n, sock).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    return Exit::Failed(e);
+        let deadline = p.keepalive.as_ref().map(Keepalive::next_deadline);
+        // Inside the busy-poll window: ask both sides directly, without sleeping, each first
+        // in turn (a bulk transfer keeps one side always ready; the other, its ACKs, must not
+        // wait until it drains).
+        let polled = busy
+            .spin(deadline, || {
+                if stop.has_changed().unwrap_or(true) {
+                    return Ok(Some(Ready::Stop));
                 }
-            },
-            r = inbox.recv(sock) => {
-                let r = match r {
-                    Ok(n) => p.forward_down(&encap, &mut inbox, n).await,
-                    Err(e) if transient(&e) => {
-                        p.counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    return Exit::Failed(e);
-                }
-            },
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
-                let Some(k) = p.keepalive.as_mut() else { continue };
-                match k.on_deadline(std::time::Instant::now(), &mut ka_out) {
-                    Action::Send => {
-                        if let Err(e) = encap.send(&ka_out).await
-                            && !transient(&e)
-                        {
-                            return Exit::Failed(e);
+                up_first = !up_first;
+                for up in [up_first, !up_first] {
+                    if up {
+                        if let Some(n) = p.out.read_now(&p.tun)? {
+                            return Ok(Some(Ready::Up(n)));
                         }
+                    } else if let Some(r) = inbox.recv_now(sock).transpose() {
+                        return Ok(Some(Ready::Down(r)));
                     }
-                    Action::Dead { misses } => return Exit::KeepaliveDead { misses },
-                    Action::Wait => {}
                 }
+                Ok(None)
+            })
+            .await;
+        let ready = match polled {
+            Ok(Some(r)) => r,
+            Err(e) => return Exit::Failed(e),
+            Ok(None) => tokio::select! {
+                r = p.out.wait(&p.tun) => match r {
+                    Ok(n) => Ready::Up(n),
+                    Err(e) => return Exit::Failed(e),
+                },
+                r = inbox.recv(sock) => Ready::Down(r),
+                _ = async { tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)).await }, if deadline.is_some() => {
+                    let Some(k) = p.keepalive.as_mut() else { continue };
+                    match k.on_deadline(std::time::Instant::now(), &mut ka_out) {
+                        Action::Send => {
+                            if let Err(e) = encap.send(&ka_out).await
+                                && !transient(&e)
+                            {
+                                return Exit::Failed(e);
+                            }
+                        }
+                        Action::Dead { misses } => return Exit::KeepaliveDead { misses },
+                        Action::Wait => {}
+                    }
+                    continue;
+                },
+                _ = stop.changed() => Ready::Stop,
             },
-            _ = stop.changed() => return Exit::Stopped,
+        };
+        let r = match ready {
+            Ready::Up(n) => p.forward_up(n, sock).await,
+            Ready::Down(Ok(n)) => p.forward_down(&encap, &mut inbox, n).await,
+            Ready::Down(Err(e)) if transient(&e) => {
+                p.counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            Ready::Down(Err(e)) => Err(e),
+            Ready::Stop => return Exit::Stopped,
+        };
+        if let Err(e) = r {
+            return Exit::Failed(e);
         }
+        busy.traffic(std::time::Instant::now());
     }
 }
 

@@ -37,6 +37,12 @@ fn from_sockaddr(addr: &SockaddrStorage) -> Option<IpAddr> {
     }
 }
 
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+}
+
 impl RawSocket {
     /// Opens a raw socket for `protocol` (41 over IPv4, 4 over IPv6) and connects it to
     /// `peer`, so the kernel delivers only the peer's packets.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::keys::{Field, Seen};
 use super::model::{
-    DEFAULT_DSLITE_CLIENT, DEFAULT_DSLITE_SERVER, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL,
+    DEFAULT_DSLITE_CLIENT, DEFAULT_DSLITE_SERVER, Dialect, GogocConfig, MAX_BUSY_POLL, MAX_KEEPALIVE_INTERVAL,
     MAX_KEEPALIVE_PROBE_AFTER, MAX_KEEPALIVE_PROBE_TIMEOUT, MAX_KEEPALIVE_PROBES, MAX_LOG_LEVEL, MAX_RETRY_DELAY,
 };
 use super::values::{
@@ -113,6 +113,7 @@ fn check_fields(c: &GogocConfig) -> Result<(), (Field, Problem)> {
             MAX_KEEPALIVE_PROBE_TIMEOUT,
         ),
         (KeepaliveProbes, c.keepalive_probes, 1, MAX_KEEPALIVE_PROBES),
+        (BusyPoll, c.busy_poll, 0, MAX_BUSY_POLL),
     ] {
         if n < min || n > max {
             return Err((

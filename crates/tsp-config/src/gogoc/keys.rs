@@ -2,8 +2,8 @@
 //! how it is written, plus the old tspc keys (docs/tsp-wire.md §9).
 
 use super::model::{
-    AutoAddr, Dialect, GogocConfig, MAX_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_PROBE_AFTER, MAX_KEEPALIVE_PROBE_TIMEOUT,
-    MAX_KEEPALIVE_PROBES, MAX_RETRY_DELAY,
+    AutoAddr, Dialect, GogocConfig, MAX_BUSY_POLL, MAX_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_PROBE_AFTER,
+    MAX_KEEPALIVE_PROBE_TIMEOUT, MAX_KEEPALIVE_PROBES, MAX_RETRY_DELAY,
 };
 use super::values::{
     Problem, check_dir, check_lan_ifname, check_passwd, check_template, check_tunnel_ifname, check_userid, or_default,
@@ -158,6 +158,9 @@ fields! {
     DatapathKind "datapath_kind" gw6c none,
         read |c, d, v| c.datapath_kind = or_default(v, d.datapath_kind, parse_keyword)?,
         write |c| c.datapath_kind.as_str().to_owned();
+    BusyPoll "busy_poll" gw6c none,
+        read |c, d, v| c.busy_poll = or_default(v, d.busy_poll, |v| parse_num(v, 0, MAX_BUSY_POLL))?,
+        write |c| c.busy_poll.to_string();
     ClientV4 "client_v4",
         read |c, _, v| c.client_v4 = or_default(v, AutoAddr::Auto, parse_client_v4)?,
         write |c| c.client_v4.to_string();

@@ -34,6 +34,8 @@ pub const MAX_KEEPALIVE_INTERVAL: u32 = 3600;
 pub const MAX_KEEPALIVE_PROBE_AFTER: u32 = 3600;
 pub const MAX_KEEPALIVE_PROBE_TIMEOUT: u32 = 60;
 pub const MAX_KEEPALIVE_PROBES: u32 = 10;
+/// Upper bound of `busy_poll`, microseconds (one second).
+pub const MAX_BUSY_POLL: u32 = 1_000_000;
 /// Highest log level (`log_<destination>=0..3`).
 pub const MAX_LOG_LEVEL: u8 = 3;
 
@@ -305,6 +307,10 @@ pub struct GogocConfig {
     /// `datapath_kind` (this client's own key): v6v4 and v4v6 on a kernel link (sit,
     /// ip6tnl) where the kernel has them (`auto`), always (`kernel`) or never (`userspace`).
     pub datapath_kind: DatapathKind,
+    /// `busy_poll` (this client's own key): microseconds the userspace datapath keeps polling
+    /// for the next packet before it sleeps, 0..=1000000; 0 (the default) never polls. Lower
+    /// latency for a CPU kept busy while traffic flows (tsp-tunnel's `busy` module).
+    pub busy_poll: u32,
     /// `client_v4`: local IPv4 address announced to the broker.
     pub client_v4: AutoAddr<Ipv4Addr>,
     /// `client_v6`: local IPv6 address announced for v4v6 (brackets accepted and dropped).
@@ -399,6 +405,7 @@ impl GogocConfig {
             if_tunnel_v6udpv4: DEFAULT_IF_V6UDPV4.to_owned(),
             if_tunnel_v4v6: DEFAULT_IF_V4V6.to_owned(),
             datapath_kind: DatapathKind::Auto,
+            busy_poll: 0,
             client_v4: AutoAddr::Auto,
             client_v6: AutoAddr::Auto,
             template: DEFAULT_TEMPLATE.to_owned(),

@@ -51,6 +51,13 @@ pub fn to_text_with(cfg: &GogocConfig, include_password: bool) -> String {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }
             Field::DatapathKind => {}
+            Field::BusyPoll if cfg.busy_poll != 0 => {
+                out.push_str(
+                    "# NetworkManager-tsp only (gogoc ignores it): microseconds the datapath polls before it sleeps.\n",
+                );
+                let _ = writeln!(out, "{key}={}", field.text(cfg));
+            }
+            Field::BusyPoll => {}
             _ => {
                 let _ = writeln!(out, "{key}={}", field.text(cfg));
             }

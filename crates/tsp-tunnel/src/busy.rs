@@ -43,7 +43,7 @@ impl BusyPoll {
 
     /// While the window is open (and before `until`), tries `attempt` again and again, giving
     /// way to other threads after each attempt and to the runtime's other tasks every
-    /// [`RUNTIME_EVERY`] attempts. `Ok(None)`: the window closed (or
+    /// 64 attempts (`RUNTIME_EVERY`). `Ok(None)`: the window closed (or
     /// `until` came) with nothing; the caller then waits for readiness as usual. An error of
     /// `attempt` ends the polling and is returned.
     pub async fn spin<T>(

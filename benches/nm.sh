@@ -9,7 +9,8 @@
 #   * liveness at the default keepalive settings: a silent outage (nftables drops everything
 #     both ways) until NetworkManager shows the VPN connecting again, the path's return until
 #     a ping through the tunnel is answered, packets an idle tunnel sends in a minute, and the
-#     ping round trip through the tunnel as a ratio to the veth's (IPv4 ping);
+#     ping round trip through the tunnel as a ratio to the veth's (IPv4 ping), event-driven and
+#     with busy polling on both ends (vpn.data busy-poll, the broker's busy_poll_us);
 #   * nm-tsp-service's peak RSS (VmHWM) after the activations and pings.
 # Prints the figures; asserts nothing. Installs what it needs, builds in release mode, leaves
 # nothing behind. Run as root on Debian/Ubuntu:  bash benches/nm.sh   (ROUNDS=10 by default)
@@ -173,12 +174,26 @@ PID=$(pgrep -x nm-tsp-service | head -1)
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 deactivate tsp nm-tsp-service
 
+echo "== round trip with busy polling on both ends (vpn.data busy-poll=20000, broker busy_poll_us = 20000)"
+pkill -f "tsp-broker -c $W/broker.toml" || true
+wait_for "! pgrep -f 'tsp-broker -c $W/broker.toml'"
+echo "busy_poll_us = 20000" >> "$W/broker.toml"
+ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" >> "$W/broker.log" 2>&1 & disown
+wait_for "[ \"\$(grep -c listening $W/broker.log)\" -ge 2 ]"
+nmcli connection modify tsp vpn.data "server=192.0.2.1, busy-poll=20000"
+activate tsp >/dev/null
+ip netns exec ${P}c ping -6 -c 3 -i 0.2 -q 2001:db8:ff::1 >/dev/null
+RTT_RAW_P=$(ip netns exec ${P}c ping -4 -n -c 200 -i 0.01 192.0.2.1 2>/dev/null | median_ms)
+RTT_POLL=$(ip netns exec ${P}c ping -6 -n -c 200 -i 0.01 2001:db8:ff::1 2>/dev/null | median_ms)
+deactivate tsp nm-tsp-service
+
 printf '\n%-28s %10s %10s\n' "" "median" "best"
 printf '%-28s %8s ms %8s ms\n' "tsp (nm-tsp-service)" "$TSP_MED" "$TSP_MIN"
 printf '%-28s %8s ms %8s ms\n' "openvpn (nm-openvpn)" "$OVPN_MED" "$OVPN_MIN"
 awk -v a="$TSP_MED" -v b="$OVPN_MED" 'BEGIN { if (b > 0) printf "tsp / openvpn activation:    %.2f\n", a / b }'
 echo "roaming recovery (3 changes): ${ROAM[*]} ms"
 awk -v t="$RTT_TUN" -v r="$RTT_RAW" 'BEGIN { printf "round trip (median):         %s ms through the tunnel, %s ms over the veth: %.1f x\n", t, r, (r > 0 ? t / r : 0) }'
+awk -v t="$RTT_POLL" -v r="$RTT_RAW_P" 'BEGIN { printf "  with busy polling:         %s ms through the tunnel, %s ms over the veth: %.1f x\n", t, r, (r > 0 ? t / r : 0) }'
 echo "dead path -> VPN connecting: ${DEAD} ms   (gogoc: 93 s)"
 echo "path back -> ping answered:  ${HEAL} ms   (gogoc: 32 s)"
 echo "idle tunnel, a minute:       ${IDLE:-?} packets to the broker   (gogoc: 6)"

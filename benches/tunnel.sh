@@ -5,7 +5,7 @@
 #     the iperf3 server on the broker host at its tunnel address;
 #   * round-trip latency (ping -c 200 -i 0.01, median and mean) to an address of the broker host
 #     that its kernel answers (not the broker's keepalive address, whose echoes the broker
-#     rate-limits per client), printed as a ratio to the raw link's;
+#     rate-limits per client), printed as a ratio to the raw link's, measured just before;
 #   * time from tspc's start to the first answered ping through the tunnel;
 #   * time to recover after a roaming change of the client's IPv4 address (v6udpv4, v6v4);
 #   * liveness with the default keepalive settings (v6udpv4): time to find a silently dead path
@@ -200,6 +200,9 @@ run_mode() { # tunnel mode, server, target (the broker's tunnel address), ping t
     echo "   $mode did not carry a ping within 10 s:"; sed 's/^/     /' "$W/$mode.out" "$W/$mode.err" | tail -n 15
     ok=0; kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; return
   fi
+  # The raw veth again, just before: the ratio compares the two under the same conditions
+  # (a virtual machine's wake-up costs drift, e.g. after the previous mode's iperf3 runs).
+  read -r R[$mode,rawlat] _ _ < <(latency $RAW6)
   read -r R[$mode,lat] R[$mode,mean] R[$mode,loss] < <(latency "$ping")
   if [ -z "${TSPBENCH_QUICK:-}" ]; then
     read -r R[$mode,up] R[$mode,upretr] < <(tcp "$target")
@@ -245,7 +248,10 @@ run_mode v6udpv4 192.0.2.1 $BV6 $PING6 udp+poll busy_poll=20000
 echo "== measured in $(calc %.0f "$(now) - $T0") s"
 
 pct() { [ "${R[raw,$2]:-0}" != 0 ] && calc %.2f "${R[$1,$2]:-0} * 100 / ${R[raw,$2]}" || echo -; }
-times() { [ -n "${R[$1,lat]:-}" ] && [ "${R[$1,lat]}" != nan ] && [ "${R[raw,lat]}" != nan ] && calc %.1f "${R[$1,lat]} / ${R[raw,lat]}" || echo -; }
+times() { # the mode's median round trip / the raw veth's measured just before it
+  local raw=${R[$1,rawlat]:-${R[raw,lat]}}
+  [ -n "${R[$1,lat]:-}" ] && [ "${R[$1,lat]}" != nan ] && [ "$raw" != nan ] && calc %.1f "${R[$1,lat]} / $raw" || echo -
+}
 echo
 echo "== results ($(nproc) cores, $(uname -r); one iperf3 flow, 5 s; ping -c 200 -i 0.01)"
 printf '%-9s | %12s %8s %6s | %12s %8s %6s | %7s %7s %5s %5s | %8s %8s | %8s\n' \
@@ -266,7 +272,8 @@ for m in v6udpv4 v6v4 v4v6 udp+poll; do
 done
 echo "tsp-broker peak RSS (VmHWM, all modes): $(( BROKER_RSS / 1024 )) MiB ($BROKER_RSS KiB)"
 echo "tspc peak RSS in KiB: v6udpv4 ${R[v6udpv4,rss]:--}, v6v4 ${R[v6v4,rss]:--}, v4v6 ${R[v4v6,rss]:--}"
-echo "x raw: median round trip through the tunnel / the raw veth's (goal ≤ 3; gogoc + tsps: 5)."
+echo "x raw: median round trip through the tunnel / the raw veth's, measured just before it (goal ≤ 3; gogoc + tsps: 5);"
+echo "  the raw veth's medians before each mode: v6udpv4 ${R[v6udpv4,rawlat]:--}, v6v4 ${R[v6v4,rawlat]:--}, v4v6 ${R[v4v6,rawlat]:--}, udp+poll ${R[udp+poll,rawlat]:--} ms."
 echo "udp+poll: v6udpv4 with busy polling on both ends (tspc busy_poll=20000, broker busy_poll_us = 20000):"
 echo "  no wake-up per packet, for one CPU on each end kept busy while packets flow every 20 ms or more often."
 echo

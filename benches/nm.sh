@@ -68,7 +68,8 @@ server_ipv6 = "2001:db8:b::1"
 client_pool = "2001:db8:b::/64"
 keepalive_min = 1
 EOF
-ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" > "$W/broker.log" 2>&1 & disown
+ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" > "$W/broker.log" 2>&1 &
+BROKER=$!; disown
 (
   cd "$W/pki"
   printf '[s]\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n[c]\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' > ext.cnf
@@ -79,8 +80,10 @@ ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" > "$W/broker.log" 2>&1
   done
   chmod 644 ./*.key
 )
+# Its IPv4 subnet must not be the broker's v4v6 pool (198.51.100.0/24): a restarted broker
+# could not route that pool to its TUN device.
 ip netns exec ${P}b openvpn --dev tun --proto udp --local 192.0.2.9 --port 1194 --ca "$W/pki/ca.crt" --cert "$W/pki/s.crt" \
-  --key "$W/pki/s.key" --dh none --topology subnet --server 198.51.100.0 255.255.255.0 --server-ipv6 2001:db8:7::/64 \
+  --key "$W/pki/s.key" --dh none --topology subnet --server 203.0.113.0 255.255.255.0 --server-ipv6 2001:db8:7::/64 \
   --keepalive 2 10 --verb 3 > "$W/openvpn.log" 2>&1 & disown
 wait_for "grep -q listening $W/broker.log"
 wait_for "grep -q 'Initialization Sequence Completed' $W/openvpn.log"
@@ -175,11 +178,12 @@ RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 deactivate tsp nm-tsp-service
 
 echo "== round trip with busy polling on both ends (vpn.data busy-poll=20000, broker busy_poll_us = 20000)"
-pkill -f "tsp-broker -c $W/broker.toml" || true
-wait_for "! pgrep -f 'tsp-broker -c $W/broker.toml'"
+kill "$BROKER"
+wait_for "! kill -0 $BROKER"
 echo "busy_poll_us = 20000" >> "$W/broker.toml"
-ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" >> "$W/broker.log" 2>&1 & disown
-wait_for "[ \"\$(grep -c listening $W/broker.log)\" -ge 2 ]"
+ip netns exec ${P}b "$BIN/tsp-broker" -c "$W/broker.toml" >> "$W/broker.log" 2>&1 &
+BROKER=$!; disown
+wait_for "[ \"\$(grep -c 'tsp-broker listening' $W/broker.log)\" -ge 2 ]" || { tail -n 5 "$W/broker.log" >&2; exit 1; }
 nmcli connection modify tsp vpn.data "server=192.0.2.1, busy-poll=20000"
 activate tsp >/dev/null
 ip netns exec ${P}c ping -6 -c 3 -i 0.2 -q 2001:db8:ff::1 >/dev/null

@@ -533,13 +533,25 @@ fn fleet_serves_fails_over_and_outlives_the_database() {
 // The last prefix
 
 /// A loopback broker of the race test; its UDP port.
-fn start_loopback(conf: &Path) -> (std::process::Child, PathBuf, u16) {
+/// A broker process outside the lab's namespaces, killed when dropped: a failed assertion does
+/// not leave it running (and answering) behind the test.
+struct Loose(std::process::Child);
+
+impl Drop for Loose {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_loopback(conf: &Path) -> (Loose, PathBuf, u16) {
     let log = conf.with_extension("log");
     let child = Command::new(BROKER)
         .args(["-v", "-c", conf.to_str().unwrap()])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
         .spawn()
+        .map(Loose)
         .unwrap();
     let port = wait_for(10 * SEC, || {
         let text = std::fs::read_to_string(&log).ok()?;
@@ -628,9 +640,9 @@ fn two_brokers_race_for_the_last_prefix() {
     // are nobody's), and the winner asks a third broker, over TCP (its UDP is off) and for
     // v6v4: the same prefix, the database's.
     for b in &mut brokers {
-        let pid = nix::unistd::Pid::from_raw(b.0.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(b.0.0.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = b.0.wait().unwrap();
+        let status = b.0.0.wait().unwrap();
         assert!(status.success(), "broker exit {status}");
     }
     let winner = if field(&results[0], "prefix:").is_some() {
@@ -645,11 +657,12 @@ fn two_brokers_race_for_the_last_prefix() {
     )
     .unwrap();
     let log3 = conf3.with_extension("log");
-    let mut r3 = Command::new(BROKER)
+    let r3 = Command::new(BROKER)
         .args(["-v", "-c", conf3.to_str().unwrap()])
         .stdout(std::fs::File::create(&log3).unwrap())
         .stderr(Stdio::null())
         .spawn()
+        .map(Loose)
         .unwrap();
     let port3: u16 = wait_for(10 * SEC, || {
         let text = std::fs::read_to_string(&log3).ok()?;
@@ -711,8 +724,7 @@ fn two_brokers_race_for_the_last_prefix() {
     db_cmd(&conf3, &["enable-user", winner], "");
     let (ok, said) = run();
     assert!(ok && said.contains("2001:db8:c000::/56"), "{said}");
-    let _ = r3.kill();
-    let _ = r3.wait();
+    drop(r3);
 
     // The same guarantee under heavy contention: two brokers' connection pools allocating for
     // 24 keys at once from a pool of 16 prefixes.

@@ -274,11 +274,7 @@ impl Inbox {
     /// Receives a batch if one is queued, whatever tokio last saw of the socket's readiness
     /// (for [`crate::busy::BusyPoll`]); `Ok(None)`: nothing queued.
     pub fn recv_now(&mut self, sock: Sock<'_>) -> io::Result<Option<usize>> {
-        match self.rx.recv(sock.raw_fd()) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        super::if_queued(self.rx.recv(sock.raw_fd()))
     }
 
     /// Feeds packet `range` (of [`Inbox::rx`]'s buffer) to GRO.

@@ -188,6 +188,15 @@ impl Datapath {
     }
 }
 
+/// A non-blocking read's result with "nothing queued" (`WouldBlock`) as `Ok(None)`.
+pub(crate) fn if_queued<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a send or receive error is one the path gives and takes back (ICMP errors, full
 /// buffers): the datapath goes on.
 pub fn transient(e: &io::Error) -> bool {

@@ -267,14 +267,10 @@ impl TunDevice {
                 .await
                 .map(Some);
         }
-        match self
-            .fd
-            .try_io(Interest::READABLE, |fd| readv(fd, &mut [io::IoSliceMut::new(buf)]))
-        {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        crate::if_queued(
+            self.fd
+                .try_io(Interest::READABLE, |fd| readv(fd, &mut [io::IoSliceMut::new(buf)])),
+        )
     }
 
     /// Reads at once, whatever tokio last saw of the device's readiness: a packet the kernel
@@ -282,11 +278,7 @@ impl TunDevice {
     /// TCP ACK) is taken by the same wake-up, instead of waiting for the next turn of the
     /// event loop, possibly on another thread. `Ok(None)`: nothing queued.
     pub fn recv_vnet_now(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match readv(self.fd.get_ref(), &mut [io::IoSliceMut::new(buf)]) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        crate::if_queued(readv(self.fd.get_ref(), &mut [io::IoSliceMut::new(buf)]))
     }
 
     /// Waits until the device has something to read (without reading it).

@@ -794,16 +794,8 @@ impl BrokerDatapath {
         let mut inbox = Inbox::new(false, tun.offload());
         let mut busy = self.busy_poll();
         loop {
-            let r = match busy.spin(None, || inbox.recv_now(Sock::Raw(&sock))).await {
-                Ok(Some(n)) => Ok(n),
-                Ok(None) => inbox.recv(Sock::Raw(&sock)).await,
-                Err(e) => Err(e),
-            };
-            let n = match r {
-                Ok(n) => {
-                    busy.traffic(Instant::now());
-                    n
-                }
+            let n = match inbox.recv_polled(Sock::Raw(&sock), &mut busy).await {
+                Ok(n) => n,
                 Err(e) if tsp_tunnel::transient(&e) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "broker raw socket failed; datapath stops");

@@ -814,16 +814,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, listener: usize, shared: Shared) {
         .as_ref()
         .map_or_else(|| BusyPoll::new(Duration::ZERO), |dp| dp.busy_poll());
     loop {
-        let r = match busy.spin(None, || inbox.recv_now(Sock::Udp(&socket))).await {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => inbox.recv(Sock::Udp(&socket)).await,
-            Err(e) => Err(e),
-        };
-        let n = match r {
-            Ok(n) => {
-                busy.traffic(std::time::Instant::now());
-                n
-            }
+        let n = match inbox.recv_polled(Sock::Udp(&socket), &mut busy).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;

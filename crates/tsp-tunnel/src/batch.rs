@@ -277,6 +277,17 @@ impl Inbox {
         super::if_queued(self.rx.recv(sock.raw_fd()))
     }
 
+    /// [`Inbox::recv`] after polling the socket for as long as `busy`'s window is open; a
+    /// batch received either way opens the window again.
+    pub async fn recv_polled(&mut self, sock: Sock<'_>, busy: &mut crate::busy::BusyPoll) -> io::Result<usize> {
+        if let Some(n) = busy.spin(None, || self.recv_now(sock)).await? {
+            return Ok(n);
+        }
+        let n = self.recv(sock).await?;
+        busy.traffic(std::time::Instant::now());
+        Ok(n)
+    }
+
     /// Feeds packet `range` (of [`Inbox::rx`]'s buffer) to GRO.
     pub fn push(&mut self, range: std::ops::Range<usize>) {
         self.gro.push(&mut self.rx.buf, range);

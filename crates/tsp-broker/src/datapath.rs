@@ -83,9 +83,7 @@ impl Route {
             _ => false,
         }
     }
-}
 
-impl Route {
     /// What the tunnel carried: counted on the packet path, plus its kernel link's counters
     /// (from /proc/net/dev's `text`; the link's receive side is what the client sent).
     fn traffic_now(&self, net_dev: Option<&str>) -> Traffic {
@@ -101,6 +99,11 @@ impl Route {
             };
         }
         t
+    }
+
+    /// [`Route::traffic_now`], reading /proc/net/dev only for a tunnel on a kernel link.
+    fn traffic_read(&self) -> Traffic {
+        self.traffic_now(self.link.as_ref().and_then(|_| net_dev_text()).as_deref())
     }
 }
 
@@ -142,7 +145,7 @@ impl Table {
     fn take(&mut self, ep: &Endpoint) -> Option<Route> {
         let r = self.routes.remove(ep)?;
         // Read before the link task deletes the link (it is told after this).
-        self.ended += r.traffic_now(r.link.as_ref().and_then(|_| net_dev_text()).as_deref());
+        self.ended += r.traffic_read();
         if let Some(a) = r.inner_v6 {
             self.by_v6.remove(&a);
         }
@@ -607,8 +610,7 @@ impl BrokerDatapath {
     pub fn traffic_of(&self, inner: IpAddr) -> Option<Traffic> {
         let t = lock(&self.table);
         let ep = t.endpoint_of(inner)?;
-        let r = t.routes.get(&ep)?;
-        Some(r.traffic_now(r.link.as_ref().and_then(|_| net_dev_text()).as_deref()))
+        t.routes.get(&ep).map(Route::traffic_read)
     }
 
     /// What every tunnel carried since the broker started, the ended ones included.
